@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make run` and `make test`. Each installs what is
+# missing first (scripts/setup.sh), so both work on a fresh machine.
+
+MODEL_DIR ?= models/clip-ViT-B-32-multilingual-v1
+ARGS ?=
+
+.PHONY: setup run test lint fixtures bench
+
+setup:
+	@scripts/setup.sh
+
+## Download the default model once, then serve it on 0.0.0.0:8080.
+run: setup
+	@[ -f $(MODEL_DIR)/sightline.json ] || cargo run --release -- model pull --dir $(MODEL_DIR)
+	cargo run --release -- serve --model-dir $(MODEL_DIR) $(ARGS)
+
+## Formatting, lints, and the whole test suite (unit, golden, contract, CLI).
+test: setup lint
+	cargo test --all-targets
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+## Regenerate the tiny test models, images and golden vectors (byte-identical on re-run).
+fixtures: setup
+	tools/regenerate.sh
+
+## Throughput benchmark against model-only and a Python peer (downloads photos; minutes).
+bench: setup
+	bench/run.sh

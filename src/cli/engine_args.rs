@@ -1,0 +1,76 @@
+//! Engine flags shared by every command that embeds (`serve`, `embed`, `ingest --embed-locally`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::engine::{DecodeOptions, EngineOptions};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Model bundle directory (holds `sightline.json`).
+    #[arg(
+        long,
+        env = "SIGHTLINE_MODEL_DIR",
+        default_value = "models/clip-ViT-B-32-multilingual-v1"
+    )]
+    pub model_dir: PathBuf,
+    /// ONNX Runtime threads per session [default: number of cores].
+    #[arg(long, env = "SIGHTLINE_THREADS")]
+    pub threads: Option<usize>,
+    /// Images decoded and preprocessed at once [default: number of cores].
+    #[arg(long, env = "SIGHTLINE_DECODE_WORKERS")]
+    pub decode_workers: Option<usize>,
+    /// Largest image batch sent to the model.
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Largest text batch sent to the model.
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH_TEXT", default_value_t = 32)]
+    pub max_batch_text: usize,
+    /// How long a batch waits for more inputs once it has one (e.g. `2ms`).
+    #[arg(long, env = "SIGHTLINE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
+    pub batch_wait: Duration,
+    /// Inputs per modality admitted at once; beyond it requests get 429.
+    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 256)]
+    pub queue_capacity: usize,
+    /// Largest image accepted, in pixels (width × height), checked before decoding.
+    #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = 100_000_000)]
+    pub max_pixels: u64,
+    /// Inputs not embedded within this time are answered with 503 (e.g. `60s`).
+    #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Decode every JPEG pixel, like the Python reference, instead of decoding large JPEGs at a
+    /// reduced DCT scale (≥ 2× the model's input on the short side; cosine ≥ 0.999 to exact).
+    #[arg(long, env = "SIGHTLINE_EXACT_JPEG")]
+    pub exact_jpeg: bool,
+    /// Return raw model vectors instead of L2-normalised ones (then map `similarity: cosine`).
+    #[arg(long, env = "SIGHTLINE_NO_NORMALIZE")]
+    pub no_normalize: bool,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> EngineOptions {
+        let defaults = EngineOptions::default();
+        EngineOptions {
+            threads: self.threads.unwrap_or(defaults.threads),
+            decode_workers: self.decode_workers.unwrap_or(defaults.decode_workers),
+            max_batch_image: self.max_batch,
+            max_batch_text: self.max_batch_text,
+            batch_wait: self.batch_wait,
+            queue_capacity: self.queue_capacity,
+            normalize: !self.no_normalize,
+            decode: DecodeOptions {
+                max_pixels: self.max_pixels,
+                jpeg_prescale: !self.exact_jpeg,
+                ..defaults.decode
+            },
+            request_timeout: self.request_timeout,
+            stall_timeout: defaults.stall_timeout.max(self.request_timeout),
+        }
+    }
+
+    /// Starts the engine off the async runtime: loading sessions blocks for seconds.
+    pub async fn start(&self) -> anyhow::Result<crate::engine::Engine> {
+        let (dir, opts) = (self.model_dir.clone(), self.options());
+        tokio::task::spawn_blocking(move || crate::engine::Engine::start(&dir, opts)).await?
+    }
+}

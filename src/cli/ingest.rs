@@ -1,0 +1,132 @@
+//! `sightline ingest`: flags → [`IngestConfig`] → run → summary and exit code (0 all indexed or
+//! already there, 1 some files failed, 2 the run could not proceed). The work is in
+//! `es/ingest.rs`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::es::client::EsConnectArgs;
+use crate::es::image::ImageOptions;
+use crate::es::ingest::{self, IngestConfig, IngestMode, RetryPolicy};
+use crate::es::local::EngineEmbedder;
+use crate::es::{pipeline_name, semantic_pipeline_name, DEFAULT_INDEX};
+
+#[derive(Debug, clap::Args)]
+pub struct IngestArgs {
+    /// Files or folders (walked recursively) of images.
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub es: EsConnectArgs,
+    /// Image index (created by `sightline setup`).
+    #[arg(long, env = "SIGHTLINE_INDEX", default_value = DEFAULT_INDEX)]
+    pub index: String,
+    /// Ingest pipeline (default: the one setup created for --index).
+    #[arg(long, conflicts_with = "embed_locally")]
+    pub pipeline: Option<String>,
+    /// Use the semantic_text variant of the pipeline (Elasticsearch 8.19+/9.1+).
+    #[arg(long, conflicts_with_all = ["pipeline", "embed_locally"])]
+    pub semantic: bool,
+    /// Bulk requests in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Images per bulk request.
+    #[arg(long, default_value_t = 32)]
+    pub bulk_size: usize,
+    /// Largest bulk body in bytes; bigger batches are split.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub bulk_max_bytes: usize,
+    /// Retries of a bulk request (or of its failed items) on 429/502/503/504 or connection errors.
+    #[arg(long, default_value_t = 5)]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles on each retry.
+    #[arg(long, default_value_t = 500)]
+    pub retry_initial_delay_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub retry_max_delay_ms: u64,
+    /// JSONL file listing every image that could not be indexed, and why.
+    #[arg(long, default_value = "sightline-failures.jsonl", value_name = "FILE")]
+    pub failures: PathBuf,
+    /// Longer side, in pixels, of the image sent for embedding; larger images are shrunk.
+    #[arg(long, default_value_t = ImageOptions::default().max_side)]
+    pub max_side: u32,
+    /// Longer side, in pixels, of the stored thumbnail.
+    #[arg(long, default_value_t = ImageOptions::default().thumbnail_side)]
+    pub thumbnail_side: u32,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Do not refresh the index at the end.
+    #[arg(long)]
+    pub no_refresh: bool,
+    /// Embed in this process and send finished vectors (for clusters without the inference
+    /// API: 7.x, 8.0–8.11).
+    #[arg(long, requires = "model_dir")]
+    pub embed_locally: bool,
+    /// Model bundle for --embed-locally.
+    #[arg(long, env = "SIGHTLINE_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+}
+
+pub async fn run(args: IngestArgs) -> Result<ExitCode> {
+    if args.concurrency == 0 || args.bulk_size == 0 {
+        bail!("--concurrency and --bulk-size must be at least 1");
+    }
+    let mode = if args.embed_locally {
+        let Some(model_dir) = &args.model_dir else {
+            bail!("--embed-locally needs --model-dir DIR");
+        };
+        IngestMode::Local(Arc::new(EngineEmbedder::start(model_dir)?))
+    } else if args.semantic {
+        IngestMode::Pipeline(semantic_pipeline_name(&args.index))
+    } else {
+        IngestMode::Pipeline(
+            args.pipeline
+                .clone()
+                .unwrap_or_else(|| pipeline_name(&args.index)),
+        )
+    };
+    let client = args.es.connect()?;
+    let config = IngestConfig {
+        paths: args.paths.clone(),
+        index: args.index.clone(),
+        mode,
+        concurrency: args.concurrency,
+        bulk_size: args.bulk_size,
+        bulk_max_bytes: args.bulk_max_bytes,
+        retry: RetryPolicy {
+            max_retries: args.max_retries,
+            initial_delay: Duration::from_millis(args.retry_initial_delay_ms),
+            max_delay: Duration::from_millis(
+                args.retry_max_delay_ms.max(args.retry_initial_delay_ms),
+            ),
+        },
+        failures_path: args.failures.clone(),
+        image: ImageOptions {
+            max_side: args.max_side.max(1),
+            thumbnail_side: args.thumbnail_side.max(1),
+        },
+        progress: !args.no_progress,
+        refresh: !args.no_refresh,
+    };
+    let report = ingest::run(client, config).await?;
+    println!(
+        "{} images found: {} indexed, {} already in {}, {} duplicates, {} failed",
+        report.found,
+        report.indexed,
+        report.already_present,
+        args.index,
+        report.duplicates,
+        report.failed
+    );
+    if report.failed > 0 {
+        eprintln!("failures: {}", args.failures.display());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,80 @@
+//! Command line: one subcommand per file; each turns its arguments into a config and runs it.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod embed;
+mod engine_args;
+mod ingest;
+mod model;
+mod search;
+mod serve;
+mod setup;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sightline",
+    version,
+    about = "CLIP image and multilingual text embeddings for Elasticsearch"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the inference endpoint Elasticsearch calls.
+    Serve(serve::ServeArgs),
+    /// Embed images or texts and print one JSON line per input.
+    Embed(embed::EmbedArgs),
+    /// Create or download a model bundle.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Create the inference endpoint, pipelines, template and index in a cluster.
+    Setup(setup::SetupArgs),
+    /// Bulk-index folders of images through the embedding pipeline.
+    Ingest(ingest::IngestArgs),
+    /// Search an image index by image or by text.
+    Search(search::SearchArgs),
+}
+
+/// Exit codes: 0 success, 1 some inputs failed, 2 the command itself failed.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Embed(args) => embed::run(args).await,
+            Command::Model(cmd) => model::run(cmd).await,
+            Command::Setup(args) => setup::run(args).await,
+            Command::Ingest(args) => ingest::run(args).await,
+            Command::Search(args) => search::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SIGHTLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

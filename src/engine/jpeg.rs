@@ -1,0 +1,215 @@
+//! JPEG decoding with libjpeg-turbo (TurboJPEG), the library PIL uses, so decoded pixels match
+//! the reference's (model.md §2.2). Also DCT-domain downscaling: a 12 MP photo decoded at 1/4
+//! scale costs a fraction of a full decode and still leaves ≥ 2× the model's input size for the
+//! exact bicubic resize that follows.
+//!
+//! This file owns the JPEG container rules (segment walk, EXIF orientation, truncation) and the
+//! CMYK conversion; `preprocess.rs` owns everything after the pixels exist.
+
+use image::metadata::Orientation;
+use image::{DynamicImage, RgbImage};
+use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
+
+use super::error::EmbedError;
+
+/// Progressive JPEGs with more scans than this are refused: each scan re-walks the whole image,
+/// so a crafted file with thousands of scans costs minutes of CPU (libjpeg-turbo's advice).
+const MAX_SCANS: u32 = 500;
+
+/// What the segment walk found before the first scan.
+struct Container<'a> {
+    exif: Option<&'a [u8]>,
+    /// An Adobe APP14 segment: its CMYK samples are stored inverted.
+    adobe: bool,
+    /// An end-of-image marker follows the image data.
+    complete: bool,
+}
+
+/// Walks the marker segments up to the first scan (SOS), collecting the EXIF block, then looks
+/// for the end-of-image marker. Inside entropy-coded data 0xFF is always followed by 0x00 or a
+/// restart marker, so `FF D9` after the scan header is the real end; data appended after it
+/// (the video of a motion photo) is harmless. An EXIF thumbnail sits inside APP1 and is skipped
+/// by the segment length.
+fn walk(bytes: &[u8]) -> Container<'_> {
+    let mut exif = None;
+    let mut adobe = false;
+    let mut pos = 2; // after SOI
+    while pos + 4 <= bytes.len() {
+        if bytes[pos] != 0xFF {
+            break;
+        }
+        let marker = bytes[pos + 1];
+        if marker == 0xFF {
+            pos += 1; // fill byte
+            continue;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]));
+        let end = (pos + 2 + len).min(bytes.len());
+        if marker == 0xE1 && exif.is_none() {
+            exif = bytes[pos + 4..end].strip_prefix(b"Exif\0\0");
+        }
+        adobe |= marker == 0xEE && bytes[pos + 4..end].starts_with(b"Adobe");
+        if marker == 0xDA {
+            let complete = bytes[end..].windows(2).any(|w| w == [0xFF, 0xD9]);
+            return Container {
+                exif,
+                adobe,
+                complete,
+            };
+        }
+        pos = end;
+    }
+    Container {
+        exif,
+        adobe,
+        complete: false,
+    }
+}
+
+/// Header facts needed before decoding: size for the pixel limit.
+pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), EmbedError> {
+    let header = turbojpeg::read_header(bytes).map_err(decode_error)?;
+    Ok((header.width as u32, header.height as u32))
+}
+
+/// Decodes to RGB with EXIF orientation applied. With `min_short_side`, the image is decoded
+/// at the smallest DCT scale (n/8) whose shorter side is still at least that many pixels.
+pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, EmbedError> {
+    let container = walk(bytes);
+    if !container.complete {
+        // libjpeg-turbo fills a cut-off scan with grey and only warns: refuse it here, or a
+        // half-uploaded photo would be indexed with a wrong vector.
+        return Err(EmbedError::bad_input(
+            "cannot decode JPEG: the file is truncated (no end-of-image marker after the image data)",
+        ));
+    }
+    let mut decompressor = Decompressor::new().map_err(decode_error)?;
+    decompressor
+        .set_scan_limit(MAX_SCANS)
+        .map_err(decode_error)?;
+    let header = decompressor.read_header(bytes).map_err(decode_error)?;
+    if let Some(min) = min_short_side {
+        let factor = prescale_factor(header.width, header.height, min as usize);
+        decompressor
+            .set_scaling_factor(factor)
+            .map_err(decode_error)?;
+    }
+    let scaled = header.scaled(decompressor.scaling_factor());
+    let cmyk = matches!(
+        header.colorspace,
+        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+    );
+    let format = if cmyk {
+        PixelFormat::CMYK
+    } else {
+        PixelFormat::RGB
+    };
+    let mut image = turbojpeg::Image {
+        pixels: vec![0u8; scaled.width * scaled.height * format.size()],
+        width: scaled.width,
+        pitch: scaled.width * format.size(),
+        height: scaled.height,
+        format,
+    };
+    decompressor
+        .decompress(bytes, image.as_deref_mut())
+        .map_err(decode_error)?;
+    let pixels = if cmyk {
+        cmyk_to_rgb(&image.pixels, container.adobe)
+    } else {
+        image.pixels
+    };
+    let rgb = RgbImage::from_raw(scaled.width as u32, scaled.height as u32, pixels)
+        .ok_or_else(|| EmbedError::bad_input("cannot decode JPEG: inconsistent image size"))?;
+    let orientation = container
+        .exif
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::ImageRgb8(rgb);
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
+}
+
+/// The smallest n/8 scale keeping the shorter side ≥ `min` (libjpeg-turbo rounds sizes up).
+fn prescale_factor(width: usize, height: usize, min: usize) -> ScalingFactor {
+    let short = width.min(height);
+    (1..=8)
+        .map(|num| ScalingFactor::new(num, 8))
+        .find(|f| f.scale(short) >= min)
+        .unwrap_or(ScalingFactor::ONE)
+}
+
+/// PIL's CMYK → RGB without colour management: `(255 − C)(255 − K)/255`, rounded like PIL's
+/// `MULDIV255`. Adobe files store inverted samples, which PIL reads with its `CMYK;I` mode.
+fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
+    let muldiv255 = |a: u32, b: u32| {
+        let t = a * b + 128;
+        ((t >> 8) + t) >> 8
+    };
+    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
+    let sample = |v: u8| u32::from(if inverted { 255 - v } else { v });
+    for px in cmyk.chunks_exact(4) {
+        let nk = 255 - sample(px[3]);
+        for &c in &px[..3] {
+            out.push((nk - muldiv255(sample(c), nk)) as u8);
+        }
+    }
+    out
+}
+
+fn decode_error(e: turbojpeg::Error) -> EmbedError {
+    EmbedError::bad_input(format!("cannot decode JPEG: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 90]));
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn prescale_keeps_the_short_side_above_the_minimum() {
+        // 3000·1/8 = 375 < 448, 3000·2/8 = 750.
+        assert_eq!(prescale_factor(4000, 3000, 448).scale(3000), 750);
+        assert_eq!(
+            prescale_factor(640, 427, 448).scale(427),
+            427,
+            "small images are not scaled"
+        );
+        // 1600·3/8 = 600 ≥ 448 > 1600·2/8 = 400.
+        assert_eq!(prescale_factor(1600, 2400, 448).scale(1600), 600);
+    }
+
+    #[test]
+    fn decodes_at_full_and_reduced_scale() {
+        let bytes = jpeg(64, 48);
+        assert_eq!(dimensions(&bytes).unwrap(), (64, 48));
+        assert_eq!(decode(&bytes, None).unwrap().dimensions(), (64, 48));
+        assert_eq!(decode(&bytes, Some(12)).unwrap().dimensions(), (16, 12));
+    }
+
+    #[test]
+    fn truncation_is_refused_and_appended_data_is_not() {
+        let bytes = jpeg(64, 48);
+        let mut appended = bytes.clone();
+        appended.extend_from_slice(b"....ftypmp42 motion photo video");
+        assert!(decode(&appended, None).is_ok());
+        let e = decode(&bytes[..bytes.len() - 10], None).unwrap_err();
+        assert!(e.message.contains("truncated"), "{}", e.message);
+    }
+
+    #[test]
+    fn cmyk_conversion_matches_pil() {
+        // PIL: C=0 M=0 Y=0 K=0 → white; K=255 → black; C=255 → cyan; half values round.
+        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 0], false), [255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 255], false), [0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[255, 0, 0, 0], false), [0, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[128, 0, 0, 128], false), [63, 127, 127]);
+        assert_eq!(cmyk_to_rgb(&[127, 255, 255, 127], true), [63, 127, 127]);
+    }
+}

@@ -1,0 +1,298 @@
+//! The embedding engine: the one API every caller (HTTP dialects, CLI) uses.
+//!
+//! [`Engine::embed`] takes the items of one request and returns one result per item, in order.
+//! Images are decoded and preprocessed on a bounded blocking pool, texts are tokenized inline;
+//! both then wait in their modality's queue (`batcher.rs`) for a worker thread (`worker.rs`)
+//! that batches them with other callers' inputs. A bad input fails only itself.
+
+mod batcher;
+pub mod bundle;
+pub mod error;
+pub mod input;
+pub mod inspect;
+mod jpeg;
+pub mod preprocess;
+pub mod runtime;
+pub mod text;
+mod worker;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::sync::{oneshot, Semaphore};
+
+pub use bundle::Bundle;
+pub use error::{EmbedError, ErrorKind, InputError};
+pub use input::{classify, Item, Modality, ModalityHint};
+pub use preprocess::DecodeOptions;
+
+use batcher::{Admission, Job, Queue};
+use bundle::Preprocess;
+use text::TextTokenizer;
+use worker::{Health, ImageModel, TextModel, WorkerConfig};
+
+/// Engine settings; every field has a CLI flag in `sightline serve`.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// ONNX Runtime intra-op threads per session.
+    pub threads: usize,
+    /// Images decoded and preprocessed at once.
+    pub decode_workers: usize,
+    pub max_batch_image: usize,
+    pub max_batch_text: usize,
+    /// How long a batch waits for more inputs once it has one.
+    pub batch_wait: Duration,
+    /// Inputs admitted per modality before callers get "overloaded".
+    pub queue_capacity: usize,
+    /// L2-normalise vectors (needed for Elasticsearch's `dot_product`).
+    pub normalize: bool,
+    pub decode: DecodeOptions,
+    /// Inputs still queued after this long are answered with a timeout, never run.
+    pub request_timeout: Duration,
+    /// A worker busy with one batch for longer than this is reported as not ready.
+    pub stall_timeout: Duration,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        EngineOptions {
+            threads: cores,
+            decode_workers: cores,
+            max_batch_image: 8,
+            max_batch_text: 32,
+            batch_wait: Duration::from_millis(2),
+            queue_capacity: 256,
+            normalize: true,
+            decode: DecodeOptions::default(),
+            request_timeout: Duration::from_secs(60),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What `/info` reports and what `setup` needs to create a matching index.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub name: String,
+    pub dimensions: usize,
+    pub normalized: bool,
+    pub max_seq_len: usize,
+    /// `sha256:` over model files and preprocessing settings.
+    pub fingerprint: String,
+}
+
+impl ModelInfo {
+    /// The `dense_vector` similarity that fits these vectors (es-contract §11 item 11).
+    pub fn similarity(&self) -> &'static str {
+        if self.normalized {
+            "dot_product"
+        } else {
+            "cosine"
+        }
+    }
+}
+
+/// One input's vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    pub modality: Modality,
+    pub vector: Vec<f32>,
+    /// The text was longer than `max_seq_len` tokens and was cut.
+    pub truncated: bool,
+    /// Tokens fed to the text encoder (0 for images), for OpenAI's `usage`.
+    pub tokens: usize,
+}
+
+/// Cheap to clone; all clones share the workers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    info: ModelInfo,
+    opts: EngineOptions,
+    preprocess: Preprocess,
+    tokenizer: TextTokenizer,
+    decode_permits: Semaphore,
+    images: Queue<Vec<f32>>,
+    texts: Queue<Vec<i64>>,
+    image_health: Arc<Health>,
+    text_health: Arc<Health>,
+}
+
+impl Engine {
+    /// Loads the bundle in `model_dir`, opens both sessions and starts the workers.
+    pub fn start(model_dir: &Path, opts: EngineOptions) -> Result<Engine> {
+        let bundle = Bundle::load(model_dir)?;
+        let m = &bundle.manifest;
+        let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), m.max_seq_len)?;
+        let image_model = ImageModel::open(&bundle, opts.threads)?;
+        let text_model = TextModel::open(&bundle, opts.threads)?;
+        let info = ModelInfo {
+            name: m.name.clone(),
+            dimensions: m.dimensions,
+            normalized: opts.normalize,
+            max_seq_len: m.max_seq_len,
+            fingerprint: bundle.fingerprint()?,
+        };
+        let (images, image_rx) = Queue::new(opts.queue_capacity);
+        let (texts, text_rx) = Queue::new(opts.queue_capacity);
+        let (image_health, text_health) = (Health::new(), Health::new());
+        let config = |modality, max_batch| WorkerConfig {
+            modality,
+            max_batch,
+            batch_wait: opts.batch_wait,
+            normalize: opts.normalize,
+        };
+        let image_cfg = config(Modality::Image, opts.max_batch_image.max(1));
+        let text_cfg = config(Modality::Text, opts.max_batch_text.max(1));
+        let health = image_health.clone();
+        std::thread::Builder::new()
+            .name("sightline-image".into())
+            .spawn(move || worker::run(image_model, image_rx, image_cfg, health))
+            .context("cannot start the image worker thread")?;
+        let health = text_health.clone();
+        std::thread::Builder::new()
+            .name("sightline-text".into())
+            .spawn(move || worker::run(text_model, text_rx, text_cfg, health))
+            .context("cannot start the text worker thread")?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                info,
+                preprocess: m.preprocess.clone(),
+                tokenizer,
+                decode_permits: Semaphore::new(opts.decode_workers.max(1)),
+                opts,
+                images,
+                texts,
+                image_health,
+                text_health,
+            }),
+        })
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.inner.info
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.inner.opts
+    }
+
+    /// Both workers are alive and none is stuck in a run.
+    pub fn is_ready(&self) -> bool {
+        let stall = self.inner.opts.stall_timeout;
+        self.inner.image_health.is_ready(stall) && self.inner.text_health.is_ready(stall)
+    }
+
+    /// Inputs admitted and not yet answered, per modality.
+    pub fn queue_depth(&self, modality: Modality) -> usize {
+        match modality {
+            Modality::Image => self.inner.images.depth(),
+            Modality::Text => self.inner.texts.depth(),
+        }
+    }
+
+    /// Embeds one request's items; one result per item, in order. If the queue cannot take
+    /// the whole request, every item gets the same "overloaded" error and nothing runs.
+    pub async fn embed(&self, items: Vec<Item>) -> Vec<Result<Embedding, EmbedError>> {
+        let deadline = Instant::now() + self.inner.opts.request_timeout;
+        let n_images = items.iter().filter(|i| matches!(i, Item::Image(_))).count();
+        let admissions = self
+            .inner
+            .images
+            .admit(n_images)
+            .and_then(|a| Ok((a, self.inner.texts.admit(items.len() - n_images)?)));
+        let _admissions: (Admission, Admission) = match admissions {
+            Ok(a) => a,
+            Err(e) => {
+                crate::metrics::input_error(e.kind);
+                return items.iter().map(|_| Err(e.clone())).collect();
+            }
+        };
+        let jobs = items.into_iter().map(|item| self.embed_one(item, deadline));
+        let results = futures::future::join_all(jobs).await;
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            crate::metrics::input_error(e.kind);
+        }
+        results
+    }
+
+    async fn embed_one(&self, item: Item, deadline: Instant) -> Result<Embedding, EmbedError> {
+        let inner = &self.inner;
+        let (modality, truncated, tokens, reply) = match item {
+            Item::Text(text) => {
+                let started = Instant::now();
+                let tokens = inner.tokenizer.tokenize(&text)?;
+                crate::metrics::stage_seconds("tokenize", "text", started.elapsed());
+                let n = tokens.ids.len();
+                let reply = enqueue(&inner.texts, tokens.ids, deadline)?;
+                (Modality::Text, tokens.truncated, n, reply)
+            }
+            Item::Image(bytes) => {
+                let tensor = self.preprocess(bytes).await?;
+                (
+                    Modality::Image,
+                    false,
+                    0,
+                    enqueue(&inner.images, tensor, deadline)?,
+                )
+            }
+        };
+        let vector = match tokio::time::timeout_at(deadline.into(), reply).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {
+                return Err(EmbedError::new(
+                    ErrorKind::NotReady,
+                    "the inference worker has stopped",
+                ))
+            }
+            Err(_) => return Err(batcher::timeout_error()),
+        };
+        Ok(Embedding {
+            modality,
+            vector,
+            truncated,
+            tokens,
+        })
+    }
+
+    /// Decodes and preprocesses on the blocking pool, at most `decode_workers` at a time.
+    async fn preprocess(&self, bytes: Vec<u8>) -> Result<Vec<f32>, EmbedError> {
+        let _permit = self
+            .inner
+            .decode_permits
+            .acquire()
+            .await
+            .map_err(|_| EmbedError::new(ErrorKind::NotReady, "the engine is shutting down"))?;
+        let engine = self.clone();
+        let started = Instant::now();
+        let tensor = tokio::task::spawn_blocking(move || {
+            let inner = &engine.inner;
+            preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode)
+        })
+        .await
+        .map_err(|_| EmbedError::bad_input("the image decoder crashed on this image"))?;
+        crate::metrics::stage_seconds("preprocess", "image", started.elapsed());
+        tensor
+    }
+}
+
+fn enqueue<P>(
+    queue: &Queue<P>,
+    payload: P,
+    deadline: Instant,
+) -> Result<oneshot::Receiver<Result<Vec<f32>, EmbedError>>, EmbedError> {
+    let (reply, rx) = oneshot::channel();
+    queue.push(Job {
+        payload,
+        reply,
+        deadline,
+        enqueued: Instant::now(),
+    })?;
+    Ok(rx)
+}

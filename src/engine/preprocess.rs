@@ -1,0 +1,325 @@
+//! Image bytes → the model's input tensor, exactly as model.md §2.1 specifies (the HF/PIL
+//! `CLIPImageProcessor`): decode, convert to RGB, resize the shorter side to `size` with PIL's
+//! antialiased bicubic, centre-crop, scale to [0, 1], normalise per channel, NCHW f32.
+//!
+//! Decisions for model.md §2.3: alpha is composited onto white, grayscale and palette become RGB,
+//! CMYK is converted by the decoder, 16-bit samples are scaled ÷257, animations give their first
+//! frame, EXIF orientation is applied. Pure functions: no ONNX Runtime here.
+
+use std::io::Cursor;
+
+use fast_image_resize as fr;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
+
+use super::bundle::Preprocess;
+use super::error::EmbedError;
+use super::input::unsupported;
+use super::jpeg;
+
+/// What the first bytes of a file say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    Supported(ImageFormat),
+    /// A recognised image format that Sightline does not decode (name for the message).
+    Unsupported(&'static str),
+    Unknown,
+}
+
+/// Identifies an image by its signature only (no decoding).
+pub fn sniff_format(bytes: &[u8]) -> Sniffed {
+    if let Ok(format) = image::guess_format(bytes) {
+        return match format {
+            ImageFormat::Jpeg
+            | ImageFormat::Png
+            | ImageFormat::Gif
+            | ImageFormat::WebP
+            | ImageFormat::Bmp
+            | ImageFormat::Tiff => Sniffed::Supported(format),
+            ImageFormat::Avif => Sniffed::Unsupported("AVIF"),
+            other => Sniffed::Unsupported(other.extensions_str().first().copied().unwrap_or("?")),
+        };
+    }
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        if let b"heic" | b"heix" | b"hevc" | b"heim" | b"heis" | b"mif1" | b"msf1" = &bytes[8..12] {
+            return Sniffed::Unsupported("HEIC");
+        }
+    }
+    let text = bytes.trim_ascii_start();
+    if text.starts_with(b"<svg") || text.starts_with(b"<?xml") {
+        return Sniffed::Unsupported("SVG");
+    }
+    Sniffed::Unknown
+}
+
+/// How images are decoded: bounds on what one image may cost, and the JPEG fast path.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeOptions {
+    /// Largest accepted width × height, checked from the header before any pixel is decoded.
+    pub max_pixels: u64,
+    /// Largest allocation the decoder may make, in bytes.
+    pub max_alloc: u64,
+    /// Decode large JPEGs at a reduced DCT scale whose shorter side stays ≥ 2× the model's
+    /// input size (`jpeg.rs`); off means decoding every pixel, exactly like the reference.
+    pub jpeg_prescale: bool,
+}
+
+impl Default for DecodeOptions {
+    fn default() -> Self {
+        DecodeOptions {
+            max_pixels: 100_000_000,
+            max_alloc: 1 << 30,
+            jpeg_prescale: true,
+        }
+    }
+}
+
+/// Bytes → normalised NCHW tensor of `3 × size × size` values.
+pub fn preprocess(
+    bytes: &[u8],
+    cfg: &Preprocess,
+    opts: &DecodeOptions,
+) -> Result<Vec<f32>, EmbedError> {
+    let rgb = decode_rgb(bytes, opts, cfg.size)?;
+    let crop = resize_crop(&rgb, cfg.size)?;
+    Ok(normalize(&crop, cfg))
+}
+
+/// Decodes the first frame, applies EXIF orientation and converts to 8-bit RGB on white.
+/// `target` is the model's input size (for the JPEG prescale). A panic inside a decoder
+/// becomes an error for this input only.
+pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<RgbImage, EmbedError> {
+    if bytes.is_empty() {
+        return Err(EmbedError::bad_input("the image is empty (0 bytes)"));
+    }
+    let format = match sniff_format(bytes) {
+        Sniffed::Supported(format) => format,
+        Sniffed::Unsupported(name) => return Err(unsupported(name)),
+        Sniffed::Unknown => {
+            return Err(EmbedError::bad_input(
+                "not an image (no JPEG, PNG, WebP, GIF, BMP or TIFF signature)",
+            ))
+        }
+    };
+    let decoded = std::panic::catch_unwind(|| {
+        if format == ImageFormat::Jpeg {
+            let (w, h) = jpeg::dimensions(bytes)?;
+            check_pixels(w, h, opts)?;
+            let min_short_side = opts.jpeg_prescale.then_some(2 * target);
+            return jpeg::decode(bytes, min_short_side);
+        }
+        decode_dynamic(bytes, format, opts).map(to_rgb_on_white)
+    });
+    decoded.map_err(|_| {
+        EmbedError::bad_input(format!("the {format:?} decoder failed on this image"))
+    })?
+}
+
+fn check_pixels(w: u32, h: u32, opts: &DecodeOptions) -> Result<(), EmbedError> {
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > opts.max_pixels {
+        return Err(EmbedError::bad_input(format!(
+            "image is {w}×{h} = {pixels} pixels, over the limit of {} (`--max-pixels`)",
+            opts.max_pixels
+        )));
+    }
+    if pixels == 0 {
+        return Err(EmbedError::bad_input(format!(
+            "image is {w}×{h}: no pixels"
+        )));
+    }
+    Ok(())
+}
+
+fn decode_dynamic(
+    bytes: &[u8],
+    format: ImageFormat,
+    opts: &DecodeOptions,
+) -> Result<DynamicImage, EmbedError> {
+    let name = format!("{format:?}").to_uppercase();
+    let bad = |e: image::ImageError| EmbedError::bad_input(format!("cannot decode {name}: {e}"));
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let mut image_limits = image::Limits::default();
+    image_limits.max_alloc = Some(opts.max_alloc);
+    reader.limits(image_limits);
+    let mut decoder = reader.into_decoder().map_err(bad)?;
+    let (w, h) = decoder.dimensions();
+    check_pixels(w, h, opts)?;
+    // A broken EXIF block must not lose an otherwise good image: fall back to no rotation.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// Any colour type → RGB8; transparent pixels are composited onto white (model.md §2.3).
+fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    let mut out = Vec::with_capacity(w as usize * h as usize * 3);
+    for px in rgba.pixels() {
+        let a = u32::from(px[3]);
+        for c in &px.0[..3] {
+            // round((c·a + 255·(255 − a)) / 255), PIL's alpha_composite onto opaque white.
+            out.push(((u32::from(*c) * a + 255 * (255 - a) + 127) / 255) as u8);
+        }
+    }
+    RgbImage::from_raw(w, h, out).expect("buffer sized to w×h×3")
+}
+
+/// Output size of the shortest-edge resize: `int(size * long / short)` in f64, like Python.
+pub fn resized_dims(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let long_side =
+        |long: u32, short: u32| (f64::from(size) * f64::from(long) / f64::from(short)) as u32;
+    if w <= h {
+        (size, long_side(h, w))
+    } else {
+        (long_side(w, h), size)
+    }
+}
+
+/// Resize shorter side to `size` with antialiased Catmull-Rom (PIL BICUBIC) and take the
+/// centred `size × size` window. Only the window is computed: resizing through a source crop
+/// box gives the same pixels as resizing the whole image and cropping afterwards.
+pub fn resize_crop(rgb: &RgbImage, size: u32) -> Result<RgbImage, EmbedError> {
+    let (w, h) = rgb.dimensions();
+    let (nw, nh) = resized_dims(w, h, size);
+    let (left, top) = ((nw - size) / 2, (nh - size) / 2);
+    let (sx, sy) = (f64::from(w) / f64::from(nw), f64::from(h) / f64::from(nh));
+    let src = fr::images::ImageRef::new(w, h, rgb.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| EmbedError::bad_input(format!("image buffer: {e}")))?;
+    let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
+        .crop(
+            f64::from(left) * sx,
+            f64::from(top) * sy,
+            f64::from(size) * sx,
+            f64::from(size) * sy,
+        );
+    fr::Resizer::new()
+        .resize(&src, &mut dst, &options)
+        .map_err(|e| EmbedError::bad_input(format!("cannot resize the image: {e}")))?;
+    Ok(RgbImage::from_raw(size, size, dst.into_vec()).expect("resizer output is size×size×3"))
+}
+
+/// `(p / 255 − mean) / std` per channel, NCHW.
+pub fn normalize(crop: &RgbImage, cfg: &Preprocess) -> Vec<f32> {
+    let plane = crop.width() as usize * crop.height() as usize;
+    let mut out = vec![0f32; 3 * plane];
+    // Precomputed per channel: x·scale + bias == (x/255 − mean)/std.
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * cfg.std[c]));
+    let bias: [f32; 3] = std::array::from_fn(|c| -cfg.mean[c] / cfg.std[c]);
+    for (i, px) in crop.as_raw().chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = f32::from(px[c]) * scale[c] + bias[c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, Rgba};
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn long_side_is_truncated_in_f64() {
+        assert_eq!(resized_dims(481, 321, 224), (335, 224)); // 335.65 → 335
+        assert_eq!(resized_dims(321, 481, 224), (224, 335));
+        assert_eq!(resized_dims(1, 1, 224), (224, 224));
+        assert_eq!(resized_dims(10_000, 1, 224), (2_240_000, 224));
+        // 224·1081/1921 style ratios where f32 would round differently.
+        assert_eq!(resized_dims(1921, 1081, 224), (398, 224));
+    }
+
+    #[test]
+    fn output_has_model_shape_and_normalised_range() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(300, 200, |x, y| {
+            image::Rgb([x as u8, y as u8, 128])
+        }));
+        let t = preprocess(
+            &encode(&img, ImageFormat::Png),
+            &Preprocess::default(),
+            &DecodeOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(t.len(), 3 * 224 * 224);
+        let cfg = Preprocess::default();
+        let lo = (0.0 - cfg.mean[0]) / cfg.std[0];
+        let hi = (1.0 - cfg.mean[0]) / cfg.std[0];
+        assert!(t[..224 * 224]
+            .iter()
+            .all(|v| (lo - 1e-5..=hi + 1e-5).contains(v)));
+        // Blue channel is constant 128 everywhere, so its plane is constant.
+        let blue = (128.0 / 255.0 - cfg.mean[2]) / cfg.std[2];
+        assert!(t[2 * 224 * 224..].iter().all(|v| (v - blue).abs() < 1e-5));
+    }
+
+    #[test]
+    fn transparent_pixels_become_white() {
+        let img = DynamicImage::ImageRgba8(ImageBuffer::from_fn(4, 4, |x, _| {
+            if x < 2 {
+                Rgba([0, 0, 0, 0])
+            } else {
+                Rgba([10, 20, 30, 255])
+            }
+        }));
+        let rgb = decode_rgb(
+            &encode(&img, ImageFormat::Png),
+            &DecodeOptions::default(),
+            224,
+        )
+        .unwrap();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 255, 255]);
+        assert_eq!(rgb.get_pixel(3, 3).0, [10, 20, 30]);
+    }
+
+    #[test]
+    fn pixel_limit_is_checked_before_decoding() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::new(100, 100));
+        let opts = DecodeOptions {
+            max_pixels: 9_999,
+            ..DecodeOptions::default()
+        };
+        let e = decode_rgb(&encode(&img, ImageFormat::Png), &opts, 224).unwrap_err();
+        assert!(e.message.contains("100×100 = 10000 pixels") && e.message.contains("--max-pixels"));
+    }
+
+    #[test]
+    fn garbage_and_unsupported_bytes_are_errors() {
+        let limits = DecodeOptions::default();
+        assert!(decode_rgb(b"", &limits, 224)
+            .unwrap_err()
+            .message
+            .contains("empty"));
+        assert!(decode_rgb(b"hello", &limits, 224)
+            .unwrap_err()
+            .message
+            .contains("not an image"));
+        let mut truncated = encode(
+            &DynamicImage::ImageRgb8(ImageBuffer::new(64, 64)),
+            ImageFormat::Jpeg,
+        );
+        truncated.truncate(truncated.len() / 3);
+        assert!(decode_rgb(&truncated, &limits, 224).is_err());
+        assert_eq!(
+            sniff_format(b"  <svg xmlns='http://www.w3.org/2000/svg'/>"),
+            Sniffed::Unsupported("SVG")
+        );
+        assert_eq!(
+            sniff_format(b"\x89PNG\r\n\x1a\n"),
+            Sniffed::Supported(ImageFormat::Png)
+        );
+    }
+}

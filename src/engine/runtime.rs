@@ -1,0 +1,164 @@
+//! ONNX Runtime: finding the shared library (`ort` is built with `load-dynamic`) and opening
+//! sessions with Sightline's settings. `ort`'s own binary download is unusable on Debian 12
+//! (model.md §3.6), so the library comes from the pinned `onnxruntime` PyPI wheel or the system.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+/// The `onnxruntime` wheel the set-up commands install and the tests run against.
+pub const PINNED_ORT: &str = "1.32.0";
+
+static LOADED: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+
+/// Loads the ONNX Runtime library once per process and returns where it came from.
+pub fn init() -> Result<PathBuf> {
+    LOADED
+        .get_or_init(|| {
+            let path = locate().map_err(|e| format!("{e:#}"))?;
+            ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from `{}`: {e}", path.display()))?
+                .commit();
+            Ok(path)
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+}
+
+/// Search order: `ORT_DYLIB_PATH`, the `onnxruntime` Python package (project venv first),
+/// then the system library paths.
+fn locate() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH") {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!(
+            "ORT_DYLIB_PATH points to `{}`, which is not a file",
+            path.display()
+        );
+    }
+    let mut dirs: Vec<PathBuf> = python_package_dirs();
+    dirs.extend(system_dirs());
+    dirs.iter()
+        .find_map(|d| find_library(d))
+        .ok_or_else(|| {
+            anyhow!(
+                "ONNX Runtime library not found (looked in ORT_DYLIB_PATH, the `onnxruntime` Python package, \
+                 and the system library paths). Install it with `pip install onnxruntime=={PINNED_ORT}` \
+                 (or run `make setup`), or set ORT_DYLIB_PATH=/path/to/libonnxruntime.so.{PINNED_ORT}"
+            )
+        })
+}
+
+/// `onnxruntime/capi` of the project venv, and of whatever `python3` imports.
+fn python_package_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for venv in [Path::new(".venv"), Path::new("/opt/sightline/venv")] {
+        if let Ok(entries) = std::fs::read_dir(venv.join("lib")) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path().join("site-packages/onnxruntime/capi")),
+            );
+        }
+    }
+    let probe = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output();
+    if let Ok(out) = probe {
+        if out.status.success() {
+            let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            dirs.push(PathBuf::from(dir).join("capi"));
+        }
+    }
+    dirs
+}
+
+fn system_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var("LD_LIBRARY_PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    dirs.extend(
+        [
+            "/usr/local/lib",
+            "/usr/lib",
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+        ]
+        .map(PathBuf::from),
+    );
+    dirs
+}
+
+/// `libonnxruntime.so`, or the versioned `libonnxruntime.so.1.x.y` the wheel ships.
+fn find_library(dir: &Path) -> Option<PathBuf> {
+    let exact = dir.join("libonnxruntime.so");
+    if exact.is_file() {
+        return Some(exact);
+    }
+    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libonnxruntime.so.") && p.is_file())
+        })
+        .collect();
+    versioned.sort();
+    versioned.pop()
+}
+
+/// Opens one model with `threads` intra-op threads. Spinning is off: the image and the text
+/// sessions share the cores, and a spinning idle pool would steal them from the busy one.
+pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
+    init()?;
+    let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{e}");
+    Session::builder()
+        .map_err(|e| anyhow!("{e}"))?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(builder_err)?
+        .with_intra_threads(threads.max(1))
+        .map_err(builder_err)?
+        .with_inter_threads(1)
+        .map_err(builder_err)?
+        .with_intra_op_spinning(false)
+        .map_err(builder_err)?
+        .commit_from_file(model)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("cannot load the ONNX model `{}`", model.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_library_names_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(find_library(dir.path()), None);
+        std::fs::write(dir.path().join("libonnxruntime.so.1.32.0"), b"").unwrap();
+        std::fs::write(dir.path().join("libonnxruntime_providers_shared.so"), b"").unwrap();
+        assert_eq!(
+            find_library(dir.path()),
+            Some(dir.path().join("libonnxruntime.so.1.32.0"))
+        );
+        std::fs::write(dir.path().join("libonnxruntime.so"), b"").unwrap();
+        assert_eq!(
+            find_library(dir.path()),
+            Some(dir.path().join("libonnxruntime.so"))
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! Inference workers: one OS thread per modality owns its ONNX Runtime session, takes batches
+//! from its queue, runs them off the async runtime, and answers each job with its own vector.
+//! A failed or panicking run fails only that batch; `Health` lets `/ready` see a wedged or
+//! stopped worker.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context, Result};
+use ndarray::{Array2, Array4, Ix2, Ix3};
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::batcher::{collect, timeout_error, triage, Job};
+use super::bundle::Bundle;
+use super::error::{EmbedError, ErrorKind};
+use super::input::Modality;
+use super::text::{pad_batch, Dense};
+use crate::metrics;
+
+/// A model that turns a batch of prepared inputs into one raw vector per input.
+pub(crate) trait BatchModel: Send + 'static {
+    type Input: Send + 'static;
+    fn run(&mut self, inputs: &[&Self::Input]) -> Result<Vec<Vec<f32>>>;
+}
+
+/// The image encoder: `[N, 3, S, S]` → `[N, D]`.
+pub(crate) struct ImageModel {
+    session: Session,
+    input: String,
+    output: String,
+    size: usize,
+    dimensions: usize,
+}
+
+impl ImageModel {
+    pub fn open(bundle: &Bundle, threads: usize) -> Result<ImageModel> {
+        let m = &bundle.manifest;
+        let session = super::runtime::open_session(&bundle.path(&m.image.onnx), threads)?;
+        check_names(&session, &[&m.image.input], &m.image.output, "image")?;
+        Ok(ImageModel {
+            session,
+            input: m.image.input.clone(),
+            output: m.image.output.clone(),
+            size: m.preprocess.size as usize,
+            dimensions: m.dimensions,
+        })
+    }
+}
+
+impl BatchModel for ImageModel {
+    /// A preprocessed `3 × S × S` tensor.
+    type Input = Vec<f32>;
+
+    fn run(&mut self, inputs: &[&Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        let plane = 3 * self.size * self.size;
+        let mut data = Vec::with_capacity(inputs.len() * plane);
+        for t in inputs {
+            data.extend_from_slice(t);
+        }
+        let pixels = Array4::from_shape_vec((inputs.len(), 3, self.size, self.size), data)?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => Tensor::from_array(pixels)?])?;
+        let out = outputs[self.output.as_str()]
+            .try_extract_array::<f32>()?
+            .into_dimensionality::<Ix2>()
+            .context("image encoder output is not 2-D")?;
+        rows(out.to_owned(), inputs.len(), self.dimensions)
+    }
+}
+
+/// The text encoder, form (a) pooled output or form (b) token states + `Dense`.
+pub(crate) struct TextModel {
+    session: Session,
+    input_ids: String,
+    attention_mask: String,
+    output: String,
+    dense: Option<Dense>,
+    dimensions: usize,
+}
+
+impl TextModel {
+    pub fn open(bundle: &Bundle, threads: usize) -> Result<TextModel> {
+        let m = &bundle.manifest;
+        let session = super::runtime::open_session(&bundle.path(&m.text.onnx), threads)?;
+        check_names(
+            &session,
+            &[&m.text.input_ids, &m.text.attention_mask],
+            &m.text.output,
+            "text",
+        )?;
+        let dense = match &m.text.dense {
+            Some(file) => Some(Dense::load(&bundle.path(file), m.dimensions)?),
+            None => None,
+        };
+        Ok(TextModel {
+            session,
+            input_ids: m.text.input_ids.clone(),
+            attention_mask: m.text.attention_mask.clone(),
+            output: m.text.output.clone(),
+            dense,
+            dimensions: m.dimensions,
+        })
+    }
+}
+
+impl BatchModel for TextModel {
+    /// Token ids with [CLS] and [SEP].
+    type Input = Vec<i64>;
+
+    fn run(&mut self, inputs: &[&Vec<i64>]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = pad_batch(inputs.iter().map(|v| v.as_slice()));
+        let outputs = self.session.run(ort::inputs![
+            self.input_ids.as_str() => Tensor::from_array(ids)?,
+            self.attention_mask.as_str() => Tensor::from_array(mask.clone())?,
+        ])?;
+        let out = outputs[self.output.as_str()].try_extract_array::<f32>()?;
+        let vectors = match &self.dense {
+            None => out
+                .into_dimensionality::<Ix2>()
+                .context("text encoder output is not [N, D]")?
+                .to_owned(),
+            Some(dense) => {
+                let states = out
+                    .into_dimensionality::<Ix3>()
+                    .context("text encoder output is not token states [N, L, H]")?;
+                ensure!(
+                    states.dim().2 == dense.hidden(),
+                    "token states have {} features but the Dense weights expect {}",
+                    states.dim().2,
+                    dense.hidden()
+                );
+                dense.pool_and_project(states, mask.view())
+            }
+        };
+        rows(vectors, inputs.len(), self.dimensions)
+    }
+}
+
+fn rows(out: Array2<f32>, n: usize, dimensions: usize) -> Result<Vec<Vec<f32>>> {
+    ensure!(
+        out.dim() == (n, dimensions),
+        "model output has shape {:?}, expected [{n}, {dimensions}]",
+        out.dim()
+    );
+    Ok(out.outer_iter().map(|r| r.to_vec()).collect())
+}
+
+/// Fails at start, with the names the graph does have, when the manifest names other tensors.
+fn check_names(session: &Session, inputs: &[&str], output: &str, what: &str) -> Result<()> {
+    let have_in: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let have_out: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    for name in inputs {
+        if !have_in.contains(name) {
+            return Err(anyhow!(
+                "the {what} encoder has no input `{name}` (its inputs: {have_in:?}); fix `sightline.json`"
+            ));
+        }
+    }
+    if !have_out.contains(&output) {
+        return Err(anyhow!(
+            "the {what} encoder has no output `{output}` (its outputs: {have_out:?}); fix `sightline.json`"
+        ));
+    }
+    Ok(())
+}
+
+/// What `/ready` reads: is the worker alive, and is it stuck in one run?
+pub(crate) struct Health {
+    origin: Instant,
+    /// Milliseconds since `origin` when the current run started; `u64::MAX` while idle.
+    busy_since: AtomicU64,
+    alive: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        Arc::new(Health {
+            origin: Instant::now(),
+            busy_since: AtomicU64::new(u64::MAX),
+            alive: AtomicBool::new(true),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+
+    /// Alive and not stuck in one run for longer than `stall`.
+    pub fn is_ready(&self, stall: Duration) -> bool {
+        let busy = self.busy_since.load(Ordering::Acquire);
+        self.alive.load(Ordering::Acquire)
+            && (busy == u64::MAX || self.now_ms().saturating_sub(busy) < stall.as_millis() as u64)
+    }
+}
+
+/// Worker settings.
+pub(crate) struct WorkerConfig {
+    pub modality: Modality,
+    pub max_batch: usize,
+    pub batch_wait: Duration,
+    pub normalize: bool,
+}
+
+/// Runs until the queue's senders are gone.
+pub(crate) fn run<M: BatchModel>(
+    mut model: M,
+    rx: Receiver<Job<M::Input>>,
+    cfg: WorkerConfig,
+    health: Arc<Health>,
+) {
+    let label = cfg.modality.label();
+    while let Some(jobs) = collect(&rx, cfg.max_batch, cfg.batch_wait) {
+        let (live, expired) = triage(jobs, Instant::now());
+        for job in expired {
+            let _ = job.reply.send(Err(timeout_error()));
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let started = Instant::now();
+        for job in &live {
+            metrics::stage_seconds("queue", label, started - job.enqueued);
+        }
+        metrics::batch_items(label, live.len());
+        health.busy_since.store(health.now_ms(), Ordering::Release);
+        let inputs: Vec<&M::Input> = live.iter().map(|j| &j.payload).collect();
+        let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)));
+        health.busy_since.store(u64::MAX, Ordering::Release);
+        metrics::stage_seconds("inference", label, started.elapsed());
+        let outcome = match outcome {
+            Ok(result) => result.map_err(|e| format!("{e:#}")),
+            Err(_) => Err("ONNX Runtime panicked".to_owned()),
+        };
+        match outcome {
+            Ok(vectors) => {
+                for (job, vector) in live.into_iter().zip(vectors) {
+                    let _ = job.reply.send(finish(vector, cfg.normalize));
+                }
+            }
+            Err(message) => {
+                tracing::error!(modality = label, batch = live.len(), error = %message, "inference failed");
+                for job in live {
+                    let _ = job.reply.send(Err(EmbedError::new(
+                        ErrorKind::Internal,
+                        format!("inference failed: {message}"),
+                    )));
+                }
+            }
+        }
+    }
+    health.alive.store(false, Ordering::Release);
+}
+
+/// NaN/Inf is an error, never a vector; L2-normalises when asked.
+fn finish(mut vector: Vec<f32>, normalize: bool) -> Result<Vec<f32>, EmbedError> {
+    if !vector.iter().all(|v| v.is_finite()) {
+        return Err(EmbedError::new(
+            ErrorKind::Internal,
+            "the model produced a non-finite value (NaN or Inf)",
+        ));
+    }
+    if normalize {
+        let norm = vector
+            .iter()
+            .map(|v| f64::from(*v) * f64::from(*v))
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 {
+            return Err(EmbedError::new(
+                ErrorKind::Internal,
+                "the model produced a zero vector, which cannot be normalised",
+            ));
+        }
+        for v in &mut vector {
+            *v = (f64::from(*v) / norm) as f32;
+        }
+    }
+    Ok(vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_normalises_and_refuses_non_finite() {
+        let v = finish(vec![3.0, 4.0], true).unwrap();
+        assert_eq!(v, vec![0.6, 0.8]);
+        assert_eq!(finish(vec![3.0, 4.0], false).unwrap(), vec![3.0, 4.0]);
+        assert_eq!(
+            finish(vec![f32::NAN, 1.0], true).unwrap_err().kind,
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            finish(vec![f32::INFINITY], false).unwrap_err().kind,
+            ErrorKind::Internal
+        );
+        assert_eq!(
+            finish(vec![0.0, 0.0], true).unwrap_err().kind,
+            ErrorKind::Internal
+        );
+    }
+
+    #[test]
+    fn health_turns_unready_when_a_run_stalls_or_the_worker_stops() {
+        let h = Health::new();
+        assert!(h.is_ready(Duration::from_secs(1)));
+        h.busy_since.store(h.now_ms(), Ordering::Release);
+        assert!(h.is_ready(Duration::from_secs(60)));
+        assert!(
+            !h.is_ready(Duration::ZERO),
+            "a run older than the stall limit is wedged"
+        );
+        h.busy_since.store(u64::MAX, Ordering::Release);
+        h.alive.store(false, Ordering::Release);
+        assert!(!h.is_ready(Duration::from_secs(60)));
+    }
+}

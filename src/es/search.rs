@@ -1,0 +1,269 @@
+//! `sightline search`: a kNN search on the image index by text or by image. The query vector is
+//! built by the cluster itself with `query_vector_builder.text_embedding` (contract §8), which
+//! calls the sidecar through the same endpoint that embedded the images; an image query travels
+//! as a `data:` URI in `model_text`, which the sidecar recognises as an image. Only
+//! `--embed-locally` computes the vector here and sends `query_vector`.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context, Result};
+use elasticsearch::{Elasticsearch, SearchParts};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::client::{connection_error, json_or_error};
+use super::SEMANTIC_FIELD;
+
+/// What to search with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    Text(String),
+    /// A `data:image/…;base64,…` URI.
+    Image(String),
+    /// A vector computed locally.
+    Vector(Vec<f32>),
+}
+
+/// Where and how many.
+#[derive(Debug, Clone)]
+pub struct SearchConfig {
+    pub index: String,
+    pub field: String,
+    pub inference_id: String,
+    pub k: usize,
+    pub num_candidates: usize,
+    /// Query the `semantic_text` field with a `semantic` query instead of kNN.
+    pub semantic: bool,
+}
+
+/// Fields returned per hit; the thumbnail is left out because a terminal cannot show it.
+const SOURCE_FIELDS: [&str; 6] = [
+    "file_name",
+    "path",
+    "content_hash",
+    "width",
+    "height",
+    "format",
+];
+
+/// ES's `num_candidates` must be ≥ k and ≤ 10 000; 10 × k (at least 100) gives HNSW room for
+/// good recall at little cost on image-sized indices.
+pub fn default_num_candidates(k: usize) -> usize {
+    k.saturating_mul(10).clamp(100, 10_000).max(k)
+}
+
+/// The `_search` body.
+pub fn search_body(config: &SearchConfig, query: &Query) -> Result<Value> {
+    if config.k == 0 {
+        bail!("-k must be at least 1");
+    }
+    if config.num_candidates < config.k || config.num_candidates > 10_000 {
+        bail!(
+            "--num-candidates must be between k ({}) and 10000, got {}",
+            config.k,
+            config.num_candidates
+        );
+    }
+    let query_text = match query {
+        Query::Text(text) | Query::Image(text) => Some(text.as_str()),
+        Query::Vector(_) => None,
+    };
+    if config.semantic {
+        let text = query_text.context(
+            "--semantic searches need the cluster to embed the query; drop --embed-locally",
+        )?;
+        return Ok(json!({
+            "size": config.k,
+            "query": {"semantic": {"field": SEMANTIC_FIELD, "query": text}},
+            "_source": SOURCE_FIELDS,
+        }));
+    }
+    let mut knn = json!({
+        "field": config.field,
+        "k": config.k,
+        "num_candidates": config.num_candidates,
+    });
+    let vector_source = match query {
+        Query::Vector(vector) => ("query_vector", json!(vector)),
+        Query::Text(text) | Query::Image(text) => (
+            "query_vector_builder",
+            json!({"text_embedding": {"model_id": config.inference_id, "model_text": text}}),
+        ),
+    };
+    if let Some(object) = knn.as_object_mut() {
+        object.insert(vector_source.0.to_owned(), vector_source.1);
+    }
+    Ok(json!({
+        "size": config.k,
+        "knn": knn,
+        "_source": SOURCE_FIELDS,
+    }))
+}
+
+/// The request in Kibana dev-console syntax.
+pub fn console(config: &SearchConfig, query: &Query) -> Result<String> {
+    let body = search_body(config, query)?;
+    Ok(format!(
+        "GET {}/_search\n{}\n",
+        config.index,
+        serde_json::to_string_pretty(&body).context("cannot print the search body")?
+    ))
+}
+
+/// One result line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub rank: usize,
+    pub score: f64,
+    pub id: String,
+    pub path: String,
+    pub file_name: String,
+}
+
+/// Runs the search and returns the hits in rank order.
+pub async fn search(
+    client: &Elasticsearch,
+    config: &SearchConfig,
+    query: &Query,
+) -> Result<Vec<Hit>> {
+    let body = search_body(config, query)?;
+    let request = format!("GET {}/_search", config.index);
+    let response = client
+        .search(SearchParts::Index(&[config.index.as_str()]))
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &request))?;
+    let answer = json_or_error(response, &request).await?;
+    Ok(parse_hits(&answer))
+}
+
+/// `hits.hits` of a search answer.
+pub fn parse_hits(answer: &Value) -> Vec<Hit> {
+    let hits = answer
+        .pointer("/hits/hits")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    hits.iter()
+        .enumerate()
+        .map(|(position, hit)| {
+            let text = |pointer: &str| {
+                hit.pointer(pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            Hit {
+                rank: position + 1,
+                score: hit.get("_score").and_then(Value::as_f64).unwrap_or(0.0),
+                id: text("/_id"),
+                path: text("/_source/path"),
+                file_name: text("/_source/file_name"),
+            }
+        })
+        .collect()
+}
+
+/// Hits as an aligned table: rank, score, id, path.
+pub fn format_hits(hits: &[Hit]) -> String {
+    let mut out = String::new();
+    if hits.is_empty() {
+        out.push_str("no hits\n");
+        return out;
+    }
+    let _ = writeln!(out, "{:>4}  {:>8}  {:<16}  path", "rank", "score", "id");
+    for hit in hits {
+        // 16 hex digits of the content hash identify a picture well enough on screen.
+        let short_id: String = hit.id.chars().take(16).collect();
+        let _ = writeln!(
+            out,
+            "{:>4}  {:>8.4}  {:<16}  {}",
+            hit.rank, hit.score, short_id, hit.path
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> SearchConfig {
+        SearchConfig {
+            index: "photos".to_owned(),
+            field: "ml.image_vector".to_owned(),
+            inference_id: "sightline-clip".to_owned(),
+            k: 5,
+            num_candidates: 50,
+            semantic: false,
+        }
+    }
+
+    #[test]
+    fn text_query_uses_query_vector_builder() {
+        let body = search_body(&config(), &Query::Text("a red bicycle".to_owned())).unwrap();
+        assert_eq!(
+            body["knn"],
+            json!({"field": "ml.image_vector", "k": 5, "num_candidates": 50,
+                   "query_vector_builder": {"text_embedding": {"model_id": "sightline-clip", "model_text": "a red bicycle"}}})
+        );
+        assert_eq!(body["size"], 5);
+        assert!(body["knn"].get("query_vector").is_none());
+    }
+
+    #[test]
+    fn image_query_sends_the_data_uri_and_local_vectors_go_as_query_vector() {
+        let body = search_body(
+            &config(),
+            &Query::Image("data:image/png;base64,AAAA".to_owned()),
+        )
+        .unwrap();
+        assert_eq!(
+            body["knn"]["query_vector_builder"]["text_embedding"]["model_text"],
+            "data:image/png;base64,AAAA"
+        );
+        let local = search_body(&config(), &Query::Vector(vec![0.6, 0.8])).unwrap();
+        assert_eq!(local["knn"]["query_vector"], json!([0.6f32, 0.8f32]));
+        assert!(local["knn"].get("query_vector_builder").is_none());
+    }
+
+    #[test]
+    fn semantic_query_targets_the_semantic_field() {
+        let mut semantic = config();
+        semantic.semantic = true;
+        let body = search_body(&semantic, &Query::Text("cat".to_owned())).unwrap();
+        assert_eq!(body["query"]["semantic"]["field"], SEMANTIC_FIELD);
+        assert!(search_body(&semantic, &Query::Vector(vec![1.0])).is_err());
+    }
+
+    #[test]
+    fn candidate_bounds() {
+        assert_eq!(default_num_candidates(10), 100);
+        assert_eq!(default_num_candidates(50), 500);
+        assert_eq!(default_num_candidates(5000), 10_000);
+        let mut bad = config();
+        bad.num_candidates = 2;
+        assert!(search_body(&bad, &Query::Text("x".to_owned())).is_err());
+        bad.k = 0;
+        assert!(search_body(&bad, &Query::Text("x".to_owned())).is_err());
+    }
+
+    #[test]
+    fn hits_are_parsed_and_printed() {
+        let answer = json!({"hits": {"hits": [
+            {"_id": "0123456789abcdef0123", "_score": 0.91, "_source": {"path": "a/b.jpg", "file_name": "b.jpg"}},
+            {"_id": "ff", "_score": 0.5, "_source": {"path": "c.png"}}
+        ]}});
+        let hits = parse_hits(&answer);
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].rank, 1);
+        assert_eq!(hits[1].path, "c.png");
+        let table = format_hits(&hits);
+        assert!(
+            table.contains("   1    0.9100  0123456789abcdef  a/b.jpg"),
+            "{table}"
+        );
+        assert_eq!(format_hits(&[]), "no hits\n");
+    }
+}

@@ -1,0 +1,699 @@
+//! `sightline setup`: the inference endpoint, the ingest pipelines, the index templates and the
+//! indices, then a check that one image and one text come back from the endpoint with the model's
+//! dimensions.
+//!
+//! The work is first laid out as a [`Plan`], a list of requests built from the assets for the
+//! cluster's version. `--print` writes that plan in Kibana dev-console syntax; otherwise
+//! [`apply`] sends the same requests, adding the reads that make it idempotent: an endpoint that
+//! already exists with the same settings is left alone (ES refuses to PUT over one), and an
+//! existing index is checked, never recreated, so re-running `setup` cannot lose documents.
+//! Pipelines and templates are create-or-update by nature.
+
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context, Result};
+use elasticsearch::http::StatusCode;
+use elasticsearch::indices::{
+    IndicesCreateParts, IndicesExistsParts, IndicesGetMappingParts, IndicesPutIndexTemplateParts,
+};
+use elasticsearch::inference::{
+    InferenceDeleteParts, InferenceGetParts, InferenceInferenceParts, InferencePutParts,
+};
+use elasticsearch::ingest::IngestPutPipelineParts;
+use elasticsearch::Elasticsearch;
+use serde_json::{json, Value};
+
+use super::assets::{self, EndpointParams, IndexParams, PipelineKind};
+use super::client::{connection_error, describe_failure, json_or_error};
+use super::image::{data_uri, sample_jpeg};
+use super::model_info::ModelInfo;
+use super::version::{Cluster, Service};
+use super::{
+    failed_index_name, failed_template_name, pipeline_name, semantic_pipeline_name, template_name,
+    VECTOR_FIELD,
+};
+
+/// The only task type Sightline's endpoints use (contract §10: `embedding` is not available to
+/// the services that can point at a self-hosted URL).
+pub const TASK_TYPE: &str = "text_embedding";
+
+/// Placeholder `api_key` for sidecars run without one: every service requires the field
+/// (contract §11.3) and a sidecar without a key ignores the header.
+pub const NO_SIDECAR_KEY: &str = "sightline-no-key";
+
+/// Text used to verify the endpoint.
+pub const VERIFY_TEXT: &str = "a photo of a dog on a beach";
+
+/// What `setup` is asked to create.
+#[derive(Debug, Clone)]
+pub struct SetupConfig {
+    pub index: String,
+    pub inference_id: String,
+    /// The sidecar's base URL as Elasticsearch reaches it.
+    pub sidecar_url: String,
+    pub sidecar_api_key: Option<String>,
+    /// `None`: choose from the version.
+    pub service: Option<Service>,
+    /// Delete and recreate the endpoint even when its visible settings match (ES never returns
+    /// the `api_key`, so a changed key cannot be detected).
+    pub recreate_endpoint: bool,
+    /// Send one image and one text through the endpoint at the end.
+    pub verify: bool,
+}
+
+/// One request of the plan.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    PutEndpoint {
+        id: String,
+        service: Service,
+        body: Value,
+    },
+    PutPipeline {
+        id: String,
+        body: Value,
+    },
+    PutIndexTemplate {
+        name: String,
+        body: Value,
+    },
+    /// Create the index if missing; with `vector_dims`, an existing index must map the vector
+    /// field with those dimensions.
+    CreateIndex {
+        name: String,
+        vector: Option<(usize, String)>,
+    },
+    Verify {
+        id: String,
+        what: &'static str,
+        body: Value,
+    },
+}
+
+impl Step {
+    pub fn method(&self) -> &'static str {
+        match self {
+            Step::Verify { .. } => "POST",
+            _ => "PUT",
+        }
+    }
+
+    /// Path without a leading slash, as Kibana's console writes it.
+    pub fn path(&self) -> String {
+        match self {
+            Step::PutEndpoint { id, .. } => format!("_inference/{TASK_TYPE}/{id}"),
+            Step::PutPipeline { id, .. } => format!("_ingest/pipeline/{id}"),
+            Step::PutIndexTemplate { name, .. } => format!("_index_template/{name}"),
+            Step::CreateIndex { name, .. } => name.clone(),
+            Step::Verify { id, .. } => format!("_inference/{TASK_TYPE}/{id}"),
+        }
+    }
+
+    pub fn body(&self) -> Option<&Value> {
+        match self {
+            Step::PutEndpoint { body, .. }
+            | Step::PutPipeline { body, .. }
+            | Step::PutIndexTemplate { body, .. }
+            | Step::Verify { body, .. } => Some(body),
+            Step::CreateIndex { .. } => None,
+        }
+    }
+
+    fn comment(&self) -> String {
+        match self {
+            Step::PutEndpoint { id, service, .. } => format!(
+                "Inference endpoint ({service} service) pointing at the sidecar. If it already exists, first run: DELETE _inference/{TASK_TYPE}/{id}"
+            ),
+            Step::PutPipeline { id, .. } => format!("Ingest pipeline {id}"),
+            Step::PutIndexTemplate { name, .. } => format!("Index template {name}"),
+            Step::CreateIndex { name, .. } => format!("Index {name} (its mappings come from the template)"),
+            Step::Verify { what, .. } => format!("Check: one {what} through the endpoint returns a vector"),
+        }
+    }
+
+    /// The request in Kibana dev-console syntax: `METHOD path` then the pretty JSON body.
+    pub fn console(&self) -> String {
+        let mut out = format!("{} {}\n", self.method(), self.path());
+        if let Some(body) = self.body() {
+            // serde_json cannot fail on a Value
+            out.push_str(&serde_json::to_string_pretty(body).unwrap_or_default());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The ordered requests of a setup.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub cluster: Cluster,
+    pub service: Service,
+    pub steps: Vec<Step>,
+}
+
+/// Lays out every request for `cluster`, `model` and `config`.
+pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Result<Plan> {
+    model.validate()?;
+    let service = cluster.choose_service(config.service)?;
+    let endpoint = assets::endpoint_body(
+        service,
+        &EndpointParams {
+            sidecar_url: config.sidecar_url.clone(),
+            sidecar_api_key: config
+                .sidecar_api_key
+                .clone()
+                .unwrap_or_else(|| NO_SIDECAR_KEY.to_owned()),
+            model: model.model.clone(),
+            dims: model.dimensions,
+            similarity: model.similarity.clone(),
+        },
+        cluster,
+    )?;
+    let pipeline = pipeline_name(&config.index);
+    let index_params = IndexParams {
+        index: config.index.clone(),
+        pipeline: Some(pipeline.clone()),
+        inference_id: config.inference_id.clone(),
+        model: model.model.clone(),
+        dims: model.dimensions,
+        similarity: model.similarity.clone(),
+    };
+
+    let mut steps = vec![
+        Step::PutEndpoint {
+            id: config.inference_id.clone(),
+            service,
+            body: endpoint,
+        },
+        Step::PutPipeline {
+            id: pipeline,
+            body: assets::pipeline_body(PipelineKind::Embedding, &config.inference_id)?,
+        },
+    ];
+    if cluster.supports_semantic_images() {
+        steps.push(Step::PutPipeline {
+            id: semantic_pipeline_name(&config.index),
+            body: assets::pipeline_body(PipelineKind::Semantic, &config.inference_id)?,
+        });
+    }
+    steps.extend([
+        Step::PutIndexTemplate {
+            name: template_name(&config.index),
+            body: assets::index_template_body(&index_params, cluster)?,
+        },
+        Step::PutIndexTemplate {
+            name: failed_template_name(&config.index),
+            body: assets::failed_template_body(&index_params)?,
+        },
+        Step::CreateIndex {
+            name: config.index.clone(),
+            vector: Some((model.dimensions, model.similarity.clone())),
+        },
+        Step::CreateIndex {
+            name: failed_index_name(&config.index),
+            vector: None,
+        },
+    ]);
+    if config.verify {
+        let image = data_uri("image/jpeg", &sample_jpeg()?);
+        steps.push(Step::Verify {
+            id: config.inference_id.clone(),
+            what: "image",
+            body: json!({ "input": [image] }),
+        });
+        steps.push(Step::Verify {
+            id: config.inference_id.clone(),
+            what: "text",
+            body: json!({ "input": [VERIFY_TEXT] }),
+        });
+    }
+    Ok(Plan {
+        cluster: cluster.clone(),
+        service,
+        steps,
+    })
+}
+
+/// The whole plan for Kibana's dev console, with `#` comments the console accepts.
+pub fn console_script(plan: &Plan, model: &ModelInfo) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Sightline setup for Elasticsearch {} ({} service), model {} ({} dims, {})",
+        plan.cluster.version, plan.service, model.model, model.dimensions, model.similarity
+    );
+    for (number, step) in plan.steps.iter().enumerate() {
+        let _ = writeln!(out, "\n# {}. {}", number + 1, step.comment());
+        out.push_str(&step.console());
+    }
+    out
+}
+
+/// What happened to one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub what: String,
+    pub action: String,
+}
+
+/// Sends the plan. Returns one line per step; the first failure stops and is returned.
+pub async fn apply(
+    client: &Elasticsearch,
+    plan: &Plan,
+    model: &ModelInfo,
+    config: &SetupConfig,
+) -> Result<Vec<Outcome>> {
+    let mut outcomes = Vec::with_capacity(plan.steps.len());
+    for step in &plan.steps {
+        let request = format!("{} {}", step.method(), step.path());
+        let action = match step {
+            Step::PutEndpoint { id, body, .. } => {
+                ensure_endpoint(client, &plan.cluster, id, body, config.recreate_endpoint).await?
+            }
+            Step::PutPipeline { id, body } => {
+                let response = client
+                    .ingest()
+                    .put_pipeline(IngestPutPipelineParts::Id(id))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|err| connection_error(err, &request))?;
+                json_or_error(response, &request).await?;
+                "created or updated".to_owned()
+            }
+            Step::PutIndexTemplate { name, body } => {
+                let response = client
+                    .indices()
+                    .put_index_template(IndicesPutIndexTemplateParts::Name(name))
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|err| connection_error(err, &request))?;
+                json_or_error(response, &request).await?;
+                "created or updated".to_owned()
+            }
+            Step::CreateIndex { name, vector } => {
+                ensure_index(client, name, vector.as_ref()).await?
+            }
+            Step::Verify { id, what, body } => verify(client, id, what, body, model).await?,
+        };
+        outcomes.push(Outcome {
+            what: step_label(step),
+            action,
+        });
+    }
+    Ok(outcomes)
+}
+
+fn step_label(step: &Step) -> String {
+    match step {
+        Step::PutEndpoint { id, service, .. } => format!("inference endpoint {id} ({service})"),
+        Step::PutPipeline { id, .. } => format!("ingest pipeline {id}"),
+        Step::PutIndexTemplate { name, .. } => format!("index template {name}"),
+        Step::CreateIndex { name, .. } => format!("index {name}"),
+        Step::Verify { id, what, .. } => format!("{what} through {id}"),
+    }
+}
+
+async fn ensure_endpoint(
+    client: &Elasticsearch,
+    cluster: &Cluster,
+    id: &str,
+    body: &Value,
+    recreate: bool,
+) -> Result<String> {
+    let get_request = format!("GET _inference/{TASK_TYPE}/{id}");
+    let response = client
+        .inference()
+        .get(InferenceGetParts::TaskTypeInferenceId(TASK_TYPE, id))
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &get_request))?;
+    // `None`: no endpoint; `Some(why)`: one exists and is replaced because of `why`.
+    let replaced: Option<String> = if response.status_code() == StatusCode::NOT_FOUND {
+        None
+    } else {
+        let existing = json_or_error(response, &get_request).await?;
+        match existing_endpoint(&existing) {
+            Some(current) => {
+                let why = match endpoint_difference(current, body) {
+                    None if !recreate => return Ok("already up to date".to_owned()),
+                    None => "--recreate-endpoint".to_owned(),
+                    Some(difference) => difference,
+                };
+                delete_endpoint(client, cluster, id).await?;
+                Some(why)
+            }
+            None => None,
+        }
+    };
+    let put_request = format!("PUT _inference/{TASK_TYPE}/{id}");
+    let response = client
+        .inference()
+        .put(InferencePutParts::TaskTypeInferenceId(TASK_TYPE, id))
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &put_request))?;
+    json_or_error(response, &put_request)
+        .await
+        .context("Elasticsearch calls the sidecar once (input \"how big\") while creating the endpoint: it must be running and reachable from the cluster at the --sidecar-url given")?;
+    Ok(match replaced {
+        Some(why) => format!("recreated ({why})"),
+        None => "created".to_owned(),
+    })
+}
+
+async fn delete_endpoint(client: &Elasticsearch, cluster: &Cluster, id: &str) -> Result<()> {
+    let request = format!("DELETE _inference/{TASK_TYPE}/{id}");
+    let inference = client.inference();
+    let delete = inference.delete(InferenceDeleteParts::TaskTypeInferenceId(TASK_TYPE, id));
+    // Our own pipeline references the endpoint; without force newer versions refuse.
+    let delete = if cluster.inference_delete_has_force() {
+        delete.force(true)
+    } else {
+        delete
+    };
+    let response = delete
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &request))?;
+    json_or_error(response, &request).await?;
+    Ok(())
+}
+
+/// The endpoint object in a GET answer: `endpoints` from 8.13, `models` in 8.12.
+pub fn existing_endpoint(answer: &Value) -> Option<&Value> {
+    ["endpoints", "models"]
+        .iter()
+        .find_map(|key| answer.get(*key).and_then(Value::as_array))
+        .and_then(|list| list.first())
+}
+
+/// `None` when `existing` (from GET) has the settings `desired` (a PUT body) asks for, else a
+/// description of the first difference. Only fields ES echoes back are compared: secrets never
+/// are, and ES adds defaults (rate limits, discovered dimensions) that the PUT body leaves out.
+pub fn endpoint_difference(existing: &Value, desired: &Value) -> Option<String> {
+    let compare = [
+        "/service",
+        "/service_settings/url",
+        "/service_settings/similarity",
+        "/service_settings/model_id",
+        "/service_settings/dimensions",
+        "/service_settings/request",
+        "/task_settings/model",
+        "/chunking_settings/strategy",
+    ];
+    compare.iter().find_map(|pointer| {
+        let want = desired.pointer(pointer)?;
+        let have = existing.pointer(pointer);
+        (have != Some(want)).then(|| {
+            format!(
+                "{pointer} is {} (want {want})",
+                have.map_or_else(|| "missing".to_owned(), Value::to_string)
+            )
+        })
+    })
+}
+
+async fn ensure_index(
+    client: &Elasticsearch,
+    name: &str,
+    vector: Option<&(usize, String)>,
+) -> Result<String> {
+    let exists_request = format!("HEAD {name}");
+    let response = client
+        .indices()
+        .exists(IndicesExistsParts::Index(&[name]))
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &exists_request))?;
+    let status = response.status_code();
+    if status == StatusCode::OK {
+        if let Some((dims, similarity)) = vector {
+            let mapping_request = format!("GET {name}/_mapping");
+            let response = client
+                .indices()
+                .get_mapping(IndicesGetMappingParts::Index(&[name]))
+                .send()
+                .await
+                .map_err(|err| connection_error(err, &mapping_request))?;
+            let mapping = json_or_error(response, &mapping_request).await?;
+            check_vector_mapping(&mapping, name, *dims, similarity)?;
+        }
+        return Ok("exists, kept".to_owned());
+    }
+    if status != StatusCode::NOT_FOUND {
+        bail!(describe_failure(status, b"", &exists_request));
+    }
+    let create_request = format!("PUT {name}");
+    let response = client
+        .indices()
+        .create(IndicesCreateParts::Index(name))
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &create_request))?;
+    let status = response.status_code();
+    let body = response.bytes().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok("created".to_owned());
+    }
+    // Someone else created it between HEAD and PUT: that is the state we wanted.
+    if String::from_utf8_lossy(&body).contains("resource_already_exists_exception") {
+        return Ok("exists, kept".to_owned());
+    }
+    bail!(describe_failure(status, &body, &create_request))
+}
+
+/// An existing index must map the vector field with the model's dims and similarity; otherwise
+/// every document would be rejected, and setup must not drop an index that holds data.
+pub fn check_vector_mapping(
+    answer: &Value,
+    index: &str,
+    dims: usize,
+    similarity: &str,
+) -> Result<()> {
+    let indices = answer
+        .as_object()
+        .context("GET _mapping did not answer with an object")?;
+    let pointer = format!(
+        "/mappings/properties/{}",
+        VECTOR_FIELD.replace('.', "/properties/")
+    );
+    for (concrete, mapping) in indices {
+        let Some(field) = mapping.pointer(&pointer) else {
+            bail!(
+                "index {concrete} exists but has no {VECTOR_FIELD} mapping (it was not created by sightline setup); choose another --index or delete it"
+            );
+        };
+        let have_dims = field.get("dims").and_then(Value::as_u64);
+        if have_dims != Some(dims as u64) {
+            bail!(
+                "index {concrete} maps {VECTOR_FIELD} with {} dimensions but the sidecar's model has {dims}; use another --index (or delete {index} and run setup again)",
+                have_dims.map_or_else(|| "no".to_owned(), |d| d.to_string())
+            );
+        }
+        if let Some(have_similarity) = field.get("similarity").and_then(Value::as_str) {
+            if have_similarity != similarity {
+                bail!(
+                    "index {concrete} maps {VECTOR_FIELD} with similarity {have_similarity} but the model needs {similarity}; use another --index"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn verify(
+    client: &Elasticsearch,
+    id: &str,
+    what: &str,
+    body: &Value,
+    model: &ModelInfo,
+) -> Result<String> {
+    let request = format!("POST _inference/{TASK_TYPE}/{id} ({what})");
+    let response = client
+        .inference()
+        .inference(InferenceInferenceParts::TaskTypeInferenceId(TASK_TYPE, id))
+        .body(body)
+        .send()
+        .await
+        .map_err(|err| connection_error(err, &request))?;
+    let answer = json_or_error(response, &request).await?;
+    let vector = first_embedding(&answer)
+        .with_context(|| format!("{request}: no text_embedding[0].embedding in the answer"))?;
+    check_vector(&vector, model).with_context(|| format!("{request}"))?;
+    Ok(format!("ok, {} dimensions", vector.len()))
+}
+
+/// `text_embedding[0].embedding` of a `POST _inference` answer.
+pub fn first_embedding(answer: &Value) -> Option<Vec<f64>> {
+    answer
+        .pointer("/text_embedding/0/embedding")?
+        .as_array()?
+        .iter()
+        .map(Value::as_f64)
+        .collect()
+}
+
+/// The vector has the model's length and, for `dot_product`, unit length (ES's own tolerance
+/// is 1e-4 on the squared norm; allow a little more for float32 rounding through JSON).
+pub fn check_vector(vector: &[f64], model: &ModelInfo) -> Result<()> {
+    if vector.len() != model.dimensions {
+        bail!(
+            "the endpoint returned {} dimensions but the model has {}",
+            vector.len(),
+            model.dimensions
+        );
+    }
+    if model.similarity == "dot_product" {
+        let squared_norm: f64 = vector.iter().map(|x| x * x).sum();
+        if (squared_norm - 1.0).abs() > 1e-3 {
+            bail!("the endpoint returned a vector of squared length {squared_norm:.4}; dot_product needs unit vectors");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::es::version::EsVersion;
+
+    fn model() -> ModelInfo {
+        ModelInfo {
+            model: "clip".to_owned(),
+            dimensions: 4,
+            similarity: "dot_product".to_owned(),
+            normalized: true,
+            modalities: vec!["image".to_owned(), "text".to_owned()],
+            fingerprint: None,
+        }
+    }
+
+    fn config() -> SetupConfig {
+        SetupConfig {
+            index: "photos".to_owned(),
+            inference_id: "sightline-clip".to_owned(),
+            sidecar_url: "http://sidecar:8080".to_owned(),
+            sidecar_api_key: None,
+            service: None,
+            recreate_endpoint: false,
+            verify: true,
+        }
+    }
+
+    fn cluster(text: &str) -> Cluster {
+        Cluster::new(text.parse::<EsVersion>().unwrap())
+    }
+
+    #[test]
+    fn plan_orders_endpoint_before_users_of_it() {
+        let plan = plan(&cluster("9.1.0"), &model(), &config()).unwrap();
+        let paths: Vec<String> = plan
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.method(), s.path()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "PUT _inference/text_embedding/sightline-clip",
+                "PUT _ingest/pipeline/sightline-photos",
+                "PUT _ingest/pipeline/sightline-photos-semantic",
+                "PUT _index_template/sightline-photos",
+                "PUT _index_template/sightline-photos-failed",
+                "PUT photos",
+                "PUT photos-failed",
+                "POST _inference/text_embedding/sightline-clip",
+                "POST _inference/text_embedding/sightline-clip",
+            ]
+        );
+        assert_eq!(plan.service, Service::Custom);
+    }
+
+    #[test]
+    fn plan_without_semantic_variant_before_8_19() {
+        let plan = plan(&cluster("8.15.0"), &model(), &config()).unwrap();
+        assert!(!plan.steps.iter().any(|s| s.path().ends_with("-semantic")));
+        assert_eq!(plan.service, Service::OpenAi);
+        assert_eq!(
+            plan.steps[0].body().unwrap()["service_settings"]["api_key"],
+            NO_SIDECAR_KEY
+        );
+    }
+
+    #[test]
+    fn plan_refuses_8_11() {
+        let err = plan(&cluster("8.11.0"), &model(), &config())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ingest --embed-locally"), "{err}");
+    }
+
+    #[test]
+    fn console_script_is_pasteable() {
+        let plan = plan(&cluster("8.15.0"), &model(), &config()).unwrap();
+        let script = console_script(&plan, &model());
+        assert!(script.contains("\nPUT _inference/text_embedding/sightline-clip\n{\n"));
+        assert!(script.contains("\nPUT photos\n"));
+        // every non-comment block parses: method line then JSON
+        for block in script.split("\n# ").skip(1) {
+            let mut lines = block.lines().skip(1);
+            let request_line = lines.next().unwrap();
+            assert!(
+                request_line.starts_with("PUT ") || request_line.starts_with("POST "),
+                "{request_line}"
+            );
+            let body: String = lines.collect::<Vec<_>>().join("\n");
+            if !body.trim().is_empty() {
+                serde_json::from_str::<Value>(&body).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn endpoint_difference_ignores_secrets_and_es_defaults() {
+        let desired = json!({"service": "openai", "service_settings": {"api_key": "k", "url": "http://s/v1/embeddings", "model_id": "m", "similarity": "dot_product"}});
+        let same = json!({"inference_id": "x", "task_type": "text_embedding", "service": "openai",
+            "service_settings": {"url": "http://s/v1/embeddings", "model_id": "m", "similarity": "dot_product", "dimensions": 512, "rate_limit": {"requests_per_minute": 3000}}});
+        assert_eq!(endpoint_difference(&same, &desired), None);
+        let moved = json!({"service": "openai", "service_settings": {"url": "http://old/v1/embeddings", "model_id": "m", "similarity": "dot_product"}});
+        assert!(endpoint_difference(&moved, &desired)
+            .unwrap()
+            .contains("url"));
+    }
+
+    #[test]
+    fn existing_endpoint_reads_both_answer_shapes() {
+        let new = json!({"endpoints": [{"inference_id": "a"}]});
+        let old = json!({"models": [{"model_id": "a"}]});
+        assert_eq!(existing_endpoint(&new).unwrap()["inference_id"], "a");
+        assert_eq!(existing_endpoint(&old).unwrap()["model_id"], "a");
+        assert!(existing_endpoint(&json!({})).is_none());
+    }
+
+    #[test]
+    fn vector_mapping_check() {
+        let mapping = |dims: u64| json!({"photos": {"mappings": {"properties": {"ml": {"properties": {"image_vector": {"type": "dense_vector", "dims": dims, "similarity": "dot_product"}}}}}}});
+        check_vector_mapping(&mapping(4), "photos", 4, "dot_product").unwrap();
+        assert!(
+            check_vector_mapping(&mapping(8), "photos", 4, "dot_product")
+                .unwrap_err()
+                .to_string()
+                .contains("8 dimensions")
+        );
+        assert!(check_vector_mapping(&mapping(4), "photos", 4, "cosine").is_err());
+        let foreign = json!({"photos": {"mappings": {"properties": {"title": {"type": "text"}}}}});
+        assert!(check_vector_mapping(&foreign, "photos", 4, "dot_product").is_err());
+    }
+
+    #[test]
+    fn verification_checks_length_and_norm() {
+        let answer = json!({"text_embedding": [{"embedding": [0.5, 0.5, 0.5, 0.5]}]});
+        let vector = first_embedding(&answer).unwrap();
+        check_vector(&vector, &model()).unwrap();
+        assert!(check_vector(&[1.0, 0.0], &model()).is_err());
+        assert!(check_vector(&[1.0, 1.0, 0.0, 0.0], &model()).is_err());
+    }
+}

@@ -1,0 +1,50 @@
+//! `POST /embed` (also `/hf/embed`): the Hugging Face / text-embeddings-inference dialect that
+//! Elasticsearch's `hugging_face` service sends (es-contract §2).
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{embed_inputs, modality_hint, read_json, AppState, Dialect, RawInput, RequestError};
+
+/// `{"inputs": string | [string]}`; TEI's other fields (`truncate`, `normalize`) are ignored.
+#[derive(Debug, Deserialize)]
+pub(crate) struct HfEmbedRequest {
+    inputs: HfInputs,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum HfInputs {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `POST /embed` → `[[...], ...]`, one array per input, in order.
+pub(crate) async fn embed(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<f32>>>, RequestError> {
+    let dialect = Dialect::HuggingFace;
+    let hint = modality_hint(query.as_deref(), dialect)?;
+    let request: HfEmbedRequest = read_json(&state, dialect, &headers, body).await?;
+    let values = match request.inputs {
+        HfInputs::One(s) => vec![s],
+        HfInputs::Many(v) => v,
+    };
+    let inputs = values
+        .into_iter()
+        .map(|value| RawInput { value, hint })
+        .collect();
+    let embeddings = embed_inputs(&state, dialect, inputs).await?;
+    Ok(Json(embeddings.into_iter().map(|e| e.vector).collect()))
+}
+
+/// `{"error": "..."}`: a top-level string, what ES's `HuggingFaceErrorResponseEntity` reads.
+pub(crate) fn error_body(message: &str) -> serde_json::Value {
+    serde_json::json!({ "error": message })
+}

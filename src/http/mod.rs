@@ -1,0 +1,318 @@
+//! The HTTP surface Elasticsearch calls: the router, API-key check, body limit, request logging,
+//! and the one function every dialect uses to turn its inputs into vectors. Dialects own only
+//! their wire types and body shapes (`openai.rs`, `hf.rs`); `ops.rs` serves health and metrics;
+//! `status.rs` is the only place an error becomes a status code.
+
+mod hf;
+mod openai;
+mod ops;
+pub mod status;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use crate::engine::{classify, EmbedError, Embedding, Engine, ErrorKind, ModalityHint};
+use crate::metrics;
+use status::Failure;
+
+/// A bearer token. Its `Debug` never shows the value, so logging the config stays safe.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: String) -> Option<ApiKey> {
+        let key = key.trim().to_owned();
+        (!key.is_empty()).then_some(ApiKey(key))
+    }
+
+    /// Constant-time comparison: response timing must not reveal how much of a guess was right.
+    fn matches(&self, presented: &str) -> bool {
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub api_key: Option<ApiKey>,
+    /// Largest request body in bytes; larger bodies get a 400 (never 413).
+    pub max_body: usize,
+    /// Most inputs one request may carry.
+    pub max_inputs: usize,
+}
+
+#[derive(Clone)]
+struct AppState {
+    engine: Engine,
+    cfg: Arc<HttpConfig>,
+}
+
+/// The full application. `/health` and `/ready` stay open for orchestrators; every other
+/// route requires the API key when one is configured.
+pub fn router(engine: Engine, cfg: HttpConfig) -> Router {
+    let state = AppState {
+        engine,
+        cfg: Arc::new(cfg),
+    };
+    let protected = Router::new()
+        .route("/v1/embeddings", post(openai::embeddings))
+        .route("/embed", post(hf::embed))
+        .route("/hf/embed", post(hf::embed))
+        .route("/info", get(ops::info))
+        .route("/metrics", get(ops::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .merge(protected)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+/// The wire shape of an error, per dialect.
+#[derive(Debug, Clone, Copy)]
+enum Dialect {
+    OpenAi,
+    HuggingFace,
+}
+
+/// A failed request: its class and the message the client sees.
+#[derive(Debug)]
+struct RequestError {
+    failure: Failure,
+    message: String,
+    dialect: Dialect,
+}
+
+impl RequestError {
+    fn bad_request(dialect: Dialect, message: impl Into<String>) -> RequestError {
+        RequestError {
+            failure: Failure::Input(ErrorKind::BadInput),
+            message: message.into(),
+            dialect,
+        }
+    }
+}
+
+impl IntoResponse for RequestError {
+    fn into_response(self) -> Response {
+        let status = self.failure.status();
+        let body = match self.dialect {
+            Dialect::OpenAi => openai::error_body(self.failure, &self.message),
+            Dialect::HuggingFace => hf::error_body(&self.message),
+        };
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Some(secs) = self.failure.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, secs.into());
+        }
+        if self.failure == Failure::Unauthorized {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(key) = &state.cfg.api_key else {
+        return next.run(req).await;
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if presented.is_some_and(|p| key.matches(p.trim())) {
+        return next.run(req).await;
+    }
+    let dialect = if req.uri().path().starts_with("/v1/") {
+        Dialect::OpenAi
+    } else {
+        Dialect::HuggingFace
+    };
+    let message = match presented {
+        None => "missing API key: send `Authorization: Bearer <key>`",
+        Some(_) => "invalid API key",
+    };
+    RequestError {
+        failure: Failure::Unauthorized,
+        message: message.into(),
+        dialect,
+    }
+    .into_response()
+}
+
+/// One info line per request, without payload or credentials.
+async fn log_request(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics::request(&route, status, elapsed);
+    tracing::info!(%method, route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    response
+}
+
+/// Reads and parses a JSON body within `--max-body`. An over-limit body is a 400 that names
+/// the limit and the flag (es-contract §5: never 413).
+async fn read_json<T: DeserializeOwned>(
+    state: &AppState,
+    dialect: Dialect,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, RequestError> {
+    let limit = state.cfg.max_body;
+    let too_large = || {
+        RequestError::bad_request(
+            dialect,
+            format!("request body exceeds the limit of {limit} bytes (`--max-body`); send fewer or smaller inputs per request"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RequestError::bad_request(dialect, format!("invalid JSON body: {e}")))
+}
+
+/// One input as a dialect received it, with how to read it.
+struct RawInput {
+    value: String,
+    hint: ModalityHint,
+}
+
+/// Classifies and embeds a request's inputs; the first failing input (lowest index) fails the
+/// request with its index in the message.
+async fn embed_inputs(
+    state: &AppState,
+    dialect: Dialect,
+    inputs: Vec<RawInput>,
+) -> Result<Vec<Embedding>, RequestError> {
+    if inputs.is_empty() {
+        return Err(RequestError::bad_request(
+            dialect,
+            "no inputs: send at least one",
+        ));
+    }
+    let max = state.cfg.max_inputs;
+    if inputs.len() > max {
+        return Err(RequestError::bad_request(
+            dialect,
+            format!(
+                "{} inputs in one request, over the limit of {max} (`--max-inputs`)",
+                inputs.len()
+            ),
+        ));
+    }
+    let input_failure = |index: usize, e: EmbedError| RequestError {
+        failure: Failure::Input(e.kind),
+        message: e.at(index).to_string(),
+        dialect,
+    };
+    let mut items = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.into_iter().enumerate() {
+        let item = classify(&input.value, input.hint).map_err(|e| input_failure(index, e))?;
+        items.push(item);
+    }
+    let images = items
+        .iter()
+        .filter(|i| matches!(i, crate::engine::Item::Image(_)))
+        .count();
+    metrics::inputs("image", images);
+    metrics::inputs("text", items.len() - images);
+    let results = state.engine.embed(items).await;
+    let mut vectors = Vec::with_capacity(results.len());
+    for (index, result) in results.into_iter().enumerate() {
+        vectors.push(result.map_err(|e| input_failure(index, e))?);
+    }
+    Ok(vectors)
+}
+
+/// Parses the `modality` query parameter (the URL ES calls is configured verbatim).
+fn modality_hint(query: Option<&str>, dialect: Dialect) -> Result<ModalityHint, RequestError> {
+    let Some(query) = query else {
+        return Ok(ModalityHint::Auto);
+    };
+    for pair in query.split('&') {
+        if let Some(value) = pair.strip_prefix("modality=") {
+            return value
+                .parse()
+                .map_err(|e: String| RequestError::bad_request(dialect, e));
+        }
+    }
+    Ok(ModalityHint::Auto)
+}
+
+fn not_ready_status(ready: bool) -> StatusCode {
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_compares_exactly_and_hides_itself() {
+        let key = ApiKey::new(" s3cret\n".into()).unwrap();
+        assert!(key.matches("s3cret"));
+        assert!(!key.matches("s3cre"));
+        assert!(!key.matches("s3cret2"));
+        assert_eq!(format!("{key:?}"), "ApiKey(***)");
+        assert!(ApiKey::new("  ".into()).is_none());
+    }
+
+    #[test]
+    fn modality_parameter_is_read_from_the_query() {
+        let d = Dialect::OpenAi;
+        assert_eq!(modality_hint(None, d).unwrap(), ModalityHint::Auto);
+        assert_eq!(
+            modality_hint(Some("source=es&modality=image"), d).unwrap(),
+            ModalityHint::Image
+        );
+        assert_eq!(
+            modality_hint(Some("modality=text"), d).unwrap(),
+            ModalityHint::Text
+        );
+        assert!(modality_hint(Some("modality=video"), d)
+            .unwrap_err()
+            .message
+            .contains("video"));
+    }
+}

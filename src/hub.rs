@@ -1,0 +1,1 @@
+//! Model hub downloads (placeholder while written).

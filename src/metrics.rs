@@ -1,0 +1,165 @@
+//! Every Prometheus metric: names, help texts and buckets live here and nowhere else.
+//! Callers record through the functions below; `/metrics` renders the registry.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::engine::ErrorKind;
+
+struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_seconds: HistogramVec,
+    inputs: IntCounterVec,
+    input_errors: IntCounterVec,
+    stage_seconds: HistogramVec,
+    batch_items: HistogramVec,
+    queue_depth: IntGaugeVec,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+                .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
+            h
+        };
+        // 0.1 ms … ~52 s, doubling: covers a tokenizer call up to a stalled batch.
+        let seconds = exponential_buckets(0.0001, 2.0, 20).expect("valid buckets");
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "sightline_queue_depth",
+                "Inputs admitted and not yet answered.",
+            ),
+            &["modality"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_depth.clone()))
+            .expect("unique metric");
+        Metrics {
+            requests: counter(
+                "sightline_requests_total",
+                "HTTP requests by route and status code.",
+                &["route", "status"],
+            ),
+            request_seconds: histogram(
+                "sightline_request_seconds",
+                "HTTP request latency by route.",
+                &["route"],
+                seconds.clone(),
+            ),
+            inputs: counter(
+                "sightline_inputs_total",
+                "Inputs received by modality.",
+                &["modality"],
+            ),
+            input_errors: counter(
+                "sightline_input_errors_total",
+                "Inputs that failed, by error class.",
+                &["kind"],
+            ),
+            stage_seconds: histogram(
+                "sightline_stage_seconds",
+                "Time per stage (decode+preprocess, tokenize, queue wait, inference) by modality.",
+                &["stage", "modality"],
+                seconds,
+            ),
+            batch_items: histogram(
+                "sightline_batch_items",
+                "Inputs per inference batch.",
+                &["modality"],
+                vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+            ),
+            queue_depth,
+            registry,
+        }
+    })
+}
+
+pub fn request(route: &str, status: u16, elapsed: Duration) {
+    let m = metrics();
+    m.requests
+        .with_label_values(&[route, &status.to_string()])
+        .inc();
+    m.request_seconds
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+}
+
+pub fn inputs(modality: &str, n: usize) {
+    metrics()
+        .inputs
+        .with_label_values(&[modality])
+        .inc_by(n as u64);
+}
+
+pub fn input_error(kind: ErrorKind) {
+    metrics()
+        .input_errors
+        .with_label_values(&[kind.label()])
+        .inc();
+}
+
+pub fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
+    metrics()
+        .stage_seconds
+        .with_label_values(&[stage, modality])
+        .observe(elapsed.as_secs_f64());
+}
+
+pub fn batch_items(modality: &str, n: usize) {
+    metrics()
+        .batch_items
+        .with_label_values(&[modality])
+        .observe(n as f64);
+}
+
+pub fn queue_depth(modality: &str, depth: usize) {
+    metrics()
+        .queue_depth
+        .with_label_values(&[modality])
+        .set(depth as i64);
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut buf = Vec::new();
+    TextEncoder::new()
+        .encode(&metrics().registry.gather(), &mut buf)
+        .expect("text encoding into a Vec cannot fail");
+    String::from_utf8(buf).expect("the text format is UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_values_appear_in_the_exposition() {
+        request("/v1/embeddings", 400, Duration::from_millis(3));
+        input_error(ErrorKind::BadInput);
+        queue_depth("image", 5);
+        let text = render();
+        assert!(text.contains(r#"sightline_requests_total{route="/v1/embeddings",status="400"}"#));
+        assert!(text.contains(r#"sightline_input_errors_total{kind="bad_input"}"#));
+        assert!(text.contains(r#"sightline_queue_depth{modality="image"} 5"#));
+    }
+}

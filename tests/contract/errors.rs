@@ -1,0 +1,388 @@
+//! Error paths and the status codes that keep Elasticsearch safe (es-contract §1.4, §5, §11 item
+//! 13): bad input is a final 400 naming the input, overload a 429 with `Retry-After`, nothing is
+//! ever a 413 (checked on every response by `common::send`), and one bad input never fails
+//! another request.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, Method, Request, StatusCode};
+
+use crate::common::*;
+use sightline::engine::EngineOptions;
+use sightline::http::{router, HttpConfig};
+
+const TEXT: &str = "A dog in the snow";
+
+/// Sends an OpenAI-dialect request that must fail with a 400 `invalid_request_error`; returns the message.
+async fn openai_400(app: &axum::Router, uri: &str, body: impl Into<Bytes>) -> String {
+    let reply = send(app, openai_request(uri, body)).await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    let (message, kind) = reply.openai_error();
+    assert_eq!(kind, "invalid_request_error", "{message}");
+    message
+}
+
+#[tokio::test]
+async fn bad_base64_names_its_input() {
+    let app = app();
+    let png = data_uri("small-100x50.png");
+    let cases = [
+        (
+            vec![TEXT, &png, "data:image/jpeg;base64,!!!not base64!!!"],
+            "input[2]: invalid base64",
+        ),
+        (
+            vec!["data:image/png;base64,iVBORw0KGgo*AAAA"],
+            "input[0]: invalid base64",
+        ),
+        // Looks like a PNG (signature) but is cut mid-quantum: the client's error, not a text.
+        (
+            vec![TEXT, "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeA"],
+            "input[1]: ",
+        ),
+    ];
+    for (inputs, expected) in cases {
+        let message = openai_400(
+            &app,
+            "/v1/embeddings",
+            openai_body(&inputs, None, None, false),
+        )
+        .await;
+        assert!(
+            message.starts_with(expected),
+            "{message:?} should start with {expected:?}"
+        );
+    }
+    // The URL-safe alphabet is refused with a message that says so.
+    let url_safe = format!(
+        "data:image/jpeg;base64,{}",
+        raw_base64("landscape.jpg").replace('/', "_")
+    );
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT, TEXT, &url_safe], None, None, false),
+    )
+    .await;
+    assert!(
+        message.starts_with("input[2]: ") && message.contains("URL-safe"),
+        "{message}"
+    );
+    // Under `modality=image` every input must be base64.
+    let message = openai_400(
+        &app,
+        "/v1/embeddings?modality=image",
+        openai_body(&[&png, "not base64!"], None, None, false),
+    )
+    .await;
+    assert!(message.starts_with("input[1]: invalid base64"), "{message}");
+}
+
+#[tokio::test]
+async fn every_broken_image_is_a_400_naming_its_input() {
+    let app = app();
+    // tools/make_images.py: truncated JPEG, empty file, text with a .png name, bad zlib data,
+    // and a 50000×50000 decompression bomb.
+    for name in [
+        "truncated.jpg",
+        "zero-bytes.png",
+        "wrong-magic.png",
+        "corrupt.png",
+        "bomb.png",
+    ] {
+        let uri = data_uri(&format!("broken/{name}"));
+        let body = openai_body(&[TEXT, &uri, TEXT], None, None, false);
+        let message = openai_400(&app, "/v1/embeddings", body).await;
+        assert!(message.starts_with("input[1]: "), "{name}: {message}");
+        // The same file sent raw under `modality=image` (the explicit image endpoint).
+        let raw = raw_base64(&format!("broken/{name}"));
+        let body = openai_body(&[&raw], None, None, false);
+        let message = openai_400(&app, "/v1/embeddings?modality=image", body).await;
+        assert!(message.starts_with("input[0]: "), "{name} raw: {message}");
+    }
+    // Recognised but unsupported formats and non-image data URIs are 400s too (never retried).
+    let svg = format!("data:image/svg+xml;base64,{}", "PHN2Zz48L3N2Zz4=");
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[&svg], None, None, false),
+    )
+    .await;
+    assert!(
+        message.starts_with("input[0]: unsupported image format"),
+        "{message}"
+    );
+    let text_uri = "data:text/plain;base64,aGVsbG8=";
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT, text_uri], None, None, false),
+    )
+    .await;
+    assert!(
+        message.starts_with("input[1]: ") && message.contains("not an image"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_input_is_named_before_any_image_is_decoded() {
+    // Input 1 is a truncated JPEG (found only when decoded), input 2 is not base64 at all (found
+    // while classifying, before anything is decoded or queued). The request fails fast on input 2;
+    // once input 2 is fixed, input 1 is named.
+    let app = app();
+    let truncated = data_uri("broken/truncated.jpg");
+    let body = openai_body(
+        &[TEXT, &truncated, "data:image/png;base64,@@@@"],
+        None,
+        None,
+        false,
+    );
+    let message = openai_400(&app, "/v1/embeddings", body).await;
+    assert!(message.starts_with("input[2]: invalid base64"), "{message}");
+    let body = openai_body(&[TEXT, &truncated, TEXT], None, None, false);
+    let message = openai_400(&app, "/v1/embeddings", body).await;
+    assert!(message.starts_with("input[1]: "), "{message}");
+}
+
+#[tokio::test]
+async fn empty_inputs_are_400() {
+    let app = app();
+    let model = MODEL_ID;
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        format!(r#"{{"input":[],"model":"{model}"}}"#),
+    )
+    .await;
+    assert!(message.contains("no inputs"), "{message}");
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        format!(r#"{{"input":"","model":"{model}"}}"#),
+    )
+    .await;
+    assert!(message.starts_with("input[0]: "), "{message}");
+    // golden/texts.json `rejected_texts`: empty and white-space-only texts.
+    for blank in ["", " \t\n "] {
+        let message = openai_400(
+            &app,
+            "/v1/embeddings",
+            openai_body(&[TEXT, "how big", blank], None, None, false),
+        )
+        .await;
+        assert!(message.starts_with("input[2]: "), "{blank:?}: {message}");
+    }
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT, "data:image/png;base64,"], None, None, false),
+    )
+    .await;
+    assert!(message.starts_with("input[1]: "), "{message}");
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_in_the_dialects_shape() {
+    // axum's stock extractor would answer 415/422; ES treats every 4xx as final, but a body it
+    // can read (`error.message`) makes the failure explain itself.
+    let app = app();
+    for body in [
+        r#"{"input":["a""#,
+        "",
+        r#"{"model":"m"}"#,
+        r#"{"input":[1,2]}"#,
+        r#"{"input":null}"#,
+        "[]",
+    ] {
+        let message = openai_400(&app, "/v1/embeddings", body).await;
+        assert!(!message.is_empty(), "{body}");
+    }
+    let reply = send(&app, hf_request("/embed", r#"{"input":["a"]}"#)).await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    reply.hf_error();
+}
+
+/// A router on the shared engine with a small body limit.
+fn small_body_app(max_body: usize) -> axum::Router {
+    router(
+        engine(),
+        HttpConfig {
+            max_body,
+            ..http_config()
+        },
+    )
+}
+
+#[tokio::test]
+async fn bodies_over_max_body_are_400_naming_the_limit_and_flag() {
+    // es-contract §5: a 413 would make ES halve every base64 image and resend it.
+    let limit = 4096;
+    let app = small_body_app(limit);
+    let big = openai_body(&[&data_uri("small-100x50.png")], None, None, false);
+    assert!(big.len() > limit);
+    let check = |message: &str| {
+        assert!(
+            message.contains(&limit.to_string()),
+            "the limit is not named: {message}"
+        );
+        assert!(
+            message.contains("--max-body"),
+            "the flag is not named: {message}"
+        );
+    };
+
+    // With Content-Length, as ES sends it.
+    let reply = send(&app, openai_request("/v1/embeddings", big.clone())).await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    let (message, kind) = reply.openai_error();
+    assert_eq!(kind, "invalid_request_error");
+    check(&message);
+
+    // Chunked, without Content-Length: the limit must hold while reading.
+    let chunks: Vec<Result<Bytes, std::io::Error>> = big
+        .as_bytes()
+        .chunks(1000)
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    let chunked = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/embeddings")
+        .header(header::CONTENT_TYPE, OPENAI_CONTENT_TYPE)
+        .header(header::AUTHORIZATION, format!("Bearer {API_KEY}"))
+        .header(header::TRANSFER_ENCODING, "chunked")
+        .body(Body::from_stream(futures::stream::iter(chunks)))
+        .expect("request");
+    let reply = send(&app, chunked).await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    check(&reply.openai_error().0);
+
+    // The Hugging Face dialect, in its own shape.
+    let reply = send(
+        &app,
+        hf_request("/embed", hf_body(&[&data_uri("small-100x50.png")])),
+    )
+    .await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    check(&reply.hf_error());
+
+    // A body within the limit still works, so the limit is the limit and not an off-by-a-lot.
+    let small = openai_body(&[&data_uri("tiny-1x1.png")], None, None, false);
+    assert!(small.len() <= limit);
+    let v = openai_vectors(&app, "/v1/embeddings", small, 1).await;
+    assert_golden(&v[0], &golden_image("tiny-1x1.png"), "within the limit");
+    // Exactly at the limit is allowed.
+    let mut exact = openai_body(&[TEXT], None, None, false);
+    exact.insert_str(exact.len() - 1, &" ".repeat(limit - exact.len()));
+    let reply = send(&app, openai_request("/v1/embeddings", exact)).await;
+    reply.assert_status(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn more_inputs_than_max_inputs_is_400() {
+    let app = router(
+        engine(),
+        HttpConfig {
+            max_inputs: 3,
+            ..http_config()
+        },
+    );
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT; 4], None, None, false),
+    )
+    .await;
+    assert!(
+        message.contains("--max-inputs") && message.contains('3'),
+        "{message}"
+    );
+    openai_vectors(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT; 3], None, None, false),
+        3,
+    )
+    .await;
+    let reply = send(&app, hf_request("/embed", hf_body(&[TEXT; 4]))).await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    assert!(reply.hf_error().contains("--max-inputs"));
+}
+
+#[tokio::test]
+async fn a_full_queue_is_429_with_retry_after() {
+    // ES retries 429 in every service (es-contract §11 item 13). A request needing more queue slots
+    // than exist is refused whole, deterministically, without waiting.
+    let engine = start_engine(EngineOptions {
+        queue_capacity: 2,
+        ..test_options()
+    });
+    let app = router(engine, http_config());
+    let reply = send(
+        &app,
+        openai_request("/v1/embeddings", openai_body(&[TEXT; 3], None, None, false)),
+    )
+    .await;
+    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = reply
+        .headers
+        .get(header::RETRY_AFTER)
+        .expect("a Retry-After header");
+    let seconds: u64 = retry_after
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("delay-seconds");
+    assert!(seconds >= 1, "{seconds}");
+    let (message, kind) = reply.openai_error();
+    assert_eq!(kind, "rate_limit_error");
+    assert!(message.contains("capacity"), "{message}");
+
+    let reply = send(&app, hf_request("/embed", hf_body(&[TEXT; 3]))).await;
+    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert!(reply.headers.contains_key(header::RETRY_AFTER));
+    assert!(!reply.hf_error().is_empty());
+
+    // Refusal reserved nothing: a request that fits is served.
+    let v = openai_vectors(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT; 2], None, None, false),
+        2,
+    )
+    .await;
+    assert_golden(&v[1], &golden_text(TEXT), "after an overload");
+}
+
+#[tokio::test]
+async fn a_bad_input_fails_only_its_own_request() {
+    // A long batch wait makes the two requests' good images share one inference batch.
+    let engine = start_engine(EngineOptions {
+        batch_wait: Duration::from_millis(200),
+        max_batch_image: 16,
+        ..test_options()
+    });
+    let app = router(engine, http_config());
+    let (jpeg, png) = (data_uri("landscape.jpg"), data_uri("small-100x50.png"));
+    let truncated = data_uri("broken/truncated.jpg");
+    let good = openai_body(&[&jpeg, TEXT, &png], None, None, false);
+    let bad = openai_body(&[&png, &truncated, &jpeg], None, None, false);
+    let (good, bad) = tokio::join!(
+        send(&app, openai_request("/v1/embeddings", good)),
+        send(&app, openai_request("/v1/embeddings", bad)),
+    );
+    bad.assert_status(StatusCode::BAD_REQUEST);
+    let (message, _) = bad.openai_error();
+    assert!(message.starts_with("input[1]: "), "{message}");
+    good.assert_status(StatusCode::OK);
+    let v = es_old_openai_parse(&good.body).expect("the old ES parser reads it");
+    assert_eq!(v.len(), 3);
+    assert_golden(&v[0], &golden_image("landscape.jpg"), "good request, JPEG");
+    assert_golden(&v[1], &golden_text(TEXT), "good request, text");
+    assert_golden(
+        &v[2],
+        &golden_image("small-100x50.png"),
+        "good request, PNG",
+    );
+}

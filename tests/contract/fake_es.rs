@@ -1,0 +1,642 @@
+//! An in-process fake Elasticsearch for the `es_*` contract tests, plus a helper that runs the
+//! `sightline` binary against it.
+//!
+//! It listens on 127.0.0.1:0, records every request (method, path, query, body), and answers the
+//! way ES does for what Sightline sends: `GET /` with a chosen version, `_inference` PUT / GET /
+//! DELETE / POST, ingest pipelines, index templates, index HEAD / PUT / `_mapping`, `_mget`,
+//! `_bulk` (with a simulated embedding pipeline whose `on_failure` redirects to `<index>-failed`,
+//! `create` conflicts, and dims checks), `_refresh` and `_search`. It also serves the sidecar's
+//! `/info` under `/sidecar`. Tests script failures through [`Script`]: whole-request statuses
+//! for the next N matching requests, one-off item-level 429s, ids the pipeline fails, a wrong
+//! vector length from `POST _inference`. Nothing here sleeps: a test waits only on the child
+//! process it started.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} {} body is not JSON: {e}", self.method, self.path))
+    }
+
+    /// The lines of an NDJSON body.
+    pub fn ndjson(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .map(|line| serde_json::from_str(line).expect("bulk line is not JSON"))
+            .collect()
+    }
+
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| value.to_owned())
+        })
+    }
+
+    /// `"PUT /_ingest/pipeline/x"`.
+    pub fn line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
+/// A canned answer for the next `times` requests whose method matches and whose path contains
+/// `path_contains`.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub method: &'static str,
+    pub path_contains: &'static str,
+    pub times: usize,
+    pub status: u16,
+    pub body: Value,
+}
+
+/// Failures a test asks for.
+#[derive(Debug, Default)]
+pub struct Script {
+    pub overrides: Vec<Override>,
+    /// Bulk items with these ids answer 429 this many times before being accepted.
+    pub item_429: HashMap<String, usize>,
+    /// Bulk items with these ids fail with this status, type and reason.
+    pub item_errors: HashMap<String, (u16, String, String)>,
+    /// Documents with these ids fail in the simulated pipeline and go to `<index>-failed`.
+    pub pipeline_fail_ids: HashSet<String>,
+    /// Vector length `POST _inference` answers with (default: the model's).
+    pub inference_dims: Option<usize>,
+    /// `_search` answers these hits (default: every document of the index, score 1.0).
+    pub search_hits: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Default)]
+struct Index {
+    mappings: Value,
+    settings: Value,
+    docs: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Default)]
+struct EsState {
+    version: String,
+    dims: usize,
+    requests: Vec<Recorded>,
+    endpoints: BTreeMap<String, Value>,
+    pipelines: BTreeMap<String, Value>,
+    templates: BTreeMap<String, Value>,
+    indices: BTreeMap<String, Index>,
+    script: Script,
+}
+
+/// A running fake cluster. Dropping it stops the server.
+pub struct FakeEs {
+    pub url: String,
+    state: Arc<Mutex<EsState>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeEs {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Model dimensions the fake sidecar `/info` reports.
+pub const FAKE_DIMS: usize = 8;
+pub const FAKE_MODEL: &str = "clip-ViT-B-32-multilingual-v1";
+
+impl FakeEs {
+    /// Starts a fake cluster that reports `version`.
+    pub async fn start(version: &str) -> FakeEs {
+        let state = Arc::new(Mutex::new(EsState {
+            version: version.to_owned(),
+            dims: FAKE_DIMS,
+            ..EsState::default()
+        }));
+        let app = Router::new()
+            .fallback(handle)
+            .layer(DefaultBodyLimit::disable())
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let address: SocketAddr = listener.local_addr().expect("local address");
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("fake ES server failed");
+        });
+        FakeEs {
+            url: format!("http://{address}"),
+            state,
+            server,
+        }
+    }
+
+    /// Base URL of the fake sidecar (`/info` only).
+    pub fn sidecar_url(&self) -> String {
+        format!("{}/sidecar", self.url)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Requests other than the sidecar's `/info`, as `METHOD /path` lines.
+    pub fn es_lines(&self) -> Vec<String> {
+        self.requests()
+            .iter()
+            .filter(|r| !r.path.starts_with("/sidecar"))
+            .map(Recorded::line)
+            .collect()
+    }
+
+    pub fn count(&self, method: &str, path_suffix: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| r.method == method && r.path.ends_with(path_suffix))
+            .count()
+    }
+
+    pub fn clear_requests(&self) {
+        self.state.lock().unwrap().requests.clear();
+    }
+
+    pub fn script<R>(&self, edit: impl FnOnce(&mut Script) -> R) -> R {
+        edit(&mut self.state.lock().unwrap().script)
+    }
+
+    pub fn docs(&self, index: &str) -> BTreeMap<String, Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .indices
+            .get(index)
+            .map(|i| i.docs.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn endpoint(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().endpoints.get(id).cloned()
+    }
+
+    pub fn pipeline(&self, id: &str) -> Option<Value> {
+        self.state.lock().unwrap().pipelines.get(id).cloned()
+    }
+
+    pub fn template(&self, name: &str) -> Option<Value> {
+        self.state.lock().unwrap().templates.get(name).cloned()
+    }
+
+    pub fn index_mappings(&self, index: &str) -> Option<Value> {
+        self.state.lock().unwrap().indices.get(index).map(|i| i.mappings.clone())
+    }
+
+    pub fn seed_pipeline(&self, id: &str, body: Value) {
+        self.state.lock().unwrap().pipelines.insert(id.to_owned(), body);
+    }
+
+    pub fn seed_index(&self, name: &str, mappings: Value) {
+        self.state.lock().unwrap().indices.insert(
+            name.to_owned(),
+            Index {
+                mappings,
+                ..Index::default()
+            },
+        );
+    }
+
+    pub fn seed_doc(&self, index: &str, id: &str, source: Value) {
+        let mut state = self.state.lock().unwrap();
+        state.indices.entry(index.to_owned()).or_default().docs.insert(id.to_owned(), source);
+    }
+}
+
+fn es_error(status: u16, kind: &str, reason: &str) -> (u16, Value) {
+    (
+        status,
+        json!({"error": {"root_cause": [{"type": kind, "reason": reason}], "type": kind, "reason": reason}, "status": status}),
+    )
+}
+
+fn unit_vector(dims: usize) -> Vec<f64> {
+    let value = 1.0 / (dims as f64).sqrt();
+    vec![value; dims]
+}
+
+async fn handle(State(state): State<Arc<Mutex<EsState>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let recorded = Recorded {
+        method: method.as_str().to_owned(),
+        path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        headers,
+        body: body.to_vec(),
+    };
+    let mut state = state.lock().unwrap();
+    state.requests.push(recorded.clone());
+    let (status, answer) = answer(&mut state, &recorded);
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = if recorded.method == "HEAD" || answer.is_null() {
+        status.into_response()
+    } else {
+        (status, axum::Json(answer)).into_response()
+    };
+    response
+        .headers_mut()
+        .insert("x-elastic-product", "Elasticsearch".parse().unwrap());
+    response
+}
+
+fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
+    if let Some(position) = state.script.overrides.iter().position(|o| {
+        o.times > 0 && o.method == request.method && request.path.contains(o.path_contains)
+    }) {
+        let canned = &mut state.script.overrides[position];
+        canned.times -= 1;
+        return (canned.status, canned.body.clone());
+    }
+    let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    match (request.method.as_str(), segments.as_slice()) {
+        ("GET", []) => (
+            200,
+            json!({"name": "fake", "cluster_name": "fake", "version": {"number": state.version, "build_flavor": "default"}, "tagline": "You Know, for Search"}),
+        ),
+        ("GET", ["sidecar", "info"]) => (
+            200,
+            json!({"model": FAKE_MODEL, "dimensions": state.dims, "normalized": true, "similarity": "dot_product",
+                   "modalities": ["image", "text"], "max_seq_len": 128, "version": "0.1.0", "fingerprint": "sha256:fake"}),
+        ),
+        (method, ["_inference", task, id]) => inference(state, method, task, id, request),
+        ("PUT", ["_ingest", "pipeline", id]) => {
+            state.pipelines.insert((*id).to_owned(), request.json());
+            (200, json!({"acknowledged": true}))
+        }
+        ("GET", ["_ingest", "pipeline", id]) => match state.pipelines.get(*id) {
+            Some(body) => (200, json!({ *id: body })),
+            None => (404, json!({})),
+        },
+        ("PUT", ["_index_template", name]) => {
+            state.templates.insert((*name).to_owned(), request.json());
+            (200, json!({"acknowledged": true}))
+        }
+        ("HEAD", [index]) => (if state.indices.contains_key(*index) { 200 } else { 404 }, Value::Null),
+        ("PUT", [index]) => create_index(state, index, request),
+        ("GET", [index, "_mapping"]) => match state.indices.get(*index) {
+            Some(found) => (200, json!({ *index: {"mappings": found.mappings} })),
+            None => es_error(404, "index_not_found_exception", &format!("no such index [{index}]")),
+        },
+        ("POST", [index, "_mget"]) | ("GET", [index, "_mget"]) => mget(state, index, request),
+        ("POST", [index, "_bulk"]) | ("PUT", [index, "_bulk"]) => bulk(state, index, request),
+        ("POST", [_, "_refresh"]) => (200, json!({"_shards": {"total": 1, "successful": 1, "failed": 0}})),
+        ("POST", [index, "_search"]) | ("GET", [index, "_search"]) => search(state, index),
+        _ => es_error(400, "illegal_argument_exception", &format!("fake ES has no route for {} {}", request.method, request.path)),
+    }
+}
+
+fn inference(state: &mut EsState, method: &str, task: &str, id: &str, request: &Recorded) -> (u16, Value) {
+    let missing = || es_error(404, "resource_not_found_exception", &format!("Inference endpoint not found [{id}]"));
+    match method {
+        "GET" => match state.endpoints.get(id) {
+            Some(endpoint) => (200, json!({"endpoints": [endpoint]})),
+            None => missing(),
+        },
+        "PUT" => {
+            if state.endpoints.contains_key(id) {
+                return es_error(400, "status_exception", &format!("Inference endpoint [{id}] already exists"));
+            }
+            // Echo as ES does: secrets dropped, probed dimensions added.
+            let body = request.json();
+            let mut settings = body["service_settings"].as_object().cloned().unwrap_or_default();
+            settings.remove("api_key");
+            settings.remove("secret_parameters");
+            settings.entry("dimensions").or_insert(json!(state.dims));
+            let mut endpoint = json!({"inference_id": id, "task_type": task, "service": body["service"], "service_settings": settings,
+                                      "task_settings": body.get("task_settings").cloned().unwrap_or(json!({}))});
+            if let Some(chunking) = body.get("chunking_settings") {
+                endpoint["chunking_settings"] = chunking.clone();
+            }
+            state.endpoints.insert(id.to_owned(), endpoint.clone());
+            (200, endpoint)
+        }
+        "DELETE" => match state.endpoints.remove(id) {
+            Some(_) => (200, json!({"acknowledged": true, "pipelines": []})),
+            None => missing(),
+        },
+        "POST" => {
+            if !state.endpoints.contains_key(id) {
+                return missing();
+            }
+            let inputs = request.json()["input"].as_array().map_or(1, Vec::len);
+            let dims = state.script.inference_dims.unwrap_or(state.dims);
+            let results: Vec<Value> = (0..inputs).map(|_| json!({"embedding": unit_vector(dims)})).collect();
+            (200, json!({ task: results }))
+        }
+        _ => missing(),
+    }
+}
+
+fn create_index(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
+    if state.indices.contains_key(index) {
+        return es_error(400, "resource_already_exists_exception", &format!("index [{index}/x] already exists"));
+    }
+    let body = if request.body.is_empty() { json!({}) } else { request.json() };
+    let template = state
+        .templates
+        .values()
+        .find(|t| t["index_patterns"].as_array().is_some_and(|p| p.iter().any(|p| p == index)))
+        .map(|t| t["template"].clone())
+        .unwrap_or(json!({}));
+    let pick = |key: &str| body.get(key).cloned().or_else(|| template.get(key).cloned()).unwrap_or(json!({}));
+    state.indices.insert(
+        index.to_owned(),
+        Index {
+            mappings: pick("mappings"),
+            settings: pick("settings"),
+            docs: BTreeMap::new(),
+        },
+    );
+    (200, json!({"acknowledged": true, "shards_acknowledged": true, "index": index}))
+}
+
+fn mget(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
+    let body = request.json();
+    let empty = Vec::new();
+    let docs = body["docs"].as_array().unwrap_or(&empty);
+    let answers: Vec<Value> = docs
+        .iter()
+        .map(|doc| {
+            let id = doc["_id"].as_str().unwrap_or_default();
+            match state.indices.get(index) {
+                None => json!({"_index": index, "_id": id, "error": {"type": "index_not_found_exception", "reason": "no such index"}}),
+                Some(found) => match found.docs.get(id) {
+                    Some(source) if doc.get("_source") == Some(&json!(false)) => json!({"_index": index, "_id": id, "found": true}),
+                    Some(source) => json!({"_index": index, "_id": id, "found": true, "_source": source}),
+                    None => json!({"_index": index, "_id": id, "found": false}),
+                },
+            }
+        })
+        .collect();
+    (200, json!({ "docs": answers }))
+}
+
+fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
+    let lines = request.ndjson();
+    let pipeline = request.param("pipeline");
+    let mut items = Vec::new();
+    for pair in lines.chunks(2) {
+        let [action, source] = pair else {
+            return es_error(400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]");
+        };
+        let (op, meta) = action.as_object().and_then(|a| a.iter().next()).expect("bulk action");
+        let target = meta["_index"].as_str().unwrap_or(index).to_owned();
+        let id = meta["_id"].as_str().unwrap_or_default().to_owned();
+        let item = |index: &str, status: u16, extra: Value| {
+            let mut result = json!({"_index": index, "_id": id, "status": status});
+            if let (Some(result), Some(extra)) = (result.as_object_mut(), extra.as_object()) {
+                result.extend(extra.clone());
+            }
+            json!({ op.as_str(): result })
+        };
+        if let Some(remaining) = state.script.item_429.get_mut(&id) {
+            if *remaining > 0 {
+                *remaining -= 1;
+                items.push(item(&target, 429, json!({"error": {"type": "es_rejected_execution_exception", "reason": "rejected execution of coordinating operation"}})));
+                continue;
+            }
+        }
+        if let Some((status, kind, reason)) = state.script.item_errors.get(&id) {
+            items.push(item(&target, *status, json!({"error": {"type": kind, "reason": reason}})));
+            continue;
+        }
+        let mut document = source.clone();
+        let mut destination = target.clone();
+        match pipeline.as_deref() {
+            None | Some("_none") => {}
+            Some(name) => {
+                if !state.pipelines.contains_key(name) {
+                    items.push(item(&target, 400, json!({"error": {"type": "illegal_argument_exception", "reason": format!("pipeline with id [{name}] does not exist")}})));
+                    continue;
+                }
+                let has_image = document.get("image_b64").is_some_and(Value::is_string);
+                if !has_image || state.script.pipeline_fail_ids.contains(&id) {
+                    // on_failure: record the error, redirect to <index>-failed
+                    document["error"] = json!({"message": "simulated inference failure: the sidecar answered 400", "processor_type": "inference", "original_index": target});
+                    destination = format!("{target}-failed");
+                } else {
+                    let object = document.as_object_mut().expect("document object");
+                    object.remove("image_b64");
+                    object.insert("ml".to_owned(), json!({"image_vector": unit_vector(state.dims), "model_id": "fake"}));
+                }
+            }
+        }
+        let index_entry = state.indices.entry(destination.clone()).or_default();
+        if let Some(expected) = index_entry.mappings.pointer("/properties/ml/properties/image_vector/dims").and_then(Value::as_u64) {
+            let got = document.pointer("/ml/image_vector").and_then(Value::as_array).map(Vec::len);
+            if let Some(got) = got {
+                if got as u64 != expected {
+                    items.push(item(&destination, 400, json!({"error": {"type": "document_parsing_exception",
+                        "reason": format!("The [dense_vector] field [ml.image_vector] in doc [{id}] has a different number of dimensions [{got}] than defined in the mapping [{expected}]")}})));
+                    continue;
+                }
+            }
+        }
+        if op == "create" && index_entry.docs.contains_key(&id) {
+            items.push(item(&destination, 409, json!({"error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}})));
+            continue;
+        }
+        index_entry.docs.insert(id.clone(), document);
+        items.push(item(&destination, 201, json!({"result": "created", "_version": 1})));
+    }
+    let errors = items.iter().any(|item| item.as_object().and_then(|o| o.values().next()).and_then(|r| r["status"].as_u64()).is_some_and(|s| s >= 300));
+    (200, json!({"took": 1, "errors": errors, "items": items}))
+}
+
+fn search(state: &mut EsState, index: &str) -> (u16, Value) {
+    let hits = match &state.script.search_hits {
+        Some(hits) => hits.clone(),
+        None => state
+            .indices
+            .get(index)
+            .map(|found| {
+                found
+                    .docs
+                    .iter()
+                    .map(|(id, source)| json!({"_index": index, "_id": id, "_score": 1.0, "_source": source}))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    (200, json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the binary
+
+/// Environment variables the CLI reads; removed so a developer's shell cannot change a test.
+const CLI_ENV: [&str; 12] = [
+    "SIGHTLINE_ES_URL",
+    "SIGHTLINE_ES_API_KEY",
+    "SIGHTLINE_ES_USER",
+    "SIGHTLINE_ES_PASSWORD",
+    "SIGHTLINE_ES_CA_CERT",
+    "SIGHTLINE_SIDECAR_URL",
+    "SIGHTLINE_SIDECAR_API_KEY",
+    "SIGHTLINE_INDEX",
+    "SIGHTLINE_INFERENCE_ID",
+    "SIGHTLINE_MODEL_DIR",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+];
+
+/// Output of one `sightline` run.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(code),
+            "exit code {:?}, expected {code}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `sightline ARGS` with extra environment `envs`, off the async threads so the fake
+/// server keeps answering while the child runs.
+pub async fn sightline_with_env(args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sightline"));
+        command.args(&args).env("SIGHTLINE_LOG", "warn").env("NO_PROXY", "127.0.0.1,localhost");
+        for name in CLI_ENV {
+            command.env_remove(name);
+        }
+        for (key, value) in envs {
+            command.env(key, value);
+        }
+        Run::from_output(command.output().expect("cannot start the sightline binary"))
+    })
+    .await
+    .expect("the sightline runner task panicked")
+}
+
+pub async fn sightline(args: &[&str]) -> Run {
+    sightline_with_env(args, &[]).await
+}
+
+/// The shared fixture images.
+pub fn fixture_images() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/images")
+}
+
+/// Parses Kibana console text (`# comment`, `METHOD path`, pretty JSON body) into requests.
+pub fn parse_console(text: &str) -> Vec<(String, String, Option<Value>)> {
+    let mut requests = Vec::new();
+    let mut current: Option<(String, String, String)> = None;
+    let finish = |current: Option<(String, String, String)>, requests: &mut Vec<(String, String, Option<Value>)>| {
+        if let Some((method, path, body)) = current {
+            let body = if body.trim().is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&body).unwrap_or_else(|e| panic!("body of {method} {path} is not JSON: {e}\n{body}")))
+            };
+            requests.push((method, path, body));
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let request_line = ["GET ", "PUT ", "POST ", "DELETE ", "HEAD "]
+            .iter()
+            .find(|m| line.starts_with(**m))
+            .map(|_| line.split_once(' ').unwrap());
+        match request_line {
+            Some((method, path)) => {
+                finish(current.take(), &mut requests);
+                current = Some((method.to_owned(), path.to_owned(), String::new()));
+            }
+            None => {
+                if let Some((_, _, body)) = current.as_mut() {
+                    body.push_str(line);
+                    body.push('\n');
+                }
+            }
+        }
+    }
+    finish(current, &mut requests);
+    requests
+}
+
+/// An asset file with its `@@name@@` placeholders replaced, parsed: what the tests compare
+/// request bodies against.
+pub fn rendered_asset(path: &str, params: &[(&str, Value)]) -> Value {
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("asset file");
+    let mut value: Value = serde_json::from_str(&text).expect("asset is JSON");
+    fn walk(value: &mut Value, params: &[(&str, Value)]) {
+        match value {
+            Value::String(text) => {
+                for (name, replacement) in params {
+                    let placeholder = format!("@@{name}@@");
+                    if *text == placeholder {
+                        *value = replacement.clone();
+                        return;
+                    }
+                    if text.contains(&placeholder) {
+                        let replacement_text = match replacement {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        *text = text.replace(&placeholder, &replacement_text);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|item| walk(item, params)),
+            Value::Object(fields) => fields.values_mut().for_each(|field| walk(field, params)),
+            _ => {}
+        }
+    }
+    walk(&mut value, params);
+    value
+}
+
+/// Object fields of `value`, for messages.
+pub fn keys(value: &Value) -> Vec<String> {
+    value.as_object().map(Map::keys).into_iter().flatten().cloned().collect()
+}
