@@ -16,14 +16,14 @@ numpy, onnx, onnxruntime (for --quantize / --check) and tokenizers (see bench/re
   tokenizer.json      BERT WordPiece (cased), mBERT special ids, synthetic 119547-entry vocabulary (speed only)
   sightline.json      the bundle manifest
 
-Weights are N(0, 0.02) from a seeded generator (LayerNorm gamma 1, beta 0), so every output is finite and the
+Weights and biases are N(0, 0.02) from a seeded generator (LayerNorm gamma 1, beta 0), so every output is finite and the
 files are byte-for-byte reproducible. Speed does not depend on weight values.
 
 Usage:
   python bench/make_random_encoders.py --out bench/work/bundle [--quantize] [--check] [--bench | --bench-only]
     --quantize  also writes bench/work/bundle-int8/ (quantize_dynamic QInt8 per-channel; tokenizer and dense are
                 hard links to the fp32 bundle's files)
-    --check     numpy reference forward pass vs onnxruntime, padding invariance, parameter counts
+    --check     numpy reference forward pass vs onnxruntime, padding invariance, parameter and MAC counts
     --bench     a quick model-only throughput check (onnxruntime, 2 threads, batch 8, ~4 s per model)
     --bench-only  the same check on already written bundles, nothing rebuilt
 """

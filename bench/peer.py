@@ -11,7 +11,11 @@ session it then measures model-only throughput on the already preprocessed tenso
 
 Prints ONE JSON line (stdout); progress goes to stderr. Keys:
   pipeline, bundle, model, images, rounds, batch, threads, images_per_s, model_only_images_per_s,
-  decode_s, preprocess_s, inference_s, wall_s, megapixels_per_image, mb_per_image, onnxruntime, pillow, numpy
+  decode_s, preprocess_s, inference_s, wall_s, cpu_s (this process's CPU seconds in the timed part),
+  other_cpu_s / model_only_other_cpu_s (CPU seconds OTHER processes used on this machine during the timed part /
+  the model-only part, from /proc/stat: the 2 cores are shared, so a run with more than a few tenths of a second
+  there was contended and should be repeated), model_only_s, megapixels_per_image, mb_per_image, onnxruntime,
+  pillow, numpy
 
 Usage: python bench/peer.py bench/work/photos bench/work/bundle [--batch 8] [--threads 2] [--rounds 1]
                             [--model-seconds 4] [--no-spin]
@@ -30,6 +34,17 @@ import numpy as np
 import onnxruntime as ort
 import PIL
 from PIL import Image
+
+
+def busy_s() -> float:
+    """CPU seconds the whole machine (all processes, all cores) has been busy, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def preprocess(img: Image.Image, size: int, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
@@ -91,6 +106,7 @@ def main() -> None:
     mp = 0.0
     tensors: list[np.ndarray] = []
     n = 0
+    b0, c0 = busy_s(), time.process_time()
     t0 = time.perf_counter()
     for r in range(a.rounds):
         for i in range(0, len(bodies), a.batch):
@@ -114,6 +130,8 @@ def main() -> None:
             if r == 0:
                 tensors.extend(batch)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - c0
+    other = busy_s() - b0 - cpu
     print(f"peer: {n} images in {wall:.2f} s (decode {t_dec:.2f}, preprocess {t_pre:.2f}, inference {t_inf:.2f})",
           file=sys.stderr, flush=True)
 
@@ -121,6 +139,7 @@ def main() -> None:
     batches = [np.stack(tensors[i:i + a.batch]) for i in range(0, len(tensors) - a.batch + 1, a.batch)]
     if not batches:
         batches = [np.stack(tensors)]
+    b1, c1 = busy_s(), time.process_time()
     m, k, s = 0, 0, time.perf_counter()
     while time.perf_counter() - s < a.model_seconds or k < len(batches):
         x = batches[k % len(batches)]
@@ -128,6 +147,7 @@ def main() -> None:
         m += x.shape[0]
         k += 1
     model_dt = time.perf_counter() - s
+    model_other = busy_s() - b1 - (time.process_time() - c1)
 
     sizes = [len(b) * 3 / 4 / 1e6 for b in bodies]
     print(json.dumps({
@@ -145,6 +165,10 @@ def main() -> None:
         "preprocess_s": round(t_pre, 3),
         "inference_s": round(t_inf, 3),
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "other_cpu_s": round(other, 2),
+        "model_only_s": round(model_dt, 2),
+        "model_only_other_cpu_s": round(model_other, 2),
         "megapixels_per_image": round(mp / len(bodies), 2),
         "mb_per_image": round(sum(sizes) / len(sizes), 2),
         "onnxruntime": ort.__version__,

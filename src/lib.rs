@@ -13,6 +13,7 @@
 //! ```
 //! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `cli/` wires commands to both.
 
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod es;

@@ -20,6 +20,8 @@ struct Metrics {
     stage_seconds: HistogramVec,
     batch_items: HistogramVec,
     queue_depth: IntGaugeVec,
+    dropped: IntCounterVec,
+    inferred: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -88,6 +90,16 @@ fn metrics() -> &'static Metrics {
                 &["modality"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
+            dropped: counter(
+                "sightline_dropped_total",
+                "Queued inputs never run: their caller disconnected or their deadline passed.",
+                &["modality", "reason"],
+            ),
+            inferred: counter(
+                "sightline_inferred_total",
+                "Inputs that went through the model, by modality.",
+                &["modality"],
+            ),
             queue_depth,
             registry,
         }
@@ -125,11 +137,22 @@ pub fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
+/// One model run over `n` inputs.
 pub fn batch_items(modality: &str, n: usize) {
-    metrics()
-        .batch_items
+    let m = metrics();
+    m.batch_items
         .with_label_values(&[modality])
         .observe(n as f64);
+    m.inferred.with_label_values(&[modality]).inc_by(n as u64);
+}
+
+pub fn dropped(modality: &str, reason: &str, n: usize) {
+    if n > 0 {
+        metrics()
+            .dropped
+            .with_label_values(&[modality, reason])
+            .inc_by(n as u64);
+    }
 }
 
 pub fn queue_depth(modality: &str, depth: usize) {

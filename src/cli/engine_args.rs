@@ -30,7 +30,7 @@ pub struct EngineArgs {
     #[arg(long, env = "SIGHTLINE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
     /// Inputs per modality admitted at once; beyond it requests get 429.
-    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 256)]
+    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 2048)]
     pub queue_capacity: usize,
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = 100_000_000)]
@@ -65,12 +65,19 @@ impl EngineArgs {
             },
             request_timeout: self.request_timeout,
             stall_timeout: defaults.stall_timeout.max(self.request_timeout),
+            // URL inputs are a `serve` concern (its `--allow-url-hosts`); off everywhere else.
+            urls: defaults.urls,
         }
     }
 
     /// Starts the engine off the async runtime: loading sessions blocks for seconds.
     pub async fn start(&self) -> anyhow::Result<crate::engine::Engine> {
-        let (dir, opts) = (self.model_dir.clone(), self.options());
+        self.start_with(self.options()).await
+    }
+
+    /// [`EngineArgs::start`] with options a command adjusted (`serve` adds URL inputs).
+    pub async fn start_with(&self, opts: EngineOptions) -> anyhow::Result<crate::engine::Engine> {
+        let dir = self.model_dir.clone();
         tokio::task::spawn_blocking(move || crate::engine::Engine::start(&dir, opts)).await?
     }
 }

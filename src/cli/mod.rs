@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod embed;
 mod engine_args;
 mod ingest;
@@ -38,6 +39,8 @@ enum Command {
     Ingest(ingest::IngestArgs),
     /// Search an image index by image or by text.
     Search(search::SearchArgs),
+    /// Measure end-to-end throughput against model-only (see `make bench`).
+    Bench(bench::BenchArgs),
 }
 
 /// Exit codes: 0 success, 1 some inputs failed, 2 the command itself failed.
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
             Command::Setup(args) => setup::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
             Command::Search(args) => search::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match outcome {
@@ -70,11 +74,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs go to stderr (stdout carries `embed`'s JSON lines). `SIGHTLINE_LOG` sets the filter
+/// (default `info`); `SIGHTLINE_LOG_FORMAT=json` gives one JSON object per line for collectors.
 fn init_tracing() {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SIGHTLINE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .init();
+        .with_ansi(std::io::stderr().is_terminal());
+    if std::env::var("SIGHTLINE_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }

@@ -1,13 +1,19 @@
 //! `sightline serve`: the inference endpoint Elasticsearch calls. Flags have `SIGHTLINE_*`
-//! environment equivalents; SIGTERM/SIGINT stop accepting, finish what is in flight, exit 0.
+//! environment equivalents; SIGTERM/SIGINT stop accepting, finish what is in flight, exit 0,
+//! over HTTP or, with `--tls-cert`/`--tls-key`, HTTPS (`http/tls.rs`). URL inputs are off
+//! unless `--allow-url-hosts` names hosts (`engine/fetch.rs` holds the rules).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use super::engine_args::EngineArgs;
+use crate::engine::fetch::HostRule;
+use crate::engine::UrlOptions;
+use crate::http::tls::{self, TlsListener};
 use crate::http::{router, ApiKey, HttpConfig};
 
 #[derive(Debug, clap::Args)]
@@ -34,9 +40,82 @@ pub struct ServeArgs {
     /// Most inputs in one request.
     #[arg(long, env = "SIGHTLINE_MAX_INPUTS", default_value_t = 2048)]
     max_inputs: usize,
+    /// PEM certificate chain to serve HTTPS with (leaf first); needs `--tls-key`.
+    #[arg(
+        long,
+        env = "SIGHTLINE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of `--tls-cert` (PKCS#8, PKCS#1 or SEC1); needs `--tls-cert`.
+    #[arg(
+        long,
+        env = "SIGHTLINE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    urls: UrlArgs,
+}
+
+/// URL inputs (`http(s)://...` strings): off unless `--allow-url-hosts` is given.
+#[derive(Debug, clap::Args)]
+struct UrlArgs {
+    /// Hosts whose images may be fetched when an input is an `http(s)://` URL, comma-separated:
+    /// `images.example.com`, `*.cdn.example.com` (subdomains), an IP, or `*` (any public host).
+    /// Unset: URL inputs get a 400.
+    #[arg(
+        long,
+        env = "SIGHTLINE_ALLOW_URL_HOSTS",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    allow_url_hosts: Vec<HostRule>,
+    /// Also fetch from loopback, private (RFC 1918, fc00::/7), link-local and CGNAT addresses.
+    /// Cloud metadata, multicast and unspecified addresses stay refused.
+    #[arg(
+        long,
+        env = "SIGHTLINE_ALLOW_URL_PRIVATE",
+        requires = "allow_url_hosts"
+    )]
+    allow_url_private: bool,
+    /// Longest one URL fetch may take, redirects and body included (e.g. `10s`).
+    #[arg(long, env = "SIGHTLINE_URL_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    url_timeout: Duration,
+    /// Largest image body fetched from a URL, e.g. `32MiB`; counted while it streams.
+    #[arg(long, env = "SIGHTLINE_URL_MAX_BYTES", default_value = "32MiB", value_parser = parse_bytes)]
+    url_max_bytes: usize,
+}
+
+impl UrlArgs {
+    fn options(&self) -> anyhow::Result<UrlOptions> {
+        anyhow::ensure!(
+            !self.url_timeout.is_zero(),
+            "`--url-timeout` must be longer than zero"
+        );
+        anyhow::ensure!(
+            self.url_max_bytes > 0,
+            "`--url-max-bytes` must be more than zero"
+        );
+        Ok(UrlOptions {
+            allow_hosts: self.allow_url_hosts.clone(),
+            allow_private: self.allow_url_private,
+            timeout: self.url_timeout,
+            max_bytes: self.url_max_bytes,
+            ..UrlOptions::default()
+        })
+    }
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.max_inputs <= args.engine.queue_capacity,
+        "`--max-inputs` ({}) must not exceed `--queue-capacity` ({}): a full-size request could never be admitted",
+        args.max_inputs,
+        args.engine.queue_capacity
+    );
     let api_key = match (&args.api_key, &args.api_key_file) {
         (Some(key), _) => ApiKey::new(key.clone()),
         (None, Some(path)) => {
@@ -52,7 +131,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             "no API key set (`--api-key`): every client that can reach this port can use it"
         );
     }
-    let engine = args.engine.start().await?;
+    // Read the certificate before the model: a typo in a path should fail in milliseconds.
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::load_config(cert, key)?),
+        (None, None) => None,
+        // clap's `requires` already refuses this; kept so the rule holds however args are built.
+        _ => anyhow::bail!("`--tls-cert` and `--tls-key` go together: give both or neither"),
+    };
+    let mut opts = args.engine.options();
+    opts.urls = args.urls.options()?;
+    if opts.urls.enabled() {
+        tracing::warn!(
+            hosts = ?args.urls.allow_url_hosts,
+            private = opts.urls.allow_private,
+            "URL inputs enabled: images are fetched from the allowed hosts"
+        );
+    }
+    let engine = args.engine.start_with(opts).await?;
     let info = engine.info().clone();
     let app = router(
         engine,
@@ -65,44 +160,63 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
+    let shutdown = shutdown_signal();
+    // The bound address, not the flag: with port 0 the log is the only place the port shows.
+    let bound = listener.local_addr().unwrap_or(args.addr);
     tracing::info!(
-        addr = %args.addr,
+        addr = %bound,
+        scheme = if tls.is_some() { "https" } else { "http" },
         model = info.name,
         dimensions = info.dimensions,
         similarity = info.similarity(),
         "serving"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("server error")?;
+    // One serve loop for both schemes, so graceful shutdown behaves the same.
+    let served = match tls {
+        Some(config) => {
+            axum::serve(TlsListener::new(listener, config), app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    };
+    served.context("server error")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGTERM (docker stop, Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM (docker stop, Kubernetes) or SIGINT (Ctrl-C). The handlers are installed
+/// when this is called, not when the future is first polled: a signal that arrives right after
+/// "serving" is logged must still shut down gracefully instead of killing the process.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(s) => s,
+    let signals = {
+        use tokio::signal::unix::{signal, SignalKind};
+        signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            Ok((mut term, mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = interrupt.recv() => {},
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops gracefully");
-                let _ = ctrl_c.await;
-                return;
+                let _ = tokio::signal::ctrl_c().await;
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing requests in flight");
 }
 
 /// `67108864`, `64MiB`, `64MB`, `512KiB`, `1GiB`.
@@ -134,6 +248,72 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    /// `serve`'s flags alone, parsed as the command line would be.
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> Result<ServeArgs, String> {
+        Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .map(|s| s.args)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs() {
+        let e = parse(&["--tls-cert", "cert.pem"]).unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = parse(&["--tls-key", "key.pem"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        let args = parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).unwrap();
+        assert_eq!(args.tls_cert, Some(PathBuf::from("cert.pem")));
+        assert!(parse(&[]).unwrap().tls_cert.is_none());
+    }
+
+    #[test]
+    fn url_inputs_are_off_by_default_and_configured_by_flags() {
+        let opts = parse(&[]).unwrap().urls.options().unwrap();
+        assert!(!opts.enabled());
+        assert_eq!(opts.timeout, Duration::from_secs(10));
+        assert_eq!(opts.max_bytes, 32 << 20);
+
+        let args = parse(&[
+            "--allow-url-hosts",
+            "images.example.com,*.cdn.example.com",
+            "--allow-url-hosts",
+            "127.0.0.1",
+            "--allow-url-private",
+            "--url-timeout",
+            "250ms",
+            "--url-max-bytes",
+            "1MiB",
+        ])
+        .unwrap();
+        let opts = args.urls.options().unwrap();
+        assert_eq!(
+            opts.allow_hosts,
+            [
+                HostRule::Name("images.example.com".into()),
+                HostRule::Suffix("cdn.example.com".into()),
+                HostRule::Ip([127, 0, 0, 1].into()),
+            ]
+        );
+        assert!(opts.enabled() && opts.allow_private);
+        assert_eq!(opts.timeout, Duration::from_millis(250));
+        assert_eq!(opts.max_bytes, 1 << 20);
+
+        let e = parse(&["--allow-url-hosts", "https://images.example.com/"]).unwrap_err();
+        assert!(e.contains("not a host name"), "{e}");
+        let e = parse(&["--allow-url-private"]).unwrap_err();
+        assert!(e.contains("--allow-url-hosts"), "{e}");
+        let zero = parse(&["--allow-url-hosts", "*", "--url-timeout", "0s"]).unwrap();
+        let e = zero.urls.options().unwrap_err().to_string();
+        assert!(e.contains("`--url-timeout`"), "{e}");
+    }
 
     #[test]
     fn sizes_parse_with_units() {

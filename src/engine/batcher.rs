@@ -51,7 +51,15 @@ impl<P> Queue<P> {
     }
 
     /// Reserves room for `n` items, all or nothing, so a request is never half-admitted.
+    /// A request larger than the whole queue could never be admitted: that is the client's
+    /// error (400), not overload (429, which ES would retry in vain).
     pub fn admit(&self, n: usize) -> Result<Admission, EmbedError> {
+        if n > self.capacity {
+            return Err(EmbedError::bad_input(format!(
+                "{n} inputs of one modality in one request, over the queue capacity of {} (`--queue-capacity`); send fewer per request",
+                self.capacity
+            )));
+        }
         let admitted = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
@@ -112,14 +120,28 @@ pub(crate) fn collect<P>(rx: &Receiver<Job<P>>, max: usize, wait: Duration) -> O
     Some(batch)
 }
 
-/// Splits a gathered batch into jobs worth running and expired jobs to answer with a timeout.
-/// Jobs whose caller has disconnected are dropped: nobody would read their vector.
-pub(crate) fn triage<P>(jobs: Vec<Job<P>>, now: Instant) -> (Vec<Job<P>>, Vec<Job<P>>) {
+/// A gathered batch, sorted by what to do with each job.
+pub(crate) struct Triage<P> {
+    /// Worth running.
+    pub live: Vec<Job<P>>,
+    /// Past their deadline: answer with a timeout, do not run.
+    pub expired: Vec<Job<P>>,
+    /// Jobs whose caller disconnected, dropped: nobody would read their vector.
+    pub abandoned: usize,
+}
+
+pub(crate) fn triage<P>(jobs: Vec<Job<P>>, now: Instant) -> Triage<P> {
+    let total = jobs.len();
     let (live, expired): (Vec<_>, Vec<_>) = jobs
         .into_iter()
         .filter(|job| !job.reply.is_closed())
         .partition(|job| job.deadline > now);
-    (live, expired)
+    let abandoned = total - live.len() - expired.len();
+    Triage {
+        live,
+        expired,
+        abandoned,
+    }
 }
 
 pub(crate) fn timeout_error() -> EmbedError {
@@ -153,6 +175,7 @@ mod tests {
     #[test]
     fn admission_is_all_or_nothing_and_released_on_drop() {
         let (q, _rx) = Queue::<u32>::new(10);
+        assert_eq!(q.admit(11).err().unwrap().kind, ErrorKind::BadInput);
         let a = q.admit(6).unwrap();
         let e = q.admit(5).err().unwrap();
         assert_eq!(e.kind, ErrorKind::Overloaded);
@@ -196,8 +219,9 @@ mod tests {
         let (gone, r1) = job(1, now + Duration::from_secs(1));
         drop(r1);
         let (late, _r2) = job(2, now - Duration::from_millis(1));
-        let (run, expired) = triage(vec![live, gone, late], now);
-        assert_eq!(run.iter().map(|j| j.payload).collect::<Vec<_>>(), [0]);
-        assert_eq!(expired.iter().map(|j| j.payload).collect::<Vec<_>>(), [2]);
+        let t = triage(vec![live, gone, late], now);
+        assert_eq!(t.live.iter().map(|j| j.payload).collect::<Vec<_>>(), [0]);
+        assert_eq!(t.expired.iter().map(|j| j.payload).collect::<Vec<_>>(), [2]);
+        assert_eq!(t.abandoned, 1);
     }
 }

@@ -14,7 +14,7 @@ pub const MANIFEST: &str = "sightline.json";
 
 /// CLIP's published normalisation constants (model.md §1.2).
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_1];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
 
 /// `sightline.json`. Unknown fields are refused: a typo must not silently change the vectors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

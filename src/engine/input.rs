@@ -1,6 +1,11 @@
 //! Turns one input string into an [`Item`]: a `data:image/...;base64,` URI or a raw base64 string
-//! whose bytes are an image become an image, anything else is text (es-contract §11 item 9: the
-//! endpoint-creation probe `"how big"` must come back as a text vector).
+//! whose bytes are an image become an image, a bare `http(s)://` URL becomes a URL input, anything
+//! else is text (es-contract §11 item 9: the endpoint-creation probe `"how big"` must come back as
+//! a text vector).
+//!
+//! A URL input is recognised whether or not fetching is on, so that with fetching off it is
+//! refused with a message (`fetch.rs` decides), never silently embedded as the text of the link.
+//! `?modality=text` keeps a link a text.
 //!
 //! Base64 rules (documented in the README): the standard alphabet, padding optional, ASCII white
 //! space (MIME line breaks) ignored. The URL-safe alphabet is refused with a message saying so,
@@ -22,6 +27,8 @@ pub enum Item {
     /// Encoded image bytes (JPEG, PNG, ...), decoded later on the preprocessing pool.
     Image(Vec<u8>),
     Text(String),
+    /// An `http(s)://` URL naming an image; fetched by `fetch.rs` if the engine allows it.
+    Url(String),
 }
 
 /// The two spaces-sharing modalities.
@@ -81,6 +88,9 @@ pub fn classify(input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
     if let Some(uri) = DataUri::parse(input) {
         return uri.into_item();
     }
+    if let Some(url) = bare_url(input) {
+        return Ok(Item::Url(url.to_owned()));
+    }
     match hint {
         ModalityHint::Image => {
             let bytes = decode_base64(input)?;
@@ -93,15 +103,33 @@ pub fn classify(input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
     }
 }
 
+/// A string that is one `http://` or `https://` URL and nothing else: white space anywhere
+/// inside makes it a text (a sentence that starts with a link).
+fn bare_url(input: &str) -> Option<&str> {
+    let trimmed = input.trim();
+    let scheme = ["http://", "https://"].into_iter().find(|scheme| {
+        trimmed
+            .get(..scheme.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    })?;
+    (trimmed.len() > scheme.len() && !trimmed.contains(char::is_whitespace)).then_some(trimmed)
+}
+
 /// Checks that decoded bytes are an image Sightline can decode.
 fn image_item(bytes: Vec<u8>) -> Result<Item, EmbedError> {
+    image_bytes(bytes, "the decoded bytes are").map(Item::Image)
+}
+
+/// Returns `bytes` if their signature is an image Sightline decodes; `what` names them, with
+/// its verb, in the error ("the decoded bytes are", "the URL's response body is").
+pub(crate) fn image_bytes(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, EmbedError> {
     match sniff_format(&bytes) {
-        Sniffed::Supported(_) => Ok(Item::Image(bytes)),
+        Sniffed::Supported(_) => Ok(bytes),
         Sniffed::Unsupported(name) => Err(unsupported(name)),
         Sniffed::Unknown if bytes.is_empty() => Err(EmbedError::bad_input("the image is empty")),
-        Sniffed::Unknown => Err(EmbedError::bad_input(
-            "the decoded bytes are not an image (no JPEG, PNG, WebP, GIF, BMP or TIFF signature)",
-        )),
+        Sniffed::Unknown => Err(EmbedError::bad_input(format!(
+            "{what} not an image (no JPEG, PNG, WebP, GIF, BMP or TIFF signature)"
+        ))),
     }
 }
 
@@ -303,6 +331,44 @@ mod tests {
         assert!(e.message.contains("URL-safe"), "{}", e.message);
         let e = classify("data:image/png;base64,aGVsbG8gd29ybGQ=", ModalityHint::Auto).unwrap_err();
         assert!(e.message.contains("not an image"), "{}", e.message);
+    }
+
+    #[test]
+    fn bare_urls_are_url_inputs_unless_the_hint_says_text() {
+        for s in [
+            "https://images.example.com/cat.jpg",
+            "http://127.0.0.1:8080/a.png?x=1",
+            "HTTPS://Example.com/a.png",
+            "  https://example.com/a.png\n",
+        ] {
+            assert_eq!(
+                classify(s, ModalityHint::Auto).unwrap(),
+                Item::Url(s.trim().into()),
+                "{s}"
+            );
+            assert_eq!(
+                classify(s, ModalityHint::Image).unwrap(),
+                Item::Url(s.trim().into())
+            );
+            assert_eq!(
+                classify(s, ModalityHint::Text).unwrap(),
+                Item::Text(s.into())
+            );
+        }
+        // A sentence holding a link, a bare scheme and other schemes stay texts.
+        for s in [
+            "see https://example.com/cat.jpg",
+            "https://example.com/cat.jpg is a cat",
+            "https://",
+            "ftp://example.com/a.png",
+            "httpx://example.com",
+        ] {
+            assert_eq!(
+                classify(s, ModalityHint::Auto).unwrap(),
+                Item::Text(s.into()),
+                "{s}"
+            );
+        }
     }
 
     #[test]

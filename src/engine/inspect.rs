@@ -510,36 +510,68 @@ pub struct CreatedBundle {
     pub outcome: Outcome,
 }
 
-/// Inspects the files, writes the bundle into `spec.out` and proves it embeds.
+/// Inspects the files, writes the bundle into `spec.out` and proves it embeds. The file work
+/// runs on the blocking pool: hashing and comparing encoders reads hundreds of megabytes.
 pub async fn create_bundle(spec: BundleSpec) -> Result<CreatedBundle> {
-    let planning = spec.clone();
-    let manifest = tokio::task::spawn_blocking(move || plan_manifest(&planning))
+    let preparing = spec.clone();
+    let staged = match blocking(move || prepare(&preparing)).await? {
+        Prepared::Unchanged(created) => return Ok(*created),
+        Prepared::Staged(staged) => staged,
+    };
+    smoke_test(&staged.staging.dir, staged.manifest.dimensions)
         .await
-        .context("the graph inspection crashed")??;
-    let sources = sources(&spec);
+        .context(
+            "the new bundle failed its smoke test (one text, one image); nothing was written",
+        )?;
+    blocking(move || finish(staged, &spec)).await
+}
 
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("bundle creation crashed")?
+}
+
+/// What [`prepare`] left for the async side; boxed because both outcomes are large.
+enum Prepared {
+    /// The same bundle is already in place.
+    Unchanged(Box<CreatedBundle>),
+    Staged(Box<Staged>),
+}
+
+/// A validated bundle in its staging directory, waiting for the smoke test.
+struct Staged {
+    staging: Staging,
+    manifest: Manifest,
+    /// The manifest of the bundle being replaced, when it loaded.
+    old: Option<Manifest>,
+    replacing: bool,
+}
+
+/// Plans the manifest, compares it with what `out` holds, and stages the new bundle.
+fn prepare(spec: &BundleSpec) -> Result<Prepared> {
+    let manifest = plan_manifest(spec)?;
+    let sources = sources(spec);
     let existing = existing_bundle(&spec.out)?;
-    if let Some(existing) = &existing {
-        if let Ok(bundle) = existing {
-            if same_bundle(bundle, &manifest, &sources)? {
-                return Ok(CreatedBundle {
-                    fingerprint: bundle.fingerprint()?,
-                    dir: spec.out.clone(),
-                    manifest,
-                    outcome: Outcome::Unchanged,
-                });
-            }
+    if let Some(Ok(bundle)) = &existing {
+        if same_bundle(bundle, &manifest, &sources)? {
+            return Ok(Prepared::Unchanged(Box::new(CreatedBundle {
+                fingerprint: bundle.fingerprint()?,
+                dir: spec.out.clone(),
+                manifest,
+                outcome: Outcome::Unchanged,
+            })));
         }
-        if !spec.force {
-            let what = match existing {
-                Ok(bundle) => format!("a different bundle (`{}`)", bundle.manifest.name),
-                Err(err) => format!("a bundle that does not load ({err:#})"),
-            };
-            bail!(
-                "`{}` already holds {what}: pass --force to replace it, or choose another directory",
-                spec.out.display()
-            );
-        }
+    }
+    if let (Some(existing), false) = (&existing, spec.force) {
+        let what = match existing {
+            Ok(bundle) => format!("a different bundle (`{}`)", bundle.manifest.name),
+            Err(err) => format!("a bundle that does not load ({err:#})"),
+        };
+        bail!(
+            "`{}` already holds {what}: pass --force to replace it, or choose another directory",
+            spec.out.display()
+        );
     }
 
     let staging = Staging::create(&spec.out)?;
@@ -547,24 +579,32 @@ pub async fn create_bundle(spec: BundleSpec) -> Result<CreatedBundle> {
         link_or_copy(source, &staging.dir.join(name))?;
     }
     let json = serde_json::to_string_pretty(&manifest)? + "\n";
-    std::fs::write(staging.dir.join(MANIFEST), json)
-        .with_context(|| format!("cannot write `{}`", staging.dir.join(MANIFEST).display()))?;
+    let manifest_path = staging.dir.join(MANIFEST);
+    std::fs::write(&manifest_path, json)
+        .with_context(|| format!("cannot write `{}`", manifest_path.display()))?;
     Bundle::load(&staging.dir).context("the new bundle does not validate")?;
-    smoke_test(&staging.dir, manifest.dimensions)
-        .await
-        .context(
-            "the new bundle failed its smoke test (one text, one image); nothing was written",
-        )?;
-
-    let old_manifest = existing.and_then(|e| e.ok()).map(|b| b.manifest);
-    install(&staging.dir, &spec.out, &sources, old_manifest.as_ref())?;
-    drop(staging);
-    let bundle = Bundle::load(&spec.out)?;
-    Ok(CreatedBundle {
-        fingerprint: bundle.fingerprint()?,
-        dir: spec.out,
+    Ok(Prepared::Staged(Box::new(Staged {
+        staging,
         manifest,
-        outcome: if old_manifest.is_some() {
+        replacing: existing.is_some(),
+        old: existing.and_then(Result::ok).map(|b| b.manifest),
+    })))
+}
+
+/// Moves a smoke-tested bundle into place.
+fn finish(staged: Box<Staged>, spec: &BundleSpec) -> Result<CreatedBundle> {
+    install(
+        &staged.staging.dir,
+        &spec.out,
+        &sources(spec),
+        staged.old.as_ref(),
+    )?;
+    drop(staged.staging);
+    Ok(CreatedBundle {
+        fingerprint: Bundle::load(&spec.out)?.fingerprint()?,
+        dir: spec.out.clone(),
+        manifest: staged.manifest,
+        outcome: if staged.replacing {
             Outcome::Replaced
         } else {
             Outcome::Created
@@ -587,7 +627,7 @@ fn sources(spec: &BundleSpec) -> Vec<(&'static str, PathBuf)> {
 
 /// Reads the graphs, the Dense weights and the tokenizer into the manifest to write.
 /// Blocking: opens ONNX Runtime sessions.
-pub fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
+fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
     let mut files = vec![
         ("--image-onnx", &spec.image_onnx),
         ("--text-onnx", &spec.text_onnx),
@@ -606,18 +646,18 @@ pub fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
         .context("cannot open the image encoder")?;
     let image_graph = GraphSig::from_session(&image_session);
     let image = image_signature(&image_graph, &spec.overrides)
-        .with_context(|| format!("image encoder `{}`", spec.image_onnx.display()))?;
+        .with_context(|| format!("--image-onnx `{}`", spec.image_onnx.display()))?;
     let size = image.size.unwrap_or(DEFAULT_IMAGE_SIZE);
     let image_dims = match image.dimensions {
         Some(d) => d,
         None => probe_image_dimensions(&mut image_session, &image, size)
-            .with_context(|| format!("image encoder `{}`", spec.image_onnx.display()))?,
+            .with_context(|| format!("--image-onnx `{}`", spec.image_onnx.display()))?,
     };
     drop(image_session);
 
     let text_graph = inspect(&spec.text_onnx).context("cannot open the text encoder")?;
     let text = text_signature(&text_graph, spec.dense.is_some(), &spec.overrides)
-        .with_context(|| format!("text encoder `{}`", spec.text_onnx.display()))?;
+        .with_context(|| format!("--text-onnx `{}`", spec.text_onnx.display()))?;
     let text_dims = match &spec.dense {
         Some(dense) => {
             let (rows, hidden) = dense_shape(dense)?;
@@ -714,12 +754,15 @@ fn same_bundle(
 }
 
 fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
     let meta =
         |p: &Path| std::fs::metadata(p).with_context(|| format!("cannot read `{}`", p.display()));
     let (ma, mb) = (meta(a)?, meta(b)?);
-    if ma.dev() == mb.dev() && ma.ino() == mb.ino() {
-        return Ok(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if ma.dev() == mb.dev() && ma.ino() == mb.ino() {
+            return Ok(true);
+        }
     }
     if ma.len() != mb.len() {
         return Ok(false);

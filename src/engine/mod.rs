@@ -8,6 +8,7 @@
 mod batcher;
 pub mod bundle;
 pub mod error;
+pub mod fetch;
 pub mod input;
 pub mod inspect;
 mod jpeg;
@@ -21,12 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use futures::StreamExt;
 use tokio::sync::{oneshot, Semaphore};
 
 pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError};
+pub use fetch::UrlOptions;
 pub use input::{classify, Item, Modality, ModalityHint};
 pub use preprocess::DecodeOptions;
+pub use worker::image_model_throughput;
 
 use batcher::{Admission, Job, Queue};
 use bundle::Preprocess;
@@ -53,6 +57,8 @@ pub struct EngineOptions {
     pub request_timeout: Duration,
     /// A worker busy with one batch for longer than this is reported as not ready.
     pub stall_timeout: Duration,
+    /// URL inputs: off unless hosts are allowed (`fetch.rs`).
+    pub urls: UrlOptions,
 }
 
 impl Default for EngineOptions {
@@ -64,11 +70,12 @@ impl Default for EngineOptions {
             max_batch_image: 8,
             max_batch_text: 32,
             batch_wait: Duration::from_millis(2),
-            queue_capacity: 256,
+            queue_capacity: 2048,
             normalize: true,
             decode: DecodeOptions::default(),
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
+            urls: UrlOptions::default(),
         }
     }
 }
@@ -122,6 +129,8 @@ struct Inner {
     texts: Queue<Vec<i64>>,
     image_health: Arc<Health>,
     text_health: Arc<Health>,
+    /// Present only when URL inputs are enabled.
+    fetcher: Option<fetch::Fetcher>,
 }
 
 impl Engine {
@@ -138,6 +147,11 @@ impl Engine {
             normalized: opts.normalize,
             max_seq_len: m.max_seq_len,
             fingerprint: bundle.fingerprint()?,
+        };
+        let fetcher = if opts.urls.enabled() {
+            Some(fetch::Fetcher::new(opts.urls.clone())?)
+        } else {
+            None
         };
         let (images, image_rx) = Queue::new(opts.queue_capacity);
         let (texts, text_rx) = Queue::new(opts.queue_capacity);
@@ -171,6 +185,7 @@ impl Engine {
                 texts,
                 image_health,
                 text_health,
+                fetcher,
             }),
         })
     }
@@ -201,7 +216,7 @@ impl Engine {
     /// the whole request, every item gets the same "overloaded" error and nothing runs.
     pub async fn embed(&self, items: Vec<Item>) -> Vec<Result<Embedding, EmbedError>> {
         let deadline = Instant::now() + self.inner.opts.request_timeout;
-        let n_images = items.iter().filter(|i| matches!(i, Item::Image(_))).count();
+        let n_images = items.iter().filter(|i| !matches!(i, Item::Text(_))).count();
         let admissions = self
             .inner
             .images
@@ -214,8 +229,18 @@ impl Engine {
                 return items.iter().map(|_| Err(e.clone())).collect();
             }
         };
-        let jobs = items.into_iter().map(|item| self.embed_one(item, deadline));
-        let results = futures::future::join_all(jobs).await;
+        // Only a few items per request are decoded ahead of the model, so a request with
+        // hundreds of images never holds hundreds of decoded tensors at once.
+        let lookahead = 2 * self
+            .inner
+            .opts
+            .max_batch_image
+            .max(self.inner.opts.decode_workers);
+        let results: Vec<_> = futures::stream::iter(items)
+            .map(|item| self.embed_one(item, deadline))
+            .buffered(lookahead.max(1))
+            .collect()
+            .await;
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
             crate::metrics::input_error(e.kind);
         }
@@ -242,6 +267,16 @@ impl Engine {
                     enqueue(&inner.images, tensor, deadline)?,
                 )
             }
+            Item::Url(url) => {
+                let bytes = self.fetch(&url, deadline).await?;
+                let tensor = self.preprocess(bytes).await?;
+                (
+                    Modality::Image,
+                    false,
+                    0,
+                    enqueue(&inner.images, tensor, deadline)?,
+                )
+            }
         };
         let vector = match tokio::time::timeout_at(deadline.into(), reply).await {
             Ok(Ok(result)) => result?,
@@ -259,6 +294,32 @@ impl Engine {
             truncated,
             tokens,
         })
+    }
+
+    /// Refuses, before any work, an item this engine will not take: a URL input while URL
+    /// fetching is off, or one whose host is not allowed. Callers screen every item before
+    /// [`Engine::embed`] so such a request fails at once; `embed` checks again when it fetches.
+    pub fn screen(&self, item: Item) -> Result<Item, EmbedError> {
+        if let Item::Url(url) = &item {
+            self.fetcher()?.check(url)?;
+        }
+        Ok(item)
+    }
+
+    fn fetcher(&self) -> Result<&fetch::Fetcher, EmbedError> {
+        self.inner.fetcher.as_ref().ok_or_else(fetch::disabled)
+    }
+
+    /// Fetches a URL input's image on the async runtime, within `--url-timeout` and the
+    /// request's own deadline.
+    async fn fetch(&self, url: &str, deadline: Instant) -> Result<Vec<u8>, EmbedError> {
+        let fetcher = self.fetcher()?;
+        let started = Instant::now();
+        let bytes = tokio::time::timeout_at(deadline.into(), fetcher.fetch(url))
+            .await
+            .map_err(|_| batcher::timeout_error())??;
+        crate::metrics::stage_seconds("fetch", "image", started.elapsed());
+        Ok(bytes)
     }
 
     /// Decodes and preprocesses on the blocking pool, at most `decode_workers` at a time.

@@ -193,14 +193,14 @@ pub fn resize_crop(rgb: &RgbImage, size: u32) -> Result<RgbImage, EmbedError> {
     let src = fr::images::ImageRef::new(w, h, rgb.as_raw(), fr::PixelType::U8x3)
         .map_err(|e| EmbedError::bad_input(format!("image buffer: {e}")))?;
     let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
+    // In exact arithmetic (left + size)·sx ≤ w; rounding can overshoot by an ulp, which the
+    // resizer rejects, so the box is clamped to the image.
+    let (x0, y0) = (f64::from(left) * sx, f64::from(top) * sy);
+    let crop_w = (f64::from(size) * sx).min(f64::from(w) - x0);
+    let crop_h = (f64::from(size) * sy).min(f64::from(h) - y0);
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
-        .crop(
-            f64::from(left) * sx,
-            f64::from(top) * sy,
-            f64::from(size) * sx,
-            f64::from(size) * sy,
-        );
+        .crop(x0, y0, crop_w, crop_h);
     fr::Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| EmbedError::bad_input(format!("cannot resize the image: {e}")))?;
@@ -241,6 +241,20 @@ mod tests {
         assert_eq!(resized_dims(10_000, 1, 224), (2_240_000, 224));
         // 224·1081/1921 style ratios where f32 would round differently.
         assert_eq!(resized_dims(1921, 1081, 224), (398, 224));
+    }
+
+    #[test]
+    fn every_aspect_ratio_resizes_to_the_model_size() {
+        // Sizes that overshoot the crop box by an ulp without clamping (found with real photos
+        // at reduced DCT scale), plus a sweep of odd ratios.
+        let mut sizes = vec![(720, 450), (1, 1), (1, 10_000), (10_000, 1), (667, 1000), (321, 481)];
+        sizes.extend((1..60).map(|i| (224 + 37 * i, 224 + 13 * i)));
+        sizes.extend((1..60).map(|i| (97 * i % 2000 + 1, 61 * i % 1500 + 1)));
+        for (w, h) in sizes {
+            let rgb = RgbImage::new(w, h);
+            let out = resize_crop(&rgb, 224).unwrap_or_else(|e| panic!("{w}×{h}: {e}"));
+            assert_eq!(out.dimensions(), (224, 224), "{w}×{h}");
+        }
     }
 
     #[test]

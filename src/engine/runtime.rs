@@ -21,6 +21,9 @@ pub fn init() -> Result<PathBuf> {
             let path = locate().map_err(|e| format!("{e:#}"))?;
             ort::init_from(&path)
                 .map_err(|e| format!("cannot load ONNX Runtime from `{}`: {e}", path.display()))?
+                // ort enables ONNX Runtime's telemetry events unless told not to (they reach
+                // Microsoft from Windows builds); SECURITY.md promises none of any kind.
+                .with_telemetry(false)
                 .commit();
             Ok(path)
         })

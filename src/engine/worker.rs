@@ -14,7 +14,7 @@ use ndarray::{Array2, Array4, Ix2, Ix3};
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::batcher::{collect, timeout_error, triage, Job};
+use super::batcher::{collect, timeout_error, triage, Job, Triage};
 use super::bundle::Bundle;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
@@ -215,7 +215,13 @@ pub(crate) fn run<M: BatchModel>(
 ) {
     let label = cfg.modality.label();
     while let Some(jobs) = collect(&rx, cfg.max_batch, cfg.batch_wait) {
-        let (live, expired) = triage(jobs, Instant::now());
+        let Triage {
+            live,
+            expired,
+            abandoned,
+        } = triage(jobs, Instant::now());
+        metrics::dropped(label, "disconnected", abandoned);
+        metrics::dropped(label, "timeout", expired.len());
         for job in expired {
             let _ = job.reply.send(Err(timeout_error()));
         }
@@ -254,6 +260,29 @@ pub(crate) fn run<M: BatchModel>(
         }
     }
     health.alive.store(false, Ordering::Release);
+}
+
+/// Model-only throughput for the benchmark: runs the image encoder alone, with the engine's
+/// session settings, on already preprocessed tensors in batches of `batch`, for `duration`.
+/// Returns images per second; the ratio of end-to-end to this number is the overhead.
+pub fn image_model_throughput(
+    model_dir: &std::path::Path,
+    threads: usize,
+    batch: usize,
+    tensors: &[Vec<f32>],
+    duration: Duration,
+) -> Result<f64> {
+    ensure!(!tensors.is_empty(), "no tensors to benchmark with");
+    let mut model = ImageModel::open(&Bundle::load(model_dir)?, threads)?;
+    let batch: Vec<&Vec<f32>> = tensors.iter().cycle().take(batch.max(1)).collect();
+    model.run(&batch)?; // warm-up: the first run allocates ONNX Runtime's arena
+    let started = Instant::now();
+    let mut images = 0usize;
+    while started.elapsed() < duration {
+        model.run(&batch)?;
+        images += batch.len();
+    }
+    Ok(images as f64 / started.elapsed().as_secs_f64())
 }
 
 /// NaN/Inf is an error, never a vector; L2-normalises when asked.

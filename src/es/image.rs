@@ -19,7 +19,7 @@ use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 
 use crate::engine::preprocess::decode_rgb;
-use crate::engine::DecodeLimits;
+use crate::engine::DecodeOptions;
 
 /// File extensions (lower case) that `ingest` picks up without sniffing.
 pub const IMAGE_EXTENSIONS: [&str; 9] = [
@@ -112,7 +112,14 @@ fn format_name(format: ImageFormat) -> &'static str {
 pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
     let format = sniff_format(bytes)
         .context("not an image this build can read (JPEG, PNG, WebP, GIF, BMP or TIFF)")?;
-    let upright = decode_rgb(bytes, &DecodeLimits::default()).map_err(|err| anyhow!("{err}"))?;
+    // Full-resolution decode (no JPEG prescale): the metadata reports the real size, and the
+    // payload and thumbnail are resized from all the pixels.
+    let decode_options = DecodeOptions {
+        jpeg_prescale: false,
+        ..DecodeOptions::default()
+    };
+    let upright =
+        decode_rgb(bytes, &decode_options, options.max_side).map_err(|err| anyhow!("{err}"))?;
     let decoded = DynamicImage::ImageRgb8(upright);
     let (width, height) = (decoded.width(), decoded.height());
 

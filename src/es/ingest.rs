@@ -40,7 +40,7 @@ use super::client::{
 };
 use super::image::{has_image_extension, prepare, sniff_format, ImageOptions, PreparedImage};
 use super::local::LocalEmbedder;
-use super::{failed_index_name, IMAGE_FIELD};
+use super::{failed_index_name, semantic_pipeline_name, IMAGE_FIELD};
 
 /// Where vectors come from.
 #[derive(Clone)]
@@ -491,6 +491,14 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<()> 
                 .await
                 .map_err(|err| connection_error(err, &request))?;
             if response.status_code() == StatusCode::NOT_FOUND {
+                if *pipeline == semantic_pipeline_name(&config.index)
+                    && !cluster.supports_semantic_images()
+                {
+                    bail!(
+                        "--semantic needs Elasticsearch 8.19+ or 9.1+ (chunking_settings strategy none); this cluster is {}",
+                        cluster.version
+                    );
+                }
                 bail!("ingest pipeline {pipeline} does not exist; run `sightline setup --index {}` first", config.index);
             }
             json_or_error(response, &request).await?;

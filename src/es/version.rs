@@ -149,22 +149,6 @@ impl Cluster {
         self.effective().at_least(8, 15)
     }
 
-    /// `dense_vector` fields are indexed for kNN (with `similarity`, `index_options`) from 8.0;
-    /// 7.x stores them for `script_score` only.
-    pub fn has_indexed_vectors(&self) -> bool {
-        self.effective().at_least(8, 0)
-    }
-
-    /// Composable index templates (`PUT _index_template`) exist from 7.8.
-    pub fn has_composable_templates(&self) -> bool {
-        self.effective().at_least(7, 8)
-    }
-
-    /// Top-level `knn` in the search body: 8.4 (8.0–8.3 had `_knn_search`).
-    pub fn has_knn_search_option(&self) -> bool {
-        self.effective().at_least(8, 4)
-    }
-
     /// The `index_options` the vector field gets. Chosen explicitly rather than left to the
     /// default, so that an index keeps the same structure whatever version created it:
     /// - 8.0–8.11: `hnsw` (the only indexed type);
@@ -362,9 +346,6 @@ mod tests {
         assert!(!cluster("9.0.0").has_chunking_none());
         assert!(cluster("8.19.0").has_chunking_none());
         assert!(!cluster("8.14.0").inference_delete_has_force());
-        assert!(!cluster("7.17.0").has_indexed_vectors());
-        assert!(!cluster("7.7.0").has_composable_templates());
-        assert!(!cluster("8.3.0").has_knn_search_option());
     }
 
     #[test]

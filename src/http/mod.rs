@@ -7,6 +7,7 @@ mod hf;
 mod openai;
 mod ops;
 pub mod status;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -175,7 +176,7 @@ async fn log_request(req: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     metrics::request(&route, status, elapsed);
-    tracing::info!(%method, route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    tracing::info!(%method, route, status, micros = elapsed.as_micros() as u64, "request");
     response
 }
 
@@ -214,8 +215,9 @@ struct RawInput {
     hint: ModalityHint,
 }
 
-/// Classifies and embeds a request's inputs; the first failing input (lowest index) fails the
-/// request with its index in the message.
+/// Classifies and embeds a request's inputs. An input that cannot be read (bad base64, not an
+/// image) fails the request at once, before any decoding or inference; otherwise the lowest
+/// failing index is named.
 async fn embed_inputs(
     state: &AppState,
     dialect: Dialect,
@@ -244,12 +246,14 @@ async fn embed_inputs(
     };
     let mut items = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let item = classify(&input.value, input.hint).map_err(|e| input_failure(index, e))?;
+        let item = classify(&input.value, input.hint)
+            .and_then(|item| state.engine.screen(item))
+            .map_err(|e| input_failure(index, e))?;
         items.push(item);
     }
     let images = items
         .iter()
-        .filter(|i| matches!(i, crate::engine::Item::Image(_)))
+        .filter(|i| !matches!(i, crate::engine::Item::Text(_)))
         .count();
     metrics::inputs("image", images);
     metrics::inputs("text", items.len() - images);

@@ -213,7 +213,7 @@ impl Reply {
             self.status,
             expected,
             "body: {}",
-            truncate(&self.text(), 600)
+            shorten(&self.text(), 600)
         );
         self
     }
@@ -246,7 +246,7 @@ impl Reply {
     }
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+fn shorten(s: &str, max: usize) -> &str {
     match s.char_indices().nth(max) {
         Some((i, _)) => &s[..i],
         None => s,
@@ -281,7 +281,7 @@ pub async fn send(app: &Router, request: Request<Body>) -> Reply {
     assert!(
         !reply.text().contains(TRUNCATION_PHRASE),
         "{what}: this phrase makes ES halve every input: {}",
-        truncate(&reply.text(), 600)
+        shorten(&reply.text(), 600)
     );
     reply
 }

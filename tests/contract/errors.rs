@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{header, Method, Request, StatusCode};
 
 use crate::common::*;
-use sightline::engine::EngineOptions;
+use sightline::engine::{EngineOptions, Modality};
 use sightline::http::{router, HttpConfig};
 
 const TEXT: &str = "A dog in the snow";
@@ -280,6 +280,41 @@ async fn bodies_over_max_body_are_400_naming_the_limit_and_flag() {
 }
 
 #[tokio::test]
+async fn bodies_far_above_axum_defaults_are_accepted_within_max_body() {
+    // es-contract §11 item 2: accept at least ~64 MB. A framework default (axum's is 2 MB) must not
+    // cut in first, least of all with its 413. White space keeps this cheap: 8 MB of it around the probe.
+    let app = app();
+    let probe = String::from_utf8(recorded("openai-8.12-probe.json")).expect("UTF-8");
+    let padded = format!("{}{}", " ".repeat(8 << 20), probe);
+    let v = openai_vectors(&app, "/v1/embeddings", padded, 1).await;
+    let plain = openai_vectors(&app, "/v1/embeddings", probe, 1).await;
+    assert_same_vector(&v[0], &plain[0], "padded probe");
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_503_with_retry_after() {
+    // `--request-timeout` passed: 503 is retried by the openai and hugging_face services
+    // (es-contract §1.4, §2), and it is never a 413 or a 400 that would be final.
+    let app = router(
+        start_engine(EngineOptions {
+            request_timeout: Duration::ZERO,
+            ..test_options()
+        }),
+        http_config(),
+    );
+    let reply = send(
+        &app,
+        openai_request("/v1/embeddings", openai_body(&[TEXT], None, None, false)),
+    )
+    .await;
+    reply.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reply.headers.contains_key(header::RETRY_AFTER));
+    let (message, kind) = reply.openai_error();
+    assert_eq!(kind, "service_unavailable");
+    assert!(message.contains("--request-timeout"), "{message}");
+}
+
+#[tokio::test]
 async fn more_inputs_than_max_inputs_is_400() {
     let app = router(
         engine(),
@@ -312,16 +347,33 @@ async fn more_inputs_than_max_inputs_is_400() {
 
 #[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
-    // ES retries 429 in every service (es-contract §11 item 13). A request needing more queue slots
-    // than exist is refused whole, deterministically, without waiting.
+    // ES retries 429 in every service (es-contract §11 item 13). A long batch wait keeps a first
+    // request's two texts queued, filling a queue of two, while a second request arrives.
     let engine = start_engine(EngineOptions {
         queue_capacity: 2,
+        max_batch_text: 16,
+        batch_wait: Duration::from_secs(2),
         ..test_options()
     });
-    let app = router(engine, http_config());
+    let app = router(engine.clone(), http_config());
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move {
+            send(
+                &app,
+                openai_request("/v1/embeddings", openai_body(&[TEXT; 2], None, None, false)),
+            )
+            .await
+        }
+    });
+    // Wait (without sleeping) until the first request holds both slots.
+    while engine.queue_depth(Modality::Text) < 2 {
+        tokio::task::yield_now().await;
+    }
+
     let reply = send(
         &app,
-        openai_request("/v1/embeddings", openai_body(&[TEXT; 3], None, None, false)),
+        openai_request("/v1/embeddings", openai_body(&[TEXT], None, None, false)),
     )
     .await;
     reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
@@ -339,20 +391,50 @@ async fn a_full_queue_is_429_with_retry_after() {
     assert_eq!(kind, "rate_limit_error");
     assert!(message.contains("capacity"), "{message}");
 
-    let reply = send(&app, hf_request("/embed", hf_body(&[TEXT; 3]))).await;
+    let reply = send(&app, hf_request("/embed", hf_body(&[TEXT]))).await;
     reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
     assert!(reply.headers.contains_key(header::RETRY_AFTER));
     assert!(!reply.hf_error().is_empty());
 
-    // Refusal reserved nothing: a request that fits is served.
+    // The queued request is unharmed, and the refusals reserved nothing.
+    let first = first.await.expect("the first request completes");
+    first.assert_status(StatusCode::OK);
+    let v = es_old_openai_parse(&first.body).expect("parses");
+    assert_golden(
+        &v[1],
+        &golden_text(TEXT),
+        "the request that filled the queue",
+    );
+    assert_eq!(engine.queue_depth(Modality::Text), 0);
+}
+
+#[tokio::test]
+async fn more_inputs_than_the_queue_holds_is_400_not_429() {
+    // A 429 would make ES retry a request that can never fit; a 400 is final and names the flag.
+    let app = router(
+        start_engine(EngineOptions {
+            queue_capacity: 2,
+            ..test_options()
+        }),
+        http_config(),
+    );
+    let message = openai_400(
+        &app,
+        "/v1/embeddings",
+        openai_body(&[TEXT; 3], None, None, false),
+    )
+    .await;
+    assert!(message.contains("--queue-capacity"), "{message}");
+    // Two of each modality fit: the capacity is per modality.
+    let png = data_uri("tiny-1x1.png");
     let v = openai_vectors(
         &app,
         "/v1/embeddings",
-        openai_body(&[TEXT; 2], None, None, false),
-        2,
+        openai_body(&[TEXT, &png, TEXT, &png], None, None, false),
+        4,
     )
     .await;
-    assert_golden(&v[1], &golden_text(TEXT), "after an overload");
+    assert_golden(&v[3], &golden_image("tiny-1x1.png"), "image beside texts");
 }
 
 #[tokio::test]

@@ -13,13 +13,20 @@ use std::path::Path;
 use elasticsearch::indices::{IndicesDeleteIndexTemplateParts, IndicesDeleteParts};
 use elasticsearch::inference::InferenceDeleteParts;
 use elasticsearch::ingest::IngestDeletePipelineParts;
+use futures::FutureExt;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sightline::es::client::EsConnectArgs;
 
 use crate::fake_es::{fixture_images, sightline_with_env};
 
-const SAMPLE: [&str; 5] = ["landscape.jpg", "portrait.png", "image.webp", "edges-481x321.png", "small-100x50.png"];
+const SAMPLE: [&str; 5] = [
+    "landscape.jpg",
+    "portrait.png",
+    "image.webp",
+    "edges-481x321.png",
+    "small-100x50.png",
+];
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
@@ -38,19 +45,34 @@ async fn setup_ingest_search_against_a_real_cluster() {
 
     // connection settings travel as environment, exactly as a user would set them
     let mut envs: Vec<(&str, String)> = vec![("SIGHTLINE_ES_URL", es_url.clone())];
-    for name in ["SIGHTLINE_ES_API_KEY", "SIGHTLINE_ES_USER", "SIGHTLINE_ES_PASSWORD", "SIGHTLINE_ES_CA_CERT", "SIGHTLINE_SIDECAR_API_KEY"] {
+    for name in [
+        "SIGHTLINE_ES_API_KEY",
+        "SIGHTLINE_ES_USER",
+        "SIGHTLINE_ES_PASSWORD",
+        "SIGHTLINE_ES_CA_CERT",
+        "SIGHTLINE_SIDECAR_API_KEY",
+    ] {
         if let Some(value) = env(name) {
             envs.push((name, value));
         }
     }
     let envs_ref: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
 
-    let mut setup = vec!["setup", "--sidecar-url", &sidecar_url, "--index", &index, "--inference-id", &inference_id];
+    let mut setup = vec![
+        "setup",
+        "--sidecar-url",
+        &sidecar_url,
+        "--index",
+        &index,
+        "--inference-id",
+        &inference_id,
+    ];
     let info_url = env("SIGHTLINE_SIDECAR_INFO_URL");
     if let Some(info_url) = &info_url {
         setup.extend(["--sidecar-info-url", info_url]);
     }
-    let outcome = async {
+    // Clean up whether or not an assertion fails, then report the failure.
+    let outcome = std::panic::AssertUnwindSafe(async {
         sightline_with_env(&setup, &envs_ref).await.expect_code(0);
 
         let dir = tempfile::tempdir().unwrap();
@@ -59,32 +81,75 @@ async fn setup_ingest_search_against_a_real_cluster() {
         }
         let folder = dir.path().display().to_string();
         let failures = dir.path().join("failures.jsonl").display().to_string();
-        sightline_with_env(&["ingest", &folder, "--index", &index, "--failures", &failures, "--no-progress"], &envs_ref)
-            .await
-            .expect_code(0);
+        sightline_with_env(
+            &[
+                "ingest",
+                &folder,
+                "--index",
+                &index,
+                "--failures",
+                &failures,
+                "--no-progress",
+            ],
+            &envs_ref,
+        )
+        .await
+        .expect_code(0);
 
         let query = dir.path().join(SAMPLE[1]);
         let query_arg = query.display().to_string();
         let by_image = sightline_with_env(
-            &["search", "--index", &index, "--inference-id", &inference_id, "--image", &query_arg, "-k", "3", "--json"],
+            &[
+                "search",
+                "--index",
+                &index,
+                "--inference-id",
+                &inference_id,
+                "--image",
+                &query_arg,
+                "-k",
+                "3",
+                "--json",
+            ],
             &envs_ref,
         )
         .await;
         by_image.expect_code(0);
-        let first: Value = serde_json::from_str(by_image.stdout.lines().next().expect("at least one hit")).unwrap();
-        assert_eq!(first["id"], hex::encode(Sha256::digest(std::fs::read(Path::new(&query)).unwrap())), "the image itself comes first");
+        let first: Value =
+            serde_json::from_str(by_image.stdout.lines().next().expect("at least one hit"))
+                .unwrap();
+        assert_eq!(
+            first["id"],
+            hex::encode(Sha256::digest(std::fs::read(Path::new(&query)).unwrap())),
+            "the image itself comes first"
+        );
 
         let by_text = sightline_with_env(
-            &["search", "--index", &index, "--inference-id", &inference_id, "--text", "a photo", "--json"],
+            &[
+                "search",
+                "--index",
+                &index,
+                "--inference-id",
+                &inference_id,
+                "--text",
+                "a photo",
+                "--json",
+            ],
             &envs_ref,
         )
         .await;
         by_text.expect_code(0);
-        assert!(by_text.stdout.lines().count() > 0, "text search returns hits");
-    }
+        assert!(
+            by_text.stdout.lines().count() > 0,
+            "text search returns hits"
+        );
+    })
+    .catch_unwind()
     .await;
     cleanup(&es_url, &index, &inference_id).await;
-    outcome
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// Best effort: a failed cleanup must not hide the test's own result.
@@ -100,16 +165,37 @@ async fn cleanup(es_url: &str, index: &str, inference_id: &str) {
     };
     let Ok(client) = args.connect() else { return };
     let failed = format!("{index}-failed");
-    let _ = client.indices().delete(IndicesDeleteParts::Index(&[index, &failed])).send().await;
-    for template in [format!("sightline-{index}"), format!("sightline-{index}-failed")] {
-        let _ = client.indices().delete_index_template(IndicesDeleteIndexTemplateParts::Name(&template)).send().await;
+    let _ = client
+        .indices()
+        .delete(IndicesDeleteParts::Index(&[index, &failed]))
+        .send()
+        .await;
+    for template in [
+        format!("sightline-{index}"),
+        format!("sightline-{index}-failed"),
+    ] {
+        let _ = client
+            .indices()
+            .delete_index_template(IndicesDeleteIndexTemplateParts::Name(&template))
+            .send()
+            .await;
     }
-    for pipeline in [format!("sightline-{index}"), format!("sightline-{index}-semantic")] {
-        let _ = client.ingest().delete_pipeline(IngestDeletePipelineParts::Id(&pipeline)).send().await;
+    for pipeline in [
+        format!("sightline-{index}"),
+        format!("sightline-{index}-semantic"),
+    ] {
+        let _ = client
+            .ingest()
+            .delete_pipeline(IngestDeletePipelineParts::Id(&pipeline))
+            .send()
+            .await;
     }
     let _ = client
         .inference()
-        .delete(InferenceDeleteParts::TaskTypeInferenceId("text_embedding", inference_id))
+        .delete(InferenceDeleteParts::TaskTypeInferenceId(
+            "text_embedding",
+            inference_id,
+        ))
         .force(true)
         .send()
         .await;

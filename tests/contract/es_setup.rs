@@ -41,44 +41,120 @@ async fn print_for(version: &str) -> Vec<(String, String, Option<Value>)> {
     parse_console(&run.stdout)
 }
 
-fn find<'a>(requests: &'a [(String, String, Option<Value>)], method: &str, path: &str) -> &'a Value {
+fn find<'a>(
+    requests: &'a [(String, String, Option<Value>)],
+    method: &str,
+    path: &str,
+) -> &'a Value {
     requests
         .iter()
         .find(|(m, p, _)| m == method && p == path)
         .and_then(|(_, _, body)| body.as_ref())
-        .unwrap_or_else(|| panic!("no {method} {path} with a body in {:?}", requests.iter().map(|(m, p, _)| format!("{m} {p}")).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {method} {path} with a body in {:?}",
+                requests
+                    .iter()
+                    .map(|(m, p, _)| format!("{m} {p}"))
+                    .collect::<Vec<_>>()
+            )
+        })
 }
 
 fn expected_pipeline() -> Value {
-    rendered_asset("ingest-pipelines/image-embedding.json", &[("inference_id", json!("sightline-clip"))])
+    rendered_asset(
+        "ingest-pipelines/image-embedding.json",
+        &[("inference_id", json!("sightline-clip"))],
+    )
 }
 
 #[tokio::test]
 async fn print_for_each_version_line_matches_the_contract() {
     // (version, service, model location, chunking none, semantic pipeline, index_options type)
     let lines = [
-        ("8.12.2", "openai", "/task_settings/model", false, false, "int8_hnsw"),
-        ("8.15.0", "openai", "/service_settings/model_id", false, false, "int8_hnsw"),
-        ("8.19.0", "custom", "/task_settings/parameters/model", true, true, "int8_hnsw"),
-        ("9.0.3", "openai", "/service_settings/model_id", false, false, "int8_hnsw"),
-        ("9.1.0", "custom", "/task_settings/parameters/model", true, true, "bbq_hnsw"),
+        (
+            "8.12.2",
+            "openai",
+            "/task_settings/model",
+            false,
+            false,
+            "int8_hnsw",
+        ),
+        (
+            "8.15.0",
+            "openai",
+            "/service_settings/model_id",
+            false,
+            false,
+            "int8_hnsw",
+        ),
+        (
+            "8.19.0",
+            "custom",
+            "/task_settings/parameters/model",
+            true,
+            true,
+            "int8_hnsw",
+        ),
+        (
+            "9.0.3",
+            "openai",
+            "/service_settings/model_id",
+            false,
+            false,
+            "int8_hnsw",
+        ),
+        (
+            "9.1.0",
+            "custom",
+            "/task_settings/parameters/model",
+            true,
+            true,
+            "bbq_hnsw",
+        ),
     ];
     for (version, service, model_pointer, chunking_none, semantic, index_type) in lines {
         let requests = print_for(version).await;
         let endpoint = find(&requests, "PUT", "_inference/text_embedding/sightline-clip");
         assert_eq!(endpoint["service"], service, "{version}");
-        assert_eq!(endpoint["service_settings"]["url"], "http://sightline:8080/v1/embeddings", "{version}");
-        assert_eq!(endpoint["service_settings"]["similarity"], "dot_product", "{version}");
-        assert_eq!(endpoint.pointer(model_pointer), Some(&json!(FAKE_MODEL)), "{version}: model at {model_pointer}");
-        assert!(endpoint["service_settings"].get("max_input_tokens").is_none(), "{version}: contract §5.1");
-        assert_eq!(endpoint.get("chunking_settings").is_some(), chunking_none, "{version}");
+        assert_eq!(
+            endpoint["service_settings"]["url"], "http://sightline:8080/v1/embeddings",
+            "{version}"
+        );
+        assert_eq!(
+            endpoint["service_settings"]["similarity"], "dot_product",
+            "{version}"
+        );
+        assert_eq!(
+            endpoint.pointer(model_pointer),
+            Some(&json!(FAKE_MODEL)),
+            "{version}: model at {model_pointer}"
+        );
+        assert!(
+            endpoint["service_settings"]
+                .get("max_input_tokens")
+                .is_none(),
+            "{version}: contract §5.1"
+        );
+        assert_eq!(
+            endpoint.get("chunking_settings").is_some(),
+            chunking_none,
+            "{version}"
+        );
         if chunking_none {
-            assert_eq!(endpoint["chunking_settings"], json!({"strategy": "none"}), "{version}");
+            assert_eq!(
+                endpoint["chunking_settings"],
+                json!({"strategy": "none"}),
+                "{version}"
+            );
         }
         match service {
             "openai" => assert_eq!(endpoint["service_settings"]["api_key"], "side-key"),
             _ => {
-                assert_eq!(endpoint["service_settings"]["secret_parameters"]["api_key"], "side-key");
+                assert_eq!(
+                    endpoint["service_settings"]["secret_parameters"]["api_key"],
+                    "side-key"
+                );
                 let expected = rendered_asset(
                     "es-config/inference-custom.json",
                     &[
@@ -93,8 +169,14 @@ async fn print_for_each_version_line_matches_the_contract() {
             }
         }
 
-        assert_eq!(find(&requests, "PUT", "_ingest/pipeline/sightline-photos"), &expected_pipeline(), "{version}");
-        let has_semantic = requests.iter().any(|(_, p, _)| p == "_ingest/pipeline/sightline-photos-semantic");
+        assert_eq!(
+            find(&requests, "PUT", "_ingest/pipeline/sightline-photos"),
+            &expected_pipeline(),
+            "{version}"
+        );
+        let has_semantic = requests
+            .iter()
+            .any(|(_, p, _)| p == "_ingest/pipeline/sightline-photos-semantic");
         assert_eq!(has_semantic, semantic, "{version}");
 
         let template = find(&requests, "PUT", "_index_template/sightline-photos");
@@ -105,11 +187,23 @@ async fn print_for_each_version_line_matches_the_contract() {
         assert_eq!(vector["dims"], 512);
         assert_eq!(vector["similarity"], "dot_product");
         assert_eq!(vector["index_options"]["type"], index_type, "{version}");
-        assert_eq!(properties["image_semantic"].get("type").is_some(), semantic, "{version}");
-        assert_eq!(template["template"]["settings"]["index"]["default_pipeline"], "sightline-photos");
+        assert_eq!(
+            properties["image_semantic"].get("type").is_some(),
+            semantic,
+            "{version}"
+        );
+        assert_eq!(
+            template["template"]["settings"]["index"]["default_pipeline"],
+            "sightline-photos"
+        );
         let failed = find(&requests, "PUT", "_index_template/sightline-photos-failed");
         assert_eq!(failed["index_patterns"], json!(["photos-failed"]));
-        assert!(requests.iter().any(|(m, p, b)| m == "PUT" && p == INDEX && b.is_none()), "{version}: PUT photos");
+        assert!(
+            requests
+                .iter()
+                .any(|(m, p, b)| m == "PUT" && p == INDEX && b.is_none()),
+            "{version}: PUT photos"
+        );
 
         let verifications: Vec<&Value> = requests
             .iter()
@@ -117,8 +211,14 @@ async fn print_for_each_version_line_matches_the_contract() {
             .filter_map(|(_, _, b)| b.as_ref())
             .collect();
         assert_eq!(verifications.len(), 2, "{version}: one image and one text");
-        assert!(verifications[0]["input"][0].as_str().unwrap().starts_with("data:image/jpeg;base64,/9j/"));
-        assert!(!verifications[1]["input"][0].as_str().unwrap().starts_with("data:"));
+        assert!(verifications[0]["input"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("data:image/jpeg;base64,/9j/"));
+        assert!(!verifications[1]["input"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("data:"));
     }
 }
 
@@ -128,15 +228,27 @@ async fn print_refuses_8_11_and_points_to_embed_locally() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = sightline(&args).await;
     run.expect_code(2);
-    assert!(run.stderr.contains("ingest --embed-locally"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("ingest --embed-locally"),
+        "{}",
+        run.stderr
+    );
     assert!(run.stdout.is_empty(), "nothing printed: {}", run.stdout);
 }
 
 fn setup_args(fake: &FakeEs, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["setup", "--es", &fake.url, "--sidecar-url", &fake.sidecar_url(), "--index", INDEX]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+    let mut args: Vec<String> = [
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &fake.sidecar_url(),
+        "--index",
+        INDEX,
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args
 }
@@ -173,20 +285,36 @@ async fn setup_creates_everything_in_order_and_sends_what_print_shows() {
     let endpoint = fake.endpoint("sightline-clip").unwrap();
     assert_eq!(endpoint["service"], "openai");
     assert_eq!(endpoint["service_settings"]["model_id"], FAKE_MODEL);
-    assert_eq!(endpoint["service_settings"]["url"], format!("{}/v1/embeddings", fake.sidecar_url()));
+    assert_eq!(
+        endpoint["service_settings"]["url"],
+        format!("{}/v1/embeddings", fake.sidecar_url())
+    );
     let mappings = fake.index_mappings(INDEX).unwrap();
-    assert_eq!(mappings["properties"]["ml"]["properties"]["image_vector"]["dims"], FAKE_DIMS);
+    assert_eq!(
+        mappings["properties"]["ml"]["properties"]["image_vector"]["dims"],
+        FAKE_DIMS
+    );
     assert!(run.stdout.contains("ok, 8 dimensions"), "{}", run.stdout);
 
     // --print with the same inputs shows exactly the bodies that were sent
     let print = setup(&fake, &["--print"]).await;
     print.expect_code(0);
     let printed = parse_console(&print.stdout);
-    for request in fake.requests().iter().filter(|r| r.method == "PUT" || r.method == "POST") {
+    for request in fake
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" || r.method == "POST")
+    {
         let path = request.path.trim_start_matches('/');
-        let body = if request.body.is_empty() { None } else { Some(request.json()) };
+        let body = if request.body.is_empty() {
+            None
+        } else {
+            Some(request.json())
+        };
         assert!(
-            printed.iter().any(|(m, p, b)| *m == request.method && p == path && *b == body),
+            printed
+                .iter()
+                .any(|(m, p, b)| *m == request.method && p == path && *b == body),
             "{} {path} was sent but not printed identically",
             request.method
         );
@@ -197,17 +325,27 @@ async fn setup_creates_everything_in_order_and_sends_what_print_shows() {
 async fn second_setup_changes_nothing() {
     let fake = FakeEs::start("9.1.0").await;
     setup(&fake, &[]).await.expect_code(0);
-    assert_eq!(fake.endpoint("sightline-clip").unwrap()["service"], "custom");
+    assert_eq!(
+        fake.endpoint("sightline-clip").unwrap()["service"],
+        "custom"
+    );
     assert!(fake.pipeline("sightline-photos-semantic").is_some());
     fake.clear_requests();
 
     let again = setup(&fake, &[]).await;
     again.expect_code(0);
     let lines = fake.es_lines();
-    assert!(!lines.contains(&"PUT /_inference/text_embedding/sightline-clip".to_owned()), "{lines:?}");
+    assert!(
+        !lines.contains(&"PUT /_inference/text_embedding/sightline-clip".to_owned()),
+        "{lines:?}"
+    );
     assert!(!lines.iter().any(|l| l.starts_with("DELETE")), "{lines:?}");
     assert!(!lines.contains(&"PUT /photos".to_owned()), "{lines:?}");
-    assert!(again.stdout.contains("already up to date"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("already up to date"),
+        "{}",
+        again.stdout
+    );
     assert!(again.stdout.contains("exists, kept"), "{}", again.stdout);
 }
 
@@ -217,7 +355,13 @@ async fn changed_sidecar_url_recreates_the_endpoint_with_force() {
     setup(&fake, &[]).await.expect_code(0);
     fake.clear_requests();
     let moved = format!("{}/", fake.sidecar_url()); // same sidecar, but a URL that differs
-    let mut args = setup_args(&fake, &["--sidecar-info-url", &format!("{}/info", fake.sidecar_url())]);
+    let mut args = setup_args(
+        &fake,
+        &[
+            "--sidecar-info-url",
+            &format!("{}/info", fake.sidecar_url()),
+        ],
+    );
     let position = args.iter().position(|a| a == "--sidecar-url").unwrap();
     args[position + 1] = format!("{moved}v2");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -229,7 +373,11 @@ async fn changed_sidecar_url_recreates_the_endpoint_with_force() {
         .find(|r| r.method == "DELETE")
         .expect("the old endpoint is deleted");
     assert_eq!(delete.path, "/_inference/text_embedding/sightline-clip");
-    assert_eq!(delete.param("force").as_deref(), Some("true"), "our pipeline references it");
+    assert_eq!(
+        delete.param("force").as_deref(),
+        Some("true"),
+        "our pipeline references it"
+    );
     assert_eq!(
         fake.endpoint("sightline-clip").unwrap()["service_settings"]["url"],
         format!("{moved}v2/v1/embeddings")
@@ -283,5 +431,9 @@ async fn endpoint_creation_failure_explains_the_probe() {
     let run = setup(&fake, &[]).await;
     run.expect_code(2);
     assert!(run.stderr.contains("validation call"), "{}", run.stderr);
-    assert!(run.stderr.contains("reachable from the cluster"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("reachable from the cluster"),
+        "{}",
+        run.stderr
+    );
 }

@@ -38,7 +38,8 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{} {} body is not JSON: {e}", self.method, self.path))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{} {} body is not JSON: {e}", self.method, self.path))
     }
 
     /// The lines of an NDJSON body.
@@ -64,7 +65,7 @@ impl Recorded {
 }
 
 /// A canned answer for the next `times` requests whose method matches and whose path contains
-/// `path_contains`.
+/// `path_contains`; status [`DROP_CONNECTION`] cuts the connection instead.
 #[derive(Debug, Clone)]
 pub struct Override {
     pub method: &'static str,
@@ -73,6 +74,9 @@ pub struct Override {
     pub status: u16,
     pub body: Value,
 }
+
+/// [`Override::status`] that breaks the connection instead of answering.
+pub const DROP_CONNECTION: u16 = 0;
 
 /// Failures a test asks for.
 #[derive(Debug, Default)]
@@ -138,10 +142,14 @@ impl FakeEs {
             .fallback(handle)
             .layer(DefaultBodyLimit::disable())
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let address: SocketAddr = listener.local_addr().expect("local address");
         let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fake ES server failed");
+            axum::serve(listener, app)
+                .await
+                .expect("fake ES server failed");
         });
         FakeEs {
             url: format!("http://{address}"),
@@ -206,11 +214,20 @@ impl FakeEs {
     }
 
     pub fn index_mappings(&self, index: &str) -> Option<Value> {
-        self.state.lock().unwrap().indices.get(index).map(|i| i.mappings.clone())
+        self.state
+            .lock()
+            .unwrap()
+            .indices
+            .get(index)
+            .map(|i| i.mappings.clone())
     }
 
     pub fn seed_pipeline(&self, id: &str, body: Value) {
-        self.state.lock().unwrap().pipelines.insert(id.to_owned(), body);
+        self.state
+            .lock()
+            .unwrap()
+            .pipelines
+            .insert(id.to_owned(), body);
     }
 
     pub fn seed_index(&self, name: &str, mappings: Value) {
@@ -225,7 +242,12 @@ impl FakeEs {
 
     pub fn seed_doc(&self, index: &str, id: &str, source: Value) {
         let mut state = self.state.lock().unwrap();
-        state.indices.entry(index.to_owned()).or_default().docs.insert(id.to_owned(), source);
+        state
+            .indices
+            .entry(index.to_owned())
+            .or_default()
+            .docs
+            .insert(id.to_owned(), source);
     }
 }
 
@@ -241,7 +263,13 @@ fn unit_vector(dims: usize) -> Vec<f64> {
     vec![value; dims]
 }
 
-async fn handle(State(state): State<Arc<Mutex<EsState>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<Mutex<EsState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let recorded = Recorded {
         method: method.as_str().to_owned(),
         path: uri.path().to_owned(),
@@ -252,6 +280,17 @@ async fn handle(State(state): State<Arc<Mutex<EsState>>>, method: Method, uri: U
     let mut state = state.lock().unwrap();
     state.requests.push(recorded.clone());
     let (status, answer) = answer(&mut state, &recorded);
+    drop(state);
+    if status == DROP_CONNECTION {
+        // Headers go out, then the body fails: the client sees the connection break mid-answer.
+        let broken = futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "fake ES dropped the connection",
+            ))
+        });
+        return (StatusCode::OK, axum::body::Body::from_stream(broken)).into_response();
+    }
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = if recorded.method == "HEAD" || answer.is_null() {
         status.into_response()
@@ -272,7 +311,12 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         canned.times -= 1;
         return (canned.status, canned.body.clone());
     }
-    let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let segments: Vec<&str> = request
+        .path
+        .trim_start_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
     match (request.method.as_str(), segments.as_slice()) {
         ("GET", []) => (
             200,
@@ -296,22 +340,55 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
             state.templates.insert((*name).to_owned(), request.json());
             (200, json!({"acknowledged": true}))
         }
-        ("HEAD", [index]) => (if state.indices.contains_key(*index) { 200 } else { 404 }, Value::Null),
+        ("HEAD", [index]) => (
+            if state.indices.contains_key(*index) {
+                200
+            } else {
+                404
+            },
+            Value::Null,
+        ),
         ("PUT", [index]) => create_index(state, index, request),
         ("GET", [index, "_mapping"]) => match state.indices.get(*index) {
             Some(found) => (200, json!({ *index: {"mappings": found.mappings} })),
-            None => es_error(404, "index_not_found_exception", &format!("no such index [{index}]")),
+            None => es_error(
+                404,
+                "index_not_found_exception",
+                &format!("no such index [{index}]"),
+            ),
         },
         ("POST", [index, "_mget"]) | ("GET", [index, "_mget"]) => mget(state, index, request),
         ("POST", [index, "_bulk"]) | ("PUT", [index, "_bulk"]) => bulk(state, index, request),
-        ("POST", [_, "_refresh"]) => (200, json!({"_shards": {"total": 1, "successful": 1, "failed": 0}})),
+        ("GET" | "POST", [_, "_refresh"]) => (
+            200,
+            json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}),
+        ),
         ("POST", [index, "_search"]) | ("GET", [index, "_search"]) => search(state, index),
-        _ => es_error(400, "illegal_argument_exception", &format!("fake ES has no route for {} {}", request.method, request.path)),
+        _ => es_error(
+            400,
+            "illegal_argument_exception",
+            &format!(
+                "fake ES has no route for {} {}",
+                request.method, request.path
+            ),
+        ),
     }
 }
 
-fn inference(state: &mut EsState, method: &str, task: &str, id: &str, request: &Recorded) -> (u16, Value) {
-    let missing = || es_error(404, "resource_not_found_exception", &format!("Inference endpoint not found [{id}]"));
+fn inference(
+    state: &mut EsState,
+    method: &str,
+    task: &str,
+    id: &str,
+    request: &Recorded,
+) -> (u16, Value) {
+    let missing = || {
+        es_error(
+            404,
+            "resource_not_found_exception",
+            &format!("Inference endpoint not found [{id}]"),
+        )
+    };
     match method {
         "GET" => match state.endpoints.get(id) {
             Some(endpoint) => (200, json!({"endpoints": [endpoint]})),
@@ -319,11 +396,18 @@ fn inference(state: &mut EsState, method: &str, task: &str, id: &str, request: &
         },
         "PUT" => {
             if state.endpoints.contains_key(id) {
-                return es_error(400, "status_exception", &format!("Inference endpoint [{id}] already exists"));
+                return es_error(
+                    400,
+                    "status_exception",
+                    &format!("Inference endpoint [{id}] already exists"),
+                );
             }
             // Echo as ES does: secrets dropped, probed dimensions added.
             let body = request.json();
-            let mut settings = body["service_settings"].as_object().cloned().unwrap_or_default();
+            let mut settings = body["service_settings"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             settings.remove("api_key");
             settings.remove("secret_parameters");
             settings.entry("dimensions").or_insert(json!(state.dims));
@@ -345,7 +429,9 @@ fn inference(state: &mut EsState, method: &str, task: &str, id: &str, request: &
             }
             let inputs = request.json()["input"].as_array().map_or(1, Vec::len);
             let dims = state.script.inference_dims.unwrap_or(state.dims);
-            let results: Vec<Value> = (0..inputs).map(|_| json!({"embedding": unit_vector(dims)})).collect();
+            let results: Vec<Value> = (0..inputs)
+                .map(|_| json!({"embedding": unit_vector(dims)}))
+                .collect();
             (200, json!({ task: results }))
         }
         _ => missing(),
@@ -354,16 +440,33 @@ fn inference(state: &mut EsState, method: &str, task: &str, id: &str, request: &
 
 fn create_index(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
     if state.indices.contains_key(index) {
-        return es_error(400, "resource_already_exists_exception", &format!("index [{index}/x] already exists"));
+        return es_error(
+            400,
+            "resource_already_exists_exception",
+            &format!("index [{index}/x] already exists"),
+        );
     }
-    let body = if request.body.is_empty() { json!({}) } else { request.json() };
+    let body = if request.body.is_empty() {
+        json!({})
+    } else {
+        request.json()
+    };
     let template = state
         .templates
         .values()
-        .find(|t| t["index_patterns"].as_array().is_some_and(|p| p.iter().any(|p| p == index)))
+        .find(|t| {
+            t["index_patterns"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p == index))
+        })
         .map(|t| t["template"].clone())
         .unwrap_or(json!({}));
-    let pick = |key: &str| body.get(key).cloned().or_else(|| template.get(key).cloned()).unwrap_or(json!({}));
+    let pick = |key: &str| {
+        body.get(key)
+            .cloned()
+            .or_else(|| template.get(key).cloned())
+            .unwrap_or(json!({}))
+    };
     state.indices.insert(
         index.to_owned(),
         Index {
@@ -372,7 +475,10 @@ fn create_index(state: &mut EsState, index: &str, request: &Recorded) -> (u16, V
             docs: BTreeMap::new(),
         },
     );
-    (200, json!({"acknowledged": true, "shards_acknowledged": true, "index": index}))
+    (
+        200,
+        json!({"acknowledged": true, "shards_acknowledged": true, "index": index}),
+    )
 }
 
 fn mget(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
@@ -386,7 +492,7 @@ fn mget(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
             match state.indices.get(index) {
                 None => json!({"_index": index, "_id": id, "error": {"type": "index_not_found_exception", "reason": "no such index"}}),
                 Some(found) => match found.docs.get(id) {
-                    Some(source) if doc.get("_source") == Some(&json!(false)) => json!({"_index": index, "_id": id, "found": true}),
+                    Some(_) if doc.get("_source") == Some(&json!(false)) => json!({"_index": index, "_id": id, "found": true}),
                     Some(source) => json!({"_index": index, "_id": id, "found": true, "_source": source}),
                     None => json!({"_index": index, "_id": id, "found": false}),
                 },
@@ -402,9 +508,16 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
     let mut items = Vec::new();
     for pair in lines.chunks(2) {
         let [action, source] = pair else {
-            return es_error(400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]");
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                "The bulk request must be terminated by a newline [\\n]",
+            );
         };
-        let (op, meta) = action.as_object().and_then(|a| a.iter().next()).expect("bulk action");
+        let (op, meta) = action
+            .as_object()
+            .and_then(|a| a.iter().next())
+            .expect("bulk action");
         let target = meta["_index"].as_str().unwrap_or(index).to_owned();
         let id = meta["_id"].as_str().unwrap_or_default().to_owned();
         let item = |index: &str, status: u16, extra: Value| {
@@ -422,7 +535,11 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
             }
         }
         if let Some((status, kind, reason)) = state.script.item_errors.get(&id) {
-            items.push(item(&target, *status, json!({"error": {"type": kind, "reason": reason}})));
+            items.push(item(
+                &target,
+                *status,
+                json!({"error": {"type": kind, "reason": reason}}),
+            ));
             continue;
         }
         let mut document = source.clone();
@@ -442,13 +559,23 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                 } else {
                     let object = document.as_object_mut().expect("document object");
                     object.remove("image_b64");
-                    object.insert("ml".to_owned(), json!({"image_vector": unit_vector(state.dims), "model_id": "fake"}));
+                    object.insert(
+                        "ml".to_owned(),
+                        json!({"image_vector": unit_vector(state.dims), "model_id": "fake"}),
+                    );
                 }
             }
         }
         let index_entry = state.indices.entry(destination.clone()).or_default();
-        if let Some(expected) = index_entry.mappings.pointer("/properties/ml/properties/image_vector/dims").and_then(Value::as_u64) {
-            let got = document.pointer("/ml/image_vector").and_then(Value::as_array).map(Vec::len);
+        if let Some(expected) = index_entry
+            .mappings
+            .pointer("/properties/ml/properties/image_vector/dims")
+            .and_then(Value::as_u64)
+        {
+            let got = document
+                .pointer("/ml/image_vector")
+                .and_then(Value::as_array)
+                .map(Vec::len);
             if let Some(got) = got {
                 if got as u64 != expected {
                     items.push(item(&destination, 400, json!({"error": {"type": "document_parsing_exception",
@@ -462,9 +589,18 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
             continue;
         }
         index_entry.docs.insert(id.clone(), document);
-        items.push(item(&destination, 201, json!({"result": "created", "_version": 1})));
+        items.push(item(
+            &destination,
+            201,
+            json!({"result": "created", "_version": 1}),
+        ));
     }
-    let errors = items.iter().any(|item| item.as_object().and_then(|o| o.values().next()).and_then(|r| r["status"].as_u64()).is_some_and(|s| s >= 300));
+    let errors = items.iter().any(|item| {
+        item.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|r| r["status"].as_u64())
+            .is_some_and(|s| s >= 300)
+    });
     (200, json!({"took": 1, "errors": errors, "items": items}))
 }
 
@@ -483,7 +619,10 @@ fn search(state: &mut EsState, index: &str) -> (u16, Value) {
             })
             .unwrap_or_default(),
     };
-    (200, json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}))
+    (
+        200,
+        json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -540,10 +679,16 @@ impl Run {
 /// server keeps answering while the child runs.
 pub async fn sightline_with_env(args: &[&str], envs: &[(&str, &str)]) -> Run {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let envs: Vec<(String, String)> = envs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sightline"));
-        command.args(&args).env("SIGHTLINE_LOG", "warn").env("NO_PROXY", "127.0.0.1,localhost");
+        command
+            .args(&args)
+            .env("SIGHTLINE_LOG", "warn")
+            .env("NO_PROXY", "127.0.0.1,localhost");
         for name in CLI_ENV {
             command.env_remove(name);
         }
@@ -569,13 +714,17 @@ pub fn fixture_images() -> PathBuf {
 pub fn parse_console(text: &str) -> Vec<(String, String, Option<Value>)> {
     let mut requests = Vec::new();
     let mut current: Option<(String, String, String)> = None;
-    let finish = |current: Option<(String, String, String)>, requests: &mut Vec<(String, String, Option<Value>)>| {
+    let finish = |current: Option<(String, String, String)>,
+                  requests: &mut Vec<(String, String, Option<Value>)>| {
         if let Some((method, path, body)) = current {
-            let body = if body.trim().is_empty() {
-                None
-            } else {
-                Some(serde_json::from_str(&body).unwrap_or_else(|e| panic!("body of {method} {path} is not JSON: {e}\n{body}")))
-            };
+            let body =
+                if body.trim().is_empty() {
+                    None
+                } else {
+                    Some(serde_json::from_str(&body).unwrap_or_else(|e| {
+                        panic!("body of {method} {path} is not JSON: {e}\n{body}")
+                    }))
+                };
             requests.push((method, path, body));
         }
     };
@@ -607,7 +756,8 @@ pub fn parse_console(text: &str) -> Vec<(String, String, Option<Value>)> {
 /// An asset file with its `@@name@@` placeholders replaced, parsed: what the tests compare
 /// request bodies against.
 pub fn rendered_asset(path: &str, params: &[(&str, Value)]) -> Value {
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("asset file");
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .expect("asset file");
     let mut value: Value = serde_json::from_str(&text).expect("asset is JSON");
     fn walk(value: &mut Value, params: &[(&str, Value)]) {
         match value {
@@ -638,5 +788,11 @@ pub fn rendered_asset(path: &str, params: &[(&str, Value)]) -> Value {
 
 /// Object fields of `value`, for messages.
 pub fn keys(value: &Value) -> Vec<String> {
-    value.as_object().map(Map::keys).into_iter().flatten().cloned().collect()
+    value
+        .as_object()
+        .map(Map::keys)
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
 }

@@ -1,7 +1,19 @@
 //! Contract tests: one integration binary.
 mod common;
 mod errors;
+mod es_docker;
+mod es_e2e;
+mod es_ingest;
+mod es_search;
+mod es_setup;
+mod fake_es;
+mod faults;
 mod golden;
 mod hf;
+mod hostile;
+mod model_init;
+mod model_pull;
 mod openai;
 mod ops;
+mod tls;
+mod url_inputs;

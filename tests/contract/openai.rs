@@ -5,6 +5,9 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use sightline::engine::EngineOptions;
+use sightline::http::router;
+
 use crate::common::*;
 
 const TEXT: &str = "A dog in the snow";
@@ -467,4 +470,30 @@ async fn model_and_usage_follow_openai() {
     assert_eq!(json["model"], MODEL_ID);
     let usage = json["usage"].as_object().expect("`usage` object");
     assert!(usage.values().all(Value::is_u64), "{usage:?}");
+}
+
+#[tokio::test]
+async fn a_full_openai_batch_of_2048_inputs_is_served_in_order() {
+    // es-contract §6: semantic_text sends up to 2048 strings per request to the openai service.
+    // Sized as `sightline serve` defaults (`--max-inputs` = `--queue-capacity` = 2048).
+    let app = router(
+        start_engine(EngineOptions {
+            queue_capacity: 2048,
+            max_batch_text: 64,
+            ..test_options()
+        }),
+        http_config(),
+    );
+    let texts = [TEXT, TEXT_DE, "2 dogs, 3 cats!", "雪の中で眠る猫"];
+    let inputs: Vec<&str> = (0..2048).map(|i| texts[i % texts.len()]).collect();
+    let v = openai_vectors(
+        &app,
+        "/v1/embeddings",
+        openai_body(&inputs, None, None, false),
+        inputs.len(),
+    )
+    .await;
+    for (i, (vector, text)) in v.iter().zip(&inputs).enumerate() {
+        assert_golden(vector, &golden_text(text), &format!("input {i}"));
+    }
 }

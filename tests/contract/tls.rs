@@ -1,0 +1,245 @@
+//! HTTPS (`--tls-cert`/`--tls-key`, issue 6 Scope 4): a self-signed certificate made in the
+//! test, served by the same `axum::serve` loop `sightline serve` runs, through
+//! [`TlsListener`] on 127.0.0.1:0; clients trust only that certificate. Covers the routes ES
+//! calls, refusals of plain HTTP and of untrusting clients, graceful shutdown with a request in
+//! flight, and the start-up errors for bad files.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Notify};
+use tokio::task::JoinHandle;
+
+use sightline::http::tls::{load_config, TlsListener};
+
+use crate::common::*;
+
+/// A certificate for `localhost` and its key, as PEM files in a temporary directory.
+struct CertFiles {
+    _dir: TempDir,
+    cert: PathBuf,
+    key: PathBuf,
+    cert_pem: String,
+    key_pem: String,
+}
+
+fn self_signed() -> CertFiles {
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert_pem, key_pem) = (cert.pem(), key_pair.serialize_pem());
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&cert, &cert_pem).expect("write cert");
+    std::fs::write(&key, &key_pem).expect("write key");
+    CertFiles {
+        _dir: dir,
+        cert,
+        key,
+        cert_pem,
+        key_pem,
+    }
+}
+
+/// A running HTTPS server and the means to stop it gracefully.
+struct Server {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve_tls(app: Router, files: &CertFiles) -> Server {
+    let config = load_config(&files.cert, &files.key).expect("the test certificate loads");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        axum::serve(TlsListener::new(listener, config), app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Server { addr, stop, done }
+}
+
+/// A client that trusts only the test certificate and finds `localhost` at `addr`.
+fn trusting_client(files: &CertFiles, addr: SocketAddr) -> reqwest::Client {
+    let root = reqwest::Certificate::from_pem(files.cert_pem.as_bytes()).expect("PEM cert");
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+        .resolve("localhost", addr)
+        .build()
+        .expect("client")
+}
+
+fn https(addr: SocketAddr, path: &str) -> String {
+    format!("https://localhost:{}{path}", addr.port())
+}
+
+#[tokio::test]
+async fn health_and_embeddings_are_served_over_https() {
+    let files = self_signed();
+    let server = serve_tls(app(), &files).await;
+    let client = trusting_client(&files, server.addr);
+
+    let health = client
+        .get(https(server.addr, "/health"))
+        .send()
+        .await
+        .expect("GET /health over TLS");
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let embed = |key: Option<&str>| {
+        let mut request = client
+            .post(https(server.addr, "/v1/embeddings"))
+            .header("content-type", OPENAI_CONTENT_TYPE)
+            .body(openai_body(&["how big"], None, None, false));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send()
+    };
+    let reply = embed(Some(API_KEY)).await.expect("POST over TLS");
+    assert_eq!(reply.status(), StatusCode::OK);
+    let body = reply.bytes().await.expect("body");
+    let vectors = es_old_openai_parse(&body).expect("ES reads the answer");
+    assert_eq!(vectors.len(), 1);
+    assert_unit(&vectors[0], "the probe's vector over TLS");
+    // TLS does not replace the key.
+    let reply = embed(None).await.expect("POST over TLS");
+    assert_eq!(reply.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn plain_http_and_untrusting_clients_are_refused_and_the_server_keeps_serving() {
+    let files = self_signed();
+    let server = serve_tls(app(), &files).await;
+    let plain = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let result = plain
+        .get(format!("http://{}/health", server.addr))
+        .send()
+        .await;
+    assert!(result.is_err(), "plain HTTP got an answer: {result:?}");
+
+    // The built-in roots do not include a self-signed certificate: a real handshake happened.
+    let untrusting = reqwest::Client::builder()
+        .no_proxy()
+        .resolve("localhost", server.addr)
+        .build()
+        .expect("client");
+    let result = untrusting.get(https(server.addr, "/health")).send().await;
+    assert!(
+        result.is_err(),
+        "an unknown certificate was accepted: {result:?}"
+    );
+
+    let client = trusting_client(&files, server.addr);
+    let health = client
+        .get(https(server.addr, "/health"))
+        .send()
+        .await
+        .expect("still serving after failed handshakes");
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_the_request_in_flight_and_stops_accepting() {
+    let files = self_signed();
+    let (entered, release) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let slow = {
+        let (entered, release) = (entered.clone(), release.clone());
+        Router::new().route(
+            "/slow",
+            get(move || async move {
+                entered.notify_one();
+                release.notified().await;
+                "finished"
+            }),
+        )
+    };
+    let server = serve_tls(slow, &files).await;
+    let client = trusting_client(&files, server.addr);
+    let request = tokio::spawn(client.get(https(server.addr, "/slow")).send());
+    entered.notified().await;
+
+    server.stop.send(()).expect("the server is running");
+    // Shutdown has begun once the port refuses connections; the request is still in flight.
+    wait_until_closed(server.addr).await;
+    assert!(!request.is_finished());
+
+    release.notify_one();
+    let reply = request
+        .await
+        .expect("task")
+        .expect("the in-flight request completes");
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert_eq!(reply.text().await.expect("body"), "finished");
+    server
+        .done
+        .await
+        .expect("task")
+        .expect("the server stops cleanly");
+}
+
+/// Connects until the listening socket is gone; each try yields to the server's tasks.
+async fn wait_until_closed(addr: SocketAddr) {
+    for _ in 0..100_000 {
+        if TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{addr} still accepts connections after the shutdown signal");
+}
+
+#[test]
+fn certificate_problems_are_start_up_errors_naming_the_flag() {
+    let files = self_signed();
+    let other = self_signed();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").expect("write");
+    let error = |cert: &Path, key: &Path| {
+        let e = load_config(cert, key).expect_err("must fail");
+        let message = format!("{e:#}");
+        assert!(
+            !message.contains(files.key_pem.lines().nth(1).expect("a base64 line")),
+            "key material in an error: {message}"
+        );
+        message
+    };
+
+    let missing = dir.path().join("missing.pem");
+    let e = error(&missing, &files.key);
+    assert!(e.starts_with("cannot read `--tls-cert`"), "{e}");
+    let e = error(&empty, &files.key);
+    assert!(
+        e.contains("`--tls-cert`") && e.contains("holds no PEM certificate"),
+        "{e}"
+    );
+    // A certificate where the key should be.
+    let e = error(&files.cert, &files.cert);
+    assert!(
+        e.contains("`--tls-key`") && e.contains("holds no PEM private key"),
+        "{e}"
+    );
+    // A key that belongs to another certificate.
+    let e = error(&files.cert, &other.key);
+    assert!(
+        e.starts_with("cannot use `--tls-cert`") && e.contains("`--tls-key`"),
+        "{e}"
+    );
+    assert!(load_config(&files.cert, &files.key).is_ok());
+}
