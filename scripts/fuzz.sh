@@ -57,6 +57,8 @@ seed() { # target → fills fuzz/corpus/<target>/ from the fixtures once
 }
 
 flags=(--sanitizer "$sanitizer" --debug-assertions)
+parallel=()  # -jobs=1 would fork a child that logs to ./fuzz-0.log: only pass it for real parallelism
+((jobs > 1)) && parallel=(-jobs="$jobs" -workers="$jobs")
 echo "fuzz: building ${targets[*]} (sanitizer $sanitizer)"
 cargo fuzz build "${flags[@]}" 2>&1 | tail -1
 mkdir -p fuzz/target
@@ -69,7 +71,7 @@ for target in "${targets[@]}"; do
   # -rss_limit_mb: the decode limits must hold memory far below this; -timeout: one input, seconds.
   if ! cargo fuzz run "${flags[@]}" "$target" "fuzz/corpus/$target" -- \
       -max_total_time="$seconds" -rss_limit_mb=3072 -timeout=10 -max_len=262144 \
-      -jobs="$jobs" -workers="$jobs" -print_final_stats=1 "${dict[@]}" 2>&1 | tee "fuzz/target/$target.log" | grep -E '^(#[0-9]+.*(DONE|pulse)|==[0-9]+==|SUMMARY|stat::number_of_executed_units|Done)' ; then
+      "${parallel[@]}" -print_final_stats=1 "${dict[@]}" 2>&1 | tee "fuzz/target/$target.log" | grep -E '^(#[0-9]+.*(DONE|pulse)|==[0-9]+==|SUMMARY|stat::number_of_executed_units|Done)' ; then
     :
   fi
   if ls "fuzz/artifacts/$target"/* >/dev/null 2>&1; then

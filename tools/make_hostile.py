@@ -228,6 +228,10 @@ def build() -> dict[str, bytes]:
     files["exif-absurd.jpg"] = jpeg[:2] + app1(absurd_exif()) + jpeg[2:]
     iend = png.rindex(b"IEND") - 4
     files["exif-absurd.png"] = png[:iend] + png_chunk(b"eXIf", absurd_exif()[6:]) + png[iend:]
+    # A 16 MiB colour profile (zeros) deflated into a 16 KiB iCCP chunk: Sightline ignores profiles,
+    # so the pixels must embed exactly like base.png (the decoder inflates it: see F5 in the report).
+    iccp = png_chunk(b"iCCP", b"bomb\x00\x00" + zlib.compress(bytes(16 << 20), 9))
+    files["iccp-16mib.png"] = png[:33] + iccp + png[33:]
     return files
 
 

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use axum::Router;
+use base64::Engine as _;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use sightline::engine::{Engine, EngineOptions};
@@ -89,14 +90,36 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let vectors: Vec<&serde_json::Value> = if openai {
-        json["data"].as_array().expect("`data`").iter().map(|d| &d["embedding"]).collect()
+        json["data"]
+            .as_array()
+            .expect("`data`")
+            .iter()
+            .map(|d| &d["embedding"])
+            .collect()
     } else {
-        json.as_array().expect("an array of vectors").iter().collect()
+        json.as_array()
+            .expect("an array of vectors")
+            .iter()
+            .collect()
     };
     assert!(!vectors.is_empty(), "{uri}: 200 without vectors");
     for v in vectors {
-        let v = v.as_array().expect("a float array");
-        assert_eq!(v.len(), 512);
-        assert!(v.iter().all(|x| x.as_f64().is_some_and(f64::is_finite)));
+        let floats: Vec<f32> = match v {
+            // `encoding_format: base64`: packed little-endian f32.
+            serde_json::Value::String(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .expect("strict base64")
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            other => other
+                .as_array()
+                .expect("a float array")
+                .iter()
+                .map(|x| x.as_f64().expect("a number") as f32)
+                .collect(),
+        };
+        assert_eq!(floats.len(), 512, "{uri}");
+        assert!(floats.iter().all(|x| x.is_finite()), "{uri}");
     }
 });

@@ -68,7 +68,7 @@ pub async fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .filter_map(|(_, item)| item.as_ref().ok().cloned())
             .collect();
-        let mut results = engine.embed(items).await.into_iter();
+        let mut results = engine.embed(items).await?.into_iter();
         for (input, item) in chunk {
             let result = match item {
                 // The engine answers every item; a missing answer is reported, not assumed.

@@ -97,7 +97,7 @@ pub fn classify(input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
             image_item(bytes)
         }
         _ => match sniff_raw_base64(input) {
-            Some(bytes) => image_item(bytes),
+            Some(bytes) => image_item(bytes?),
             None => Ok(Item::Text(input.to_owned())),
         },
     }
@@ -141,21 +141,31 @@ pub(crate) fn unsupported(name: &str) -> EmbedError {
 }
 
 /// A raw base64 string is an image when its first bytes carry an image signature.
-/// Only a prefix is decoded to decide, so long texts cost nothing here.
-fn sniff_raw_base64(input: &str) -> Option<Vec<u8>> {
+/// Only a prefix is decoded to decide, so long texts cost nothing here. `None` means text;
+/// once the signature says image, a decoding error is the client's and is returned as such.
+fn sniff_raw_base64(input: &str) -> Option<Result<Vec<u8>, EmbedError>> {
     let trimmed = input.trim();
     if trimmed.len() < MIN_RAW_BASE64 || !trimmed.bytes().all(is_base64_byte) {
         return None;
     }
     // 32 base64 chars → 24 bytes: enough for every signature we sniff (WebP/HEIF need 12).
-    let head = BASE64
-        .decode(&trimmed[..32.min(trimmed.len() / 4 * 4)])
-        .ok()?;
+    // White space (MIME line breaks) is skipped, and the URL-safe alphabet is sniffed too, so
+    // that such an image gets its precise error instead of becoming a text.
+    let head: String = trimmed
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .take(32)
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    let head = BASE64.decode(&head[..head.len() / 4 * 4]).ok()?;
     if matches!(sniff_format(&head), Sniffed::Unknown) {
         return None;
     }
-    // The signature says image: from here on, a decoding error is the client's, not a text.
-    Some(decode_base64(trimmed).unwrap_or_default())
+    Some(decode_base64(trimmed))
 }
 
 fn is_base64_byte(b: u8) -> bool {
@@ -266,6 +276,27 @@ mod tests {
                 "{s}"
             );
         }
+    }
+
+    #[test]
+    fn raw_base64_images_are_never_mistaken_for_texts() {
+        // Wrapped every 16 columns: the signature is found across the line breaks.
+        let wrapped: Vec<&str> = PNG_1X1
+            .as_bytes()
+            .chunks(16)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert!(matches!(
+            classify(&wrapped.join("\n"), ModalityHint::Auto),
+            Ok(Item::Image(_))
+        ));
+        // URL-safe alphabet and a cut mid-quantum: image errors that say why, not texts.
+        let url_safe = PNG_1X1.replace('/', "_").replace('+', "-");
+        let e = classify(&url_safe, ModalityHint::Auto).unwrap_err();
+        assert!(e.message.contains("URL-safe"), "{}", e.message);
+        let cut = &PNG_1X1[..PNG_1X1.len() - 3];
+        let e = classify(cut, ModalityHint::Auto).unwrap_err();
+        assert!(e.message.starts_with("invalid base64"), "{}", e.message);
     }
 
     #[test]

@@ -896,7 +896,8 @@ async fn smoke_test(dir: &Path, dimensions: usize) -> Result<()> {
             Item::Text("sightline smoke test".to_owned()),
             Item::Image(image),
         ])
-        .await;
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
     for (what, result) in ["text", "image"].iter().zip(results) {
         let embedding = result.map_err(|e| anyhow!("{what}: {e}"))?;
         ensure!(

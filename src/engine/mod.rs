@@ -212,9 +212,13 @@ impl Engine {
         }
     }
 
-    /// Embeds one request's items; one result per item, in order. If the queue cannot take
-    /// the whole request, every item gets the same "overloaded" error and nothing runs.
-    pub async fn embed(&self, items: Vec<Item>) -> Vec<Result<Embedding, EmbedError>> {
+    /// Embeds one request's items: one result per item, in order, so one bad input fails only
+    /// itself. `Err` means the request as a whole was not taken and nothing ran: the queue is
+    /// full (overloaded), or the request alone holds more inputs than the queue can.
+    pub async fn embed(
+        &self,
+        items: Vec<Item>,
+    ) -> Result<Vec<Result<Embedding, EmbedError>>, EmbedError> {
         let deadline = Instant::now() + self.inner.opts.request_timeout;
         let n_images = items.iter().filter(|i| !matches!(i, Item::Text(_))).count();
         let admissions = self
@@ -226,7 +230,7 @@ impl Engine {
             Ok(a) => a,
             Err(e) => {
                 crate::metrics::input_error(e.kind);
-                return items.iter().map(|_| Err(e.clone())).collect();
+                return Err(e);
             }
         };
         // Only a few items per request are decoded ahead of the model, so a request with
@@ -244,7 +248,7 @@ impl Engine {
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
             crate::metrics::input_error(e.kind);
         }
-        results
+        Ok(results)
     }
 
     async fn embed_one(&self, item: Item, deadline: Instant) -> Result<Embedding, EmbedError> {

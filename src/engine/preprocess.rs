@@ -58,7 +58,7 @@ pub struct DecodeOptions {
     pub max_pixels: u64,
     /// Largest allocation the decoder may make, in bytes.
     pub max_alloc: u64,
-    /// Decode large JPEGs at a reduced DCT scale whose shorter side stays ≥ 2× the model's
+    /// Decode large JPEGs at a reduced DCT scale whose shorter side stays ≥ 3× the model's
     /// input size (`jpeg.rs`); off means decoding every pixel, exactly like the reference.
     pub jpeg_prescale: bool,
 }
@@ -104,7 +104,7 @@ pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<Rgb
         if format == ImageFormat::Jpeg {
             let (w, h) = jpeg::dimensions(bytes)?;
             check_pixels(w, h, opts)?;
-            let min_short_side = opts.jpeg_prescale.then_some(2 * target);
+            let min_short_side = opts.jpeg_prescale.then_some(3 * target);
             return jpeg::decode(bytes, min_short_side);
         }
         decode_dynamic(bytes, format, opts).map(to_rgb_on_white)
@@ -247,7 +247,14 @@ mod tests {
     fn every_aspect_ratio_resizes_to_the_model_size() {
         // Sizes that overshoot the crop box by an ulp without clamping (found with real photos
         // at reduced DCT scale), plus a sweep of odd ratios.
-        let mut sizes = vec![(720, 450), (1, 1), (1, 10_000), (10_000, 1), (667, 1000), (321, 481)];
+        let mut sizes = vec![
+            (720, 450),
+            (1, 1),
+            (1, 10_000),
+            (10_000, 1),
+            (667, 1000),
+            (321, 481),
+        ];
         sizes.extend((1..60).map(|i| (224 + 37 * i, 224 + 13 * i)));
         sizes.extend((1..60).map(|i| (97 * i % 2000 + 1, 61 * i % 1500 + 1)));
         for (w, h) in sizes {

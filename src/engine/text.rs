@@ -45,6 +45,20 @@ impl TextTokenizer {
         if text.is_empty() {
             return Err(EmbedError::bad_input("the text is empty"));
         }
+        // Only the first 128 tokens count, but the tokenizer would walk a multi-megabyte text
+        // to the end. BERT pre-tokenization splits on white space, so a prefix cut at white
+        // space yields the same leading tokens: if it already overflows, its result is the
+        // text's result. (A prefix that does not overflow proves nothing; then the whole text.)
+        if let Some(prefix) = whitespace_prefix(text, PREFIX_BYTES) {
+            let tokens = self.encode(prefix)?;
+            if tokens.truncated {
+                return Ok(tokens);
+            }
+        }
+        self.encode(text)
+    }
+
+    fn encode(&self, text: &str) -> Result<Tokens, EmbedError> {
         let encoding = self
             .tokenizer
             .encode(text, true)
@@ -54,6 +68,23 @@ impl TextTokenizer {
             truncated: !encoding.get_overflowing().is_empty(),
         })
     }
+}
+
+/// Bytes of text tokenized first: 512 bytes per token at 128 tokens, far more than any
+/// real text needs.
+const PREFIX_BYTES: usize = 64 * 1024;
+
+/// The text up to the last white space before `limit` bytes, when the text is longer.
+fn whitespace_prefix(text: &str, limit: usize) -> Option<&str> {
+    if text.len() <= limit {
+        return None;
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = text[..end].rfind(char::is_whitespace)?;
+    Some(&text[..cut])
 }
 
 /// Pads a batch to its longest member with id 0 and builds the attention mask.
@@ -144,6 +175,22 @@ fn mean_pool(states: ArrayView3<f32>, mask: ArrayView2<i64>) -> Array2<f32> {
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    #[test]
+    fn long_texts_are_cut_at_white_space_before_tokenizing() {
+        assert_eq!(whitespace_prefix("short", 10), None);
+        assert_eq!(whitespace_prefix("aaa bbb ccc", 9), Some("aaa bbb"));
+        assert_eq!(
+            whitespace_prefix("ééé ééé", 8),
+            Some("ééé"),
+            "cut on a char boundary"
+        );
+        assert_eq!(
+            whitespace_prefix("aaaaaaaaaaaa", 5),
+            None,
+            "no white space: no cut"
+        );
+    }
 
     #[test]
     fn padding_fills_zeros_and_masks_them() {

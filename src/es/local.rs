@@ -56,13 +56,16 @@ impl LocalEmbedder for EngineEmbedder {
 
     fn embed_images(&self, images: Vec<Bytes>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>> {
         async move {
+            let count = images.len();
             let items = images
                 .into_iter()
                 .map(|bytes| Item::Image(bytes.to_vec()))
                 .collect();
-            self.engine
-                .embed(items)
-                .await
+            let results = match self.engine.embed(items).await {
+                Ok(results) => results,
+                Err(err) => return vec![Err(err.to_string()); count],
+            };
+            results
                 .into_iter()
                 .map(|result| {
                     result
@@ -76,7 +79,11 @@ impl LocalEmbedder for EngineEmbedder {
 
     fn embed_text(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>> {
         async move {
-            let mut results = self.engine.embed(vec![Item::Text(text)]).await;
+            let mut results = self
+                .engine
+                .embed(vec![Item::Text(text)])
+                .await
+                .map_err(|err| err.to_string())?;
             match results.pop() {
                 Some(result) => result
                     .map(|embedding| embedding.vector)

@@ -257,7 +257,12 @@ async fn embed_inputs(
         .count();
     metrics::inputs("image", images);
     metrics::inputs("text", items.len() - images);
-    let results = state.engine.embed(items).await;
+    // A request-level refusal (queue full, request larger than the queue) names no input.
+    let results = state.engine.embed(items).await.map_err(|e| RequestError {
+        failure: Failure::Input(e.kind),
+        message: e.message,
+        dialect,
+    })?;
     let mut vectors = Vec::with_capacity(results.len());
     for (index, result) in results.into_iter().enumerate() {
         vectors.push(result.map_err(|e| input_failure(index, e))?);

@@ -2,13 +2,15 @@
 //! onnxruntime) on the committed fixtures: preprocessed pixels within 2/255 on smooth images,
 //! vectors at cosine ≥ 0.9999, identical token ids, and both text forms agreeing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
 use sightline::engine::preprocess::{decode_rgb, resize_crop, DecodeOptions};
 use sightline::engine::text::TextTokenizer;
 use sightline::engine::{Engine, EngineOptions, Item};
+
+use crate::common::{cosine, fixture};
 
 /// The reference decodes every JPEG pixel; the prescaled fast path has its own test.
 const EXACT: DecodeOptions = DecodeOptions {
@@ -25,18 +27,7 @@ fn exact() -> EngineOptions {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from(*x) * f64::from(*y))
-        .sum();
-    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
+    fixture("")
 }
 
 #[derive(Deserialize)]
@@ -140,7 +131,7 @@ async fn image_vectors_match_the_reference() {
         .iter()
         .map(|c| Item::Image(std::fs::read(fixtures().join("images").join(&c.file)).unwrap()))
         .collect();
-    let results = engine.embed(items).await;
+    let results = engine.embed(items).await.unwrap();
     assert_eq!(results.len(), golden.cases.len());
     for (case, result) in golden.cases.iter().zip(results) {
         let e = result.unwrap_or_else(|err| panic!("{}: {err}", case.file));
@@ -162,7 +153,7 @@ async fn broken_images_fail_alone_and_neighbours_succeed() {
         ));
     }
     items.push(Item::Image(good));
-    let results = engine.embed(items).await;
+    let results = engine.embed(items).await.unwrap();
     assert_eq!(results.len(), golden.broken.len() + 2);
     assert!(results[0].is_ok() && results.last().unwrap().is_ok());
     for (file, result) in golden.broken.iter().zip(&results[1..]) {
@@ -202,7 +193,7 @@ async fn token_ids_and_text_vectors_match_the_reference() {
         .iter()
         .map(|c| Item::Text(c.text.clone()))
         .collect();
-    for (case, result) in golden.cases.iter().zip(engine.embed(items).await) {
+    for (case, result) in golden.cases.iter().zip(engine.embed(items).await.unwrap()) {
         let e = result.unwrap();
         assert_eq!(e.truncated, case.truncated);
         let cos = cosine(&e.vector, &case.embedding);
@@ -223,11 +214,13 @@ async fn a_text_is_the_same_alone_and_padded_in_a_batch() {
     let engine = engine("tiny-clip", opts);
     let together = engine
         .embed(check.texts.iter().map(|t| Item::Text(t.clone())).collect())
-        .await;
+        .await
+        .unwrap();
     let alone_engine = self::engine("tiny-clip", EngineOptions::default());
     let alone = alone_engine
         .embed(vec![Item::Text(check.texts[check.index].clone())])
-        .await;
+        .await
+        .unwrap();
     let (a, b) = (
         &together[check.index].as_ref().unwrap().vector,
         &alone[0].as_ref().unwrap().vector,
@@ -250,7 +243,10 @@ async fn token_state_form_matches_pooled_form() {
         .iter()
         .map(|c| Item::Text(c.text.clone()))
         .collect();
-    let (a, b) = (form_a.embed(items.clone()).await, form_b.embed(items).await);
+    let (a, b) = (
+        form_a.embed(items.clone()).await.unwrap(),
+        form_b.embed(items).await.unwrap(),
+    );
     for ((case, a), b) in golden.cases.iter().zip(a).zip(b) {
         let (a, b) = (a.unwrap().vector, b.unwrap().vector);
         assert!(cosine(&a, &b) >= 0.99999, "{:?}", case.text);
@@ -264,10 +260,12 @@ async fn jpeg_prescaling_stays_within_the_accuracy_budget() {
     let bytes = std::fs::read(fixtures().join("images/large-2400x1600.jpg")).unwrap();
     let exact = engine("tiny-clip", exact())
         .embed(vec![Item::Image(bytes.clone())])
-        .await;
+        .await
+        .unwrap();
     let fast = engine("tiny-clip", EngineOptions::default())
         .embed(vec![Item::Image(bytes)])
-        .await;
+        .await
+        .unwrap();
     let (exact, fast) = (
         &exact[0].as_ref().unwrap().vector,
         &fast[0].as_ref().unwrap().vector,

@@ -23,6 +23,7 @@ pub(crate) async fn vectors(dir: &Path) -> Vec<Vec<f32>> {
             Item::Image(image),
         ])
         .await
+        .expect("two inputs are admitted")
         .into_iter()
         .map(|r| r.expect("the fixture inputs embed").vector)
         .collect()
