@@ -2,16 +2,16 @@
 # Mixed load against a release `sightline serve` on the tiny test bundle (issue 6, Scope 3).
 # Not part of CI. Loopback only; bounded in time (DURATION) and count (MAX_REQUESTS); stops by itself.
 #
-#   scripts/load.sh [DURATION] [CLIENTS]        default: 180s, 12 clients
+#   scripts/load.sh [SECONDS] [CLIENTS]        default: 180 s, 12 clients
 #
-# The generator (examples/load.rs) takes each valid input's vector alone first, then runs the
+# The generator (scripts/load.py, standard library only) takes each valid input's vector alone first, then runs the
 # clients (valid images/texts, hostile inputs and bodies, abandoned requests, ops routes) and checks
 # every answer. Afterwards the server is stopped with SIGTERM and must exit 0. Output: a table per
 # request class, the server's peak RSS (VmHWM), target/load/report.json and target/load/server.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-duration=${1:-180s}
+seconds=${1:-180}
 clients=${2:-12}
 max_requests=${MAX_REQUESTS:-500000}
 max_body=$((8 << 20))
@@ -19,7 +19,7 @@ key=load-test-key
 out=target/load
 mkdir -p "$out"
 
-cargo build --release --quiet --bin sightline --example load
+cargo build --release --quiet --bin sightline
 
 # A free loopback port, picked by the kernel.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -30,17 +30,20 @@ pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT
 
 # Ready within 60 s, or give up.
+ready=0
 for _ in $(seq 600); do
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen('http://127.0.0.1:$port/ready', timeout=1)" 2>/dev/null; then
+  if python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/ready', timeout=1)" 2>/dev/null; then
+    ready=1
     break
   fi
   kill -0 "$pid" 2>/dev/null || { echo "server died at start:"; cat "$out/server.log"; exit 1; }
   sleep 0.1
 done
+((ready)) || { echo "server not ready after 60 s"; exit 1; }
 
 status=0
-target/release/examples/load --url "http://127.0.0.1:$port" --key "$key" \
-  --clients "$clients" --duration "$duration" --max-requests "$max_requests" \
+python3 scripts/load.py --url "http://127.0.0.1:$port" --key "$key" \
+  --clients "$clients" --duration "$seconds" --max-requests "$max_requests" \
   --max-body "$max_body" --server-pid "$pid" --report "$out/report.json" || status=$?
 
 if ! kill -0 "$pid" 2>/dev/null; then

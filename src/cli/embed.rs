@@ -1,6 +1,7 @@
 //! `sightline embed`: embeds files and texts from the command line, one JSON object per input
 //! and line, in input order. A bad input prints an error line, the rest continue, and the exit
-//! code is 1 at the end.
+//! code is 1 at the end. JPEGs are decoded in full, so the output is the reference pipeline's
+//! (`tools/compare.py` checks that); `serve` trades that for speed unless `--exact-jpeg`.
 
 use std::io::Write;
 use std::path::PathBuf;

@@ -38,10 +38,6 @@ pub struct EngineArgs {
     /// Inputs not embedded within this time are answered with 503 (e.g. `60s`).
     #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// Decode every JPEG pixel, like the Python reference, instead of decoding large JPEGs at a
-    /// reduced DCT scale (1/2, 1/4 or 1/8, keeping ≥ 3× the model's input on the short side; cosine ≥ 0.9998 to exact on 40 test photos).
-    #[arg(long, env = "SIGHTLINE_EXACT_JPEG")]
-    pub exact_jpeg: bool,
     /// Return raw model vectors instead of L2-normalised ones (then map `similarity: cosine`).
     #[arg(long, env = "SIGHTLINE_NO_NORMALIZE")]
     pub no_normalize: bool,
@@ -58,9 +54,10 @@ impl EngineArgs {
             batch_wait: self.batch_wait,
             queue_capacity: self.queue_capacity,
             normalize: !self.no_normalize,
+            // Exact decoding unless a command opts into the fast path (`serve` does).
             decode: DecodeOptions {
                 max_pixels: self.max_pixels,
-                jpeg_prescale: !self.exact_jpeg,
+                jpeg_prescale: false,
                 ..defaults.decode
             },
             request_timeout: self.request_timeout,

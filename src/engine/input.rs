@@ -162,10 +162,19 @@ fn sniff_raw_base64(input: &str) -> Option<Result<Vec<u8>, EmbedError>> {
         })
         .collect();
     let head = BASE64.decode(&head[..head.len() / 4 * 4]).ok()?;
-    if matches!(sniff_format(&head), Sniffed::Unknown) {
-        return None;
+    strong_signature(&head).then(|| decode_base64(trimmed))
+}
+
+/// Signatures long enough that a text is practically never mistaken for them. Two-byte ones
+/// (PNM's `P1`..`P7`, ICO, TGA) would turn ordinary words into "images"; BMP's `BM` counts
+/// only with its reserved header bytes at zero.
+fn strong_signature(head: &[u8]) -> bool {
+    match sniff_format(head) {
+        Sniffed::Supported(image::ImageFormat::Bmp) => head.get(6..10) == Some(&[0, 0, 0, 0]),
+        Sniffed::Supported(_) => true,
+        Sniffed::Unsupported(name) => matches!(name, "HEIC" | "AVIF" | "SVG"),
+        Sniffed::Unknown => false,
     }
-    Some(decode_base64(trimmed))
 }
 
 fn is_base64_byte(b: u8) -> bool {
@@ -274,6 +283,21 @@ mod tests {
                 classify(s, ModalityHint::Auto).unwrap(),
                 Item::Text(s.into()),
                 "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn weak_signatures_do_not_make_texts_images() {
+        // "P6 ..." (PNM) and "BM" + garbage (not a BMP header) are texts when sent raw.
+        for bytes in [
+            &b"P6 640 480 255 and more text"[..],
+            b"BMxx\x01\x02zzzzzzzzzzzzzzzzzzzz",
+        ] {
+            let text = BASE64.encode(bytes);
+            assert_eq!(
+                classify(&text, ModalityHint::Auto).unwrap(),
+                Item::Text(text.clone())
             );
         }
     }

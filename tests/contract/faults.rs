@@ -4,8 +4,9 @@
 //!
 //! The queue tests run the real binary (`sightline serve`) on a loopback port, because whether a
 //! disconnected client's job ran is visible only in that process's own `/metrics`
-//! (`sightline_batch_items`: the inputs each batch sent to the model), which the other tests of
-//! this binary would otherwise share. A long `--batch-wait` holds jobs in the queue, and the test
+//! (`sightline_batch_items`, `sightline_inferred_total`: what reached the model;
+//! `sightline_dropped_total`: what was dropped and why), which the other tests of this binary
+//! would otherwise share. A long `--batch-wait` holds jobs in the queue, and the test
 //! fills the batch to release it: no sleeps, every wait is for an observable state.
 
 use std::io::{BufRead, BufReader};
@@ -214,6 +215,7 @@ fn text_vector(json: &Value, i: usize) -> Vec<f32> {
 
 const TEXT_BATCH_SUM: &str = r#"sightline_batch_items_sum{modality="text"}"#;
 const TEXT_BATCH_COUNT: &str = r#"sightline_batch_items_count{modality="text"}"#;
+const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_clients_input_never_reaches_the_model() {
@@ -243,6 +245,15 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
         sample_value(&metrics, TEXT_BATCH_SUM),
         3.0,
         "the disconnected client's input reached the model"
+    );
+    assert_eq!(sample_value(&metrics, TEXT_INFERRED), 3.0, "{metrics}");
+    assert_eq!(
+        sample_value(
+            &metrics,
+            r#"sightline_dropped_total{modality="text",reason="disconnected"}"#
+        ),
+        1.0,
+        "{metrics}"
     );
 }
 
@@ -275,6 +286,15 @@ async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
         sample_value(&metrics, TEXT_BATCH_SUM),
         2.0,
         "the expired input reached the model"
+    );
+    assert_eq!(sample_value(&metrics, TEXT_INFERRED), 2.0, "{metrics}");
+    assert_eq!(
+        sample_value(
+            &metrics,
+            r#"sightline_dropped_total{modality="text",reason="timeout"}"#
+        ),
+        1.0,
+        "{metrics}"
     );
 }
 
@@ -561,4 +581,48 @@ async fn a_manifest_that_misstates_the_dimensions_is_a_clear_error() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Over-limit bodies on a real connection.
+
+/// Sends `body` with its Content-Length on a raw connection, then reads the whole answer.
+/// Returns what the client saw: the status line and body, or the I/O error that ended it.
+fn raw_post(addr: SocketAddr, body: &[u8]) -> Result<String, std::io::Error> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\n\
+         Content-Type: {OPENAI_CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_max_body_gets_its_400_not_a_reset_connection() {
+    // ES's HTTP client writes the whole body before it reads the answer, and it retries an
+    // I/O error (es-contract §11 item 13) but not a 400. A server that answers early and closes
+    // while the body is still arriving makes the client's write fail (EPIPE/ECONNRESET): the
+    // clear `--max-body` message is lost and ES retries in vain. Finding F6 in docs/reliability.md.
+    let server = Server::start(&["--max-body", "8MiB"]);
+    let body = format!(r#"{{"input":["{TEXT}"],"pad":"{}"}}"#, " ".repeat(16 << 20));
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || raw_post(addr, body.as_bytes()))
+        .await
+        .expect("join");
+    let answer = answer.unwrap_or_else(|e| {
+        panic!("the client could not send its 16 MiB body and read the answer: {e}")
+    });
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("--max-body"), "{answer}");
+    // The server is unharmed.
+    let (status, json) = server.embed(&[TEXT]).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
 }
