@@ -312,7 +312,8 @@ async fn post(
     Ok(elapsed)
 }
 
-/// Text queries every 50 ms until `stop`, as a user searching during a bulk ingest.
+/// Text queries every 200 ms until `stop`: a few users searching in Kibana during a bulk
+/// ingest. (A denser probe would itself be a load that steals CPU from the images.)
 async fn probe_text(
     client: reqwest::Client,
     url: String,
@@ -320,7 +321,7 @@ async fn probe_text(
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<Duration>> {
     let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
         samples.push(post(&client, &url, body.clone(), 1).await?);

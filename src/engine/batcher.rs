@@ -131,12 +131,16 @@ pub(crate) struct Triage<P> {
 }
 
 pub(crate) fn triage<P>(jobs: Vec<Job<P>>, now: Instant) -> Triage<P> {
-    let total = jobs.len();
-    let (live, expired): (Vec<_>, Vec<_>) = jobs
+    // Deadline first: a caller stops waiting at its own deadline (`Engine::embed_one`), so an
+    // expired job's reply is usually closed as well, and that is a timeout, not a disconnect.
+    let (expired, pending): (Vec<_>, Vec<_>) =
+        jobs.into_iter().partition(|job| job.deadline <= now);
+    let waiting = pending.len();
+    let live: Vec<_> = pending
         .into_iter()
         .filter(|job| !job.reply.is_closed())
-        .partition(|job| job.deadline > now);
-    let abandoned = total - live.len() - expired.len();
+        .collect();
+    let abandoned = waiting - live.len();
     Triage {
         live,
         expired,

@@ -35,7 +35,7 @@ pub use worker::image_model_throughput;
 use batcher::{Admission, Job, Queue};
 use bundle::Preprocess;
 use text::TextTokenizer;
-use worker::{Health, ImageModel, TextModel, WorkerConfig};
+use worker::{BatchModel, Health, ImageModel, TextModel, WorkerConfig};
 
 /// Engine settings; every field has a CLI flag in `sightline serve`.
 #[derive(Debug, Clone)]
@@ -139,8 +139,18 @@ impl Engine {
         let bundle = Bundle::load(model_dir)?;
         let m = &bundle.manifest;
         let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), m.max_seq_len)?;
-        let image_model = ImageModel::open(&bundle, opts.threads)?;
-        let text_model = TextModel::open(&bundle, opts.threads)?;
+        let mut image_model = ImageModel::open(&bundle, opts.threads)?;
+        let mut text_model = TextModel::open(&bundle, opts.threads)?;
+        // One probe through each encoder: a manifest whose `dimensions` do not match the graphs
+        // fails here, at start, rather than failing every batch with a 500 (issue 6, F4).
+        let size = m.preprocess.size as usize;
+        image_model
+            .run(&[&vec![0f32; 3 * size * size]])
+            .context("the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)")?;
+        let probe = tokenizer.tokenize("probe")?;
+        text_model.run(&[&probe.ids]).context(
+            "the text encoder failed its start-up probe (check `dimensions` in sightline.json)",
+        )?;
         let info = ModelInfo {
             name: m.name.clone(),
             dimensions: m.dimensions,

@@ -6,6 +6,7 @@
 //! CMYK is converted by the decoder, 16-bit samples are scaled ÷257, animations give their first
 //! frame, EXIF orientation is applied. Pure functions: no ONNX Runtime here.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 
 use fast_image_resize as fr;
@@ -137,7 +138,12 @@ fn decode_dynamic(
 ) -> Result<DynamicImage, EmbedError> {
     let name = format!("{format:?}").to_uppercase();
     let bad = |e: image::ImageError| EmbedError::bad_input(format!("cannot decode {name}: {e}"));
-    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    let bytes = if format == ImageFormat::Png {
+        without_iccp(bytes)
+    } else {
+        Cow::Borrowed(bytes)
+    };
+    let mut reader = ImageReader::with_format(Cursor::new(&bytes[..]), format);
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(opts.max_alloc);
     reader.limits(image_limits);
@@ -151,6 +157,39 @@ fn decode_dynamic(
     let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// The PNG without its iCCP chunks. Sightline ignores colour profiles (so does PIL's `convert`),
+/// but the png crate inflates a profile eagerly, up to the allocation limit: a 1 MB file made the
+/// decoder allocate 1 GB for a profile nobody reads (issue 6, finding F5). Only chunks before
+/// the first IDAT are looked at, which is where the PNG spec puts iCCP.
+fn without_iccp(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let mut iccp = Vec::new();
+    let mut pos = 8; // after the signature
+    while pos + 12 <= bytes.len() {
+        let len = u32::from_be_bytes([bytes[pos], bytes[pos + 1], bytes[pos + 2], bytes[pos + 3]]);
+        let end = pos
+            .saturating_add(12)
+            .saturating_add(len as usize)
+            .min(bytes.len());
+        match &bytes[pos + 4..pos + 8] {
+            b"iCCP" => iccp.push(pos..end),
+            b"IDAT" => break,
+            _ => {}
+        }
+        pos = end;
+    }
+    if iccp.is_empty() {
+        return Cow::Borrowed(bytes);
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut from = 0;
+    for chunk in iccp {
+        out.extend_from_slice(&bytes[from..chunk.start]);
+        from = chunk.end;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    Cow::Owned(out)
 }
 
 /// Any colour type → RGB8; transparent pixels are composited onto white (model.md §2.3).

@@ -49,11 +49,17 @@ impl TextTokenizer {
         // to the end. BERT pre-tokenization splits on white space, so a prefix cut at white
         // space yields the same leading tokens: if it already overflows, its result is the
         // text's result. (A prefix that does not overflow proves nothing; then the whole text.)
-        if let Some(prefix) = whitespace_prefix(text, PREFIX_BYTES) {
-            let tokens = self.encode(prefix)?;
-            if tokens.truncated {
-                return Ok(tokens);
+        // The prefix grows 4× until it overflows, so that neither a first word longer than one
+        // prefix nor 126 long words spread past it can force a tokenization of the whole text.
+        let mut limit = PREFIX_BYTES;
+        while limit < text.len() {
+            if let Some(prefix) = whitespace_prefix(text, limit) {
+                let tokens = self.encode(prefix)?;
+                if tokens.truncated {
+                    return Ok(tokens);
+                }
             }
+            limit = limit.saturating_mul(4);
         }
         self.encode(text)
     }
@@ -83,7 +89,9 @@ fn whitespace_prefix(text: &str, limit: usize) -> Option<&str> {
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    let cut = text[..end].rfind(char::is_whitespace)?;
+    // ASCII space only: `char::is_whitespace` also matches U+000B, U+000C and U+0085, which
+    // BERT's normaliser deletes as control characters, joining the words around them.
+    let cut = text[..end].rfind(' ')?;
     Some(&text[..cut])
 }
 

@@ -20,6 +20,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
@@ -195,18 +196,47 @@ async fn read_json<T: DeserializeOwned>(
             format!("request body exceeds the limit of {limit} bytes (`--max-body`); send fewer or smaller inputs per request"),
         )
     };
+    // Past the limit the body is still read, and dropped, up to 4× the limit: ES writes the whole
+    // body before it reads the answer, and if the server stops reading, the write fails and ES
+    // retries an I/O error instead of reading this 400 (issue 6, finding F6). Beyond that the
+    // connection is cut: a 500 MB body is refused without reading it.
+    let drain_limit = (limit as u64).saturating_mul(4);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(n) = declared.filter(|n| *n > limit as u64) {
+        if n <= drain_limit {
+            drain(body.into_data_stream(), n).await;
+        }
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| too_large())?;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            RequestError::bad_request(dialect, format!("cannot read the request body: {e}"))
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            let read = (bytes.len() + chunk.len()) as u64;
+            drain(stream, drain_limit.saturating_sub(read)).await;
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| RequestError::bad_request(dialect, format!("invalid JSON body: {e}")))
+}
+
+/// Reads and drops up to `max` more bytes of a request body.
+async fn drain(mut stream: axum::body::BodyDataStream, max: u64) {
+    let mut read = 0u64;
+    while read < max {
+        match stream.next().await {
+            Some(Ok(chunk)) => read += chunk.len() as u64,
+            _ => return,
+        }
+    }
 }
 
 /// One input as a dialect received it, with how to read it.
