@@ -17,6 +17,7 @@ run: setup
 ## Formatting, lints, and the whole test suite (unit, golden, contract, CLI).
 test: setup lint
 	cargo test --all-targets
+	@[ -n "$$SIGHTLINE_ES_URL" ] || echo "*** SKIPPED es_e2e (real Elasticsearch): set SIGHTLINE_ES_URL and SIGHTLINE_SIDECAR_URL to run setup -> ingest -> search against a cluster ***"
 
 lint:
 	cargo fmt --all -- --check
