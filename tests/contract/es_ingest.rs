@@ -61,6 +61,15 @@ fn sample_folder() -> (tempfile::TempDir, Vec<PathBuf>, Vec<PathBuf>) {
     (dir, good, broken)
 }
 
+/// A temporary folder holding the first `n` good fixture images.
+fn folder_of_good(n: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in &GOOD[..n] {
+        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
 async fn ingest(fake: &FakeEs, folder: &Path, failures: &Path, extra: &[&str]) -> Run {
     let folder = folder.display().to_string();
     let failures = failures.display().to_string();
@@ -233,10 +242,7 @@ async fn clean_folder_exits_zero() {
 #[tokio::test]
 async fn whole_request_429s_are_retried_then_single_items() {
     let fake = cluster_with_pipeline("8.15.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    for name in &GOOD[..3] {
-        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
-    }
+    let dir = folder_of_good(3);
     let busy_id = id_of(&dir.path().join(GOOD[1]));
     fake.script(|script| {
         script.overrides.push(Override {
@@ -271,10 +277,7 @@ async fn whole_request_429s_are_retried_then_single_items() {
 #[tokio::test]
 async fn broken_connection_during_bulk_is_retried() {
     let fake = cluster_with_pipeline("8.15.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    for name in &GOOD[..2] {
-        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
-    }
+    let dir = folder_of_good(2);
     fake.script(|script| {
         script.overrides.push(Override {
             method: "POST",
@@ -298,10 +301,7 @@ async fn broken_connection_during_bulk_is_retried() {
 #[tokio::test]
 async fn persistent_429_gives_up_and_records_every_item() {
     let fake = cluster_with_pipeline("8.15.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    for name in &GOOD[..2] {
-        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
-    }
+    let dir = folder_of_good(2);
     fake.script(|script| {
         script.overrides.push(Override {
             method: "POST",
@@ -355,10 +355,7 @@ async fn unreachable_cluster_is_an_error_not_a_list_of_failures() {
 #[tokio::test]
 async fn pipeline_redirects_and_item_errors_are_failures_with_reasons() {
     let fake = cluster_with_pipeline("8.15.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    for name in &GOOD[..3] {
-        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
-    }
+    let dir = folder_of_good(3);
     let redirected_id = id_of(&dir.path().join(GOOD[0]));
     let rejected_id = id_of(&dir.path().join(GOOD[1]));
     fake.script(|script| {
@@ -503,10 +500,7 @@ async fn embed_locally_on_8_11_creates_the_index_and_sends_vectors() {
         return;
     };
     let fake = FakeEs::start("8.11.0").await;
-    let dir = tempfile::tempdir().unwrap();
-    for name in &GOOD[..2] {
-        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
-    }
+    let dir = folder_of_good(2);
     std::fs::write(dir.path().join("broken.png"), b"\x89PNG\r\n\x1a\nnope").unwrap();
     let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
     let folder = dir.path().display().to_string();
