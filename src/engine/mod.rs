@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 
 pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError};
@@ -35,7 +35,7 @@ pub use worker::image_model_throughput;
 use batcher::{Admission, Job, Queue};
 use bundle::Preprocess;
 use text::TextTokenizer;
-use worker::{BatchModel, Health, ImageModel, TextModel, WorkerConfig};
+use worker::{BatchModel, Health, TextModel, WorkerConfig};
 
 /// Engine settings; every field has a CLI flag in `sightline serve`.
 #[derive(Debug, Clone)]
@@ -124,7 +124,8 @@ struct Inner {
     opts: EngineOptions,
     preprocess: Preprocess,
     tokenizer: TextTokenizer,
-    decode_permits: Semaphore,
+    /// `decode_workers` low-priority threads for image decoding and preprocessing.
+    decoders: rayon::ThreadPool,
     images: Queue<Vec<f32>>,
     texts: Queue<Vec<i64>>,
     image_health: Arc<Health>,
@@ -139,14 +140,9 @@ impl Engine {
         let bundle = Bundle::load(model_dir)?;
         let m = &bundle.manifest;
         let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), m.max_seq_len)?;
-        let mut image_model = ImageModel::open(&bundle, opts.threads)?;
         let mut text_model = TextModel::open(&bundle, opts.threads)?;
-        // One probe through each encoder: a manifest whose `dimensions` do not match the graphs
+        // A probe through the encoder: a manifest whose `dimensions` do not match the graph
         // fails here, at start, rather than failing every batch with a 500 (issue 6, F4).
-        let size = m.preprocess.size as usize;
-        image_model
-            .run(&[&vec![0f32; 3 * size * size]])
-            .context("the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)")?;
         let probe = tokenizer.tokenize("probe")?;
         text_model.run(&[&probe.ids]).context(
             "the text encoder failed its start-up probe (check `dimensions` in sightline.json)",
@@ -174,11 +170,20 @@ impl Engine {
         };
         let image_cfg = config(Modality::Image, opts.max_batch_image.max(1));
         let text_cfg = config(Modality::Text, opts.max_batch_text.max(1));
-        let health = image_health.clone();
-        std::thread::Builder::new()
-            .name("sightline-image".into())
-            .spawn(move || worker::run(image_model, image_rx, image_cfg, health))
-            .context("cannot start the image worker thread")?;
+        worker::start_image_worker(
+            bundle.clone(),
+            opts.threads,
+            image_rx,
+            image_cfg,
+            image_health.clone(),
+        )?;
+        // Decoding runs at the image worker's low priority too, on its own pool.
+        let decoders = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.decode_workers.max(1))
+            .thread_name(|i| format!("sightline-decode-{i}"))
+            .start_handler(|_| worker::lower_priority())
+            .build()
+            .context("cannot start the image decoding threads")?;
         let health = text_health.clone();
         std::thread::Builder::new()
             .name("sightline-text".into())
@@ -189,7 +194,7 @@ impl Engine {
                 info,
                 preprocess: m.preprocess.clone(),
                 tokenizer,
-                decode_permits: Semaphore::new(opts.decode_workers.max(1)),
+                decoders,
                 opts,
                 images,
                 texts,
@@ -336,22 +341,27 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Decodes and preprocesses on the blocking pool, at most `decode_workers` at a time.
+    /// Decodes and preprocesses on the decoding pool (`decode_workers` threads).
     async fn preprocess(&self, bytes: Vec<u8>) -> Result<Vec<f32>, EmbedError> {
-        let _permit = self
-            .inner
-            .decode_permits
-            .acquire()
-            .await
-            .map_err(|_| EmbedError::new(ErrorKind::NotReady, "the engine is shutting down"))?;
+        let (reply, tensor) = oneshot::channel();
         let engine = self.clone();
         let started = Instant::now();
-        let tensor = tokio::task::spawn_blocking(move || {
+        self.inner.decoders.spawn(move || {
             let inner = &engine.inner;
-            preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode)
-        })
-        .await
-        .map_err(|_| EmbedError::bad_input("the image decoder crashed on this image"))?;
+            // A panic must not reach rayon, which would abort the process.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode)
+            }))
+            .unwrap_or_else(|_| {
+                Err(EmbedError::bad_input(
+                    "the image decoder crashed on this image",
+                ))
+            });
+            let _ = reply.send(result);
+        });
+        let tensor = tensor.await.map_err(|_| {
+            EmbedError::new(ErrorKind::NotReady, "the decoding threads have stopped")
+        })?;
         crate::metrics::stage_seconds("preprocess", "image", started.elapsed());
         tensor
     }

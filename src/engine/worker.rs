@@ -198,6 +198,64 @@ impl Health {
     }
 }
 
+/// Niceness of image work (decoding and inference): text queries, which a user in Kibana is
+/// waiting on, then preempt it instead of queueing behind a bulk ingest for the cores.
+#[cfg(target_os = "linux")]
+const IMAGE_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread's priority. Linux niceness is per thread and inherited by the
+/// threads it creates afterwards; a failure only loses the preference.
+#[cfg(target_os = "linux")]
+pub(crate) fn lower_priority() {
+    // SAFETY: setpriority reads only its integer arguments; `who = 0` is the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, IMAGE_NICE);
+    }
+}
+
+/// Elsewhere `who = 0` would mean the whole process, text included: no preference then.
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn lower_priority() {}
+
+/// Starts the image worker on its own low-priority thread. The session is created on that
+/// thread so ONNX Runtime's intra-op threads inherit the priority. Returns once the encoder has
+/// loaded and passed a probe run (a manifest whose `dimensions` do not match the graph fails
+/// here, not in every batch: issue 6, F4), or with the reason it did not.
+pub(crate) fn start_image_worker(
+    bundle: Bundle,
+    threads: usize,
+    rx: Receiver<Job<Vec<f32>>>,
+    cfg: WorkerConfig,
+    health: Arc<Health>,
+) -> Result<()> {
+    let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("sightline-image".into())
+        .spawn(move || {
+            lower_priority();
+            let size = bundle.manifest.preprocess.size as usize;
+            let opened = ImageModel::open(&bundle, threads).and_then(|mut model| {
+                model.run(&[&vec![0f32; 3 * size * size]]).context(
+                    "the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)",
+                )?;
+                Ok(model)
+            });
+            match opened {
+                Ok(model) => {
+                    let _ = opened_tx.send(Ok(()));
+                    run(model, rx, cfg, health);
+                }
+                Err(e) => {
+                    let _ = opened_tx.send(Err(e));
+                }
+            }
+        })
+        .context("cannot start the image worker thread")?;
+    opened_rx
+        .recv()
+        .context("the image worker thread ended while loading the model")?
+}
+
 /// Worker settings.
 pub(crate) struct WorkerConfig {
     pub modality: Modality,
