@@ -70,6 +70,22 @@ fn folder_of_good(n: usize) -> tempfile::TempDir {
     dir
 }
 
+/// `_bulk` answered with `status` (or a cut connection) for the next `times` requests.
+fn bulk_fails(times: usize, status: u16, body: Value) -> Override {
+    Override {
+        method: "POST",
+        path_contains: "/_bulk",
+        times,
+        status,
+        body,
+    }
+}
+
+/// Elasticsearch's body for a request its queues rejected.
+fn rejected() -> Value {
+    json!({"error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}, "status": 429})
+}
+
 async fn ingest(fake: &FakeEs, folder: &Path, failures: &Path, extra: &[&str]) -> Run {
     let folder = folder.display().to_string();
     let failures = failures.display().to_string();
@@ -245,13 +261,7 @@ async fn whole_request_429s_are_retried_then_single_items() {
     let dir = folder_of_good(3);
     let busy_id = id_of(&dir.path().join(GOOD[1]));
     fake.script(|script| {
-        script.overrides.push(Override {
-            method: "POST",
-            path_contains: "/_bulk",
-            times: 2,
-            status: 429,
-            body: json!({"error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}, "status": 429}),
-        });
+        script.overrides.push(bulk_fails(2, 429, rejected()));
         script.item_429.insert(busy_id.clone(), 1);
     });
     let failures = dir.path().join("failures.jsonl");
@@ -279,13 +289,9 @@ async fn broken_connection_during_bulk_is_retried() {
     let fake = cluster_with_pipeline("8.15.0").await;
     let dir = folder_of_good(2);
     fake.script(|script| {
-        script.overrides.push(Override {
-            method: "POST",
-            path_contains: "/_bulk",
-            times: 1,
-            status: DROP_CONNECTION,
-            body: json!(null),
-        })
+        script
+            .overrides
+            .push(bulk_fails(1, DROP_CONNECTION, json!(null)))
     });
     let failures = dir.path().join("failures.jsonl");
     let run = ingest(&fake, dir.path(), &failures, &[]).await;
@@ -302,15 +308,7 @@ async fn broken_connection_during_bulk_is_retried() {
 async fn persistent_429_gives_up_and_records_every_item() {
     let fake = cluster_with_pipeline("8.15.0").await;
     let dir = folder_of_good(2);
-    fake.script(|script| {
-        script.overrides.push(Override {
-            method: "POST",
-            path_contains: "/_bulk",
-            times: 100,
-            status: 429,
-            body: json!({"error": {"type": "es_rejected_execution_exception", "reason": "rejected execution"}, "status": 429}),
-        })
-    });
+    fake.script(|script| script.overrides.push(bulk_fails(100, 429, rejected())));
     let failures = dir.path().join("failures.jsonl");
     let run = ingest(&fake, dir.path(), &failures, &["--max-retries", "2"]).await;
     run.expect_code(1);

@@ -267,6 +267,11 @@ fn part_of(path: &Path) -> PathBuf {
     PathBuf::from(format!("{}.part", path.display()))
 }
 
+/// The whole error chain of a pull that must fail.
+async fn pull_error(hub: &FakeHub, dir: &Path) -> String {
+    format!("{:#}", hub::pull(&request(hub, dir)).await.unwrap_err())
+}
+
 #[tokio::test]
 async fn a_pulled_bundle_embeds_like_the_fixture_and_is_cached() {
     let hub = FakeHub::start(repo_files("main"), true).await;
@@ -373,10 +378,7 @@ async fn a_corrupt_partial_download_is_discarded_and_the_next_run_succeeds() {
     std::fs::create_dir_all(target.parent().unwrap()).unwrap();
     std::fs::write(part_of(&target), vec![0u8; text.len() / 2]).unwrap();
 
-    let err = format!(
-        "{:#}",
-        hub::pull(&request(&hub, tmp.path())).await.unwrap_err()
-    );
+    let err = pull_error(&hub, tmp.path()).await;
     assert!(
         err.contains("does not match its published sha256")
             && err.contains("run the command again"),
@@ -403,10 +405,7 @@ async fn a_checksum_mismatch_leaves_no_file_and_no_bundle() {
     );
     let tmp = tempfile::tempdir().unwrap();
 
-    let err = format!(
-        "{:#}",
-        hub::pull(&request(&hub, tmp.path())).await.unwrap_err()
-    );
+    let err = pull_error(&hub, tmp.path()).await;
     assert!(
         err.contains(&format!(
             "`2_Dense/model.safetensors` from `{ST_REPO}` does not match its published sha256"
@@ -427,10 +426,7 @@ async fn a_checksum_mismatch_leaves_no_file_and_no_bundle() {
     };
     hub.set(&resolve(ST_REPO, "main", "tokenizer.json"), tokenizer);
     let tmp = tempfile::tempdir().unwrap();
-    let err = format!(
-        "{:#}",
-        hub::pull(&request(&hub, tmp.path())).await.unwrap_err()
-    );
+    let err = pull_error(&hub, tmp.path()).await;
     assert!(
         err.contains("does not match its published git blob sha1"),
         "{err}"
@@ -491,10 +487,7 @@ async fn a_missing_file_is_a_clear_404() {
     let hub = FakeHub::start(files, true).await;
     let tmp = tempfile::tempdir().unwrap();
 
-    let err = format!(
-        "{:#}",
-        hub::pull(&request(&hub, tmp.path())).await.unwrap_err()
-    );
+    let err = pull_error(&hub, tmp.path()).await;
     assert!(
         err.contains(&format!(
             "`tokenizer.json` was not found in `{ST_REPO}` at revision `main`"
