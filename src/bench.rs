@@ -32,8 +32,9 @@ pub struct BenchConfig {
     /// Pattern (b): images per request, and concurrent connections.
     pub batch: usize,
     pub batch_clients: usize,
-    /// ONNX Runtime threads, for the model-only run and the server alike.
+    /// ONNX Runtime threads and image lanes, for the model-only run and the server alike.
     pub threads: usize,
+    pub image_lanes: usize,
     /// Extra `serve` flags (e.g. `--exact-jpeg`).
     pub serve_args: Vec<String>,
     /// One JSON line from `bench/peer.py`, measured in the same run.
@@ -73,10 +74,16 @@ pub struct Report {
     pub photos: usize,
     pub megapixels: (f64, f64),
     pub model_only: f64,
+    /// ONNX Runtime threads (the cores the model-only rate used).
+    pub threads: usize,
+    /// One core's time to decode and preprocess a photo.
+    pub decode_ms: f64,
     pub one_per_request: Throughput,
     pub batched: Throughput,
     pub text_under_load: Latency,
     pub text_queries: usize,
+    /// Server memory once loaded, and its peak while the patterns ran.
+    pub loaded_rss_mib: f64,
     pub peak_rss_mib: f64,
     pub peer: Option<PeerResult>,
 }
@@ -100,6 +107,8 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report> {
 
     let model_only = model_only(cfg, &photos).await?;
     eprintln!("bench: model-only {model_only:.2} images/s");
+    let decode_ms = decode_cost_ms(cfg, &photos).await?;
+    eprintln!("bench: decoding and preprocessing {decode_ms:.1} ms per photo on one core");
 
     let server = Server::start(cfg).await?;
     let client = reqwest::Client::builder()
@@ -158,7 +167,7 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report> {
     .await?;
     eprintln!("bench: (b) {:.2} images/s", batched.images_per_s);
 
-    let peak_rss_mib = server.peak_rss_mib()?;
+    let (loaded_rss_mib, peak_rss_mib) = (server.loaded_rss_mib, server.memory_mib("VmHWM")?);
     server.stop().await?;
     let peer = match &cfg.peer {
         Some(path) => Some(read_peer(path)?),
@@ -168,10 +177,13 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report> {
         photos: photos.len(),
         megapixels,
         model_only,
+        threads: cfg.threads,
+        decode_ms,
         one_per_request,
         batched,
         text_queries: text_samples.len(),
         text_under_load: Latency::of(text_samples),
+        loaded_rss_mib,
         peak_rss_mib,
         peer,
     })
@@ -217,6 +229,30 @@ fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
     sizes.fold((f64::MAX, 0.0), |(lo, hi), mp| (lo.min(mp), hi.max(mp)))
 }
 
+/// Milliseconds one core spends decoding and preprocessing a photo, averaged over the set, with
+/// the server's decoding settings. The ceiling row of the report follows from it.
+async fn decode_cost_ms(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
+    let bundle = Bundle::load(&cfg.model_dir)?;
+    let decode = DecodeOptions {
+        jpeg_prescale: !cfg.serve_args.iter().any(|a| a == "--exact-jpeg"),
+        ..DecodeOptions::default()
+    };
+    let photos = photos.to_vec();
+    tokio::task::spawn_blocking(move || {
+        // The fastest of three passes: the least disturbed by anything else on the machine.
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let started = Instant::now();
+            for photo in &photos {
+                preprocess(photo, &bundle.manifest.preprocess, &decode)?;
+            }
+            best = best.min(started.elapsed().as_secs_f64() * 1e3 / photos.len() as f64);
+        }
+        Ok(best)
+    })
+    .await?
+}
+
 /// The image encoder alone on preprocessed tensors of the same photos.
 async fn model_only(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
     let bundle = Bundle::load(&cfg.model_dir)?;
@@ -225,9 +261,14 @@ async fn model_only(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
         .take(8)
         .map(|p| preprocess(p, &bundle.manifest.preprocess, &DecodeOptions::default()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (dir, threads, duration) = (cfg.model_dir.clone(), cfg.threads, cfg.duration);
+    let (dir, threads, lanes, duration) = (
+        cfg.model_dir.clone(),
+        cfg.threads,
+        cfg.image_lanes,
+        cfg.duration,
+    );
     tokio::task::spawn_blocking(move || {
-        crate::engine::image_model_throughput(&dir, threads, 8, &tensors, duration)
+        crate::engine::image_model_throughput(&dir, threads, lanes, 8, tensors, duration)
     })
     .await?
 }
@@ -345,6 +386,7 @@ fn read_peer(path: &Path) -> Result<PeerResult> {
 struct Server {
     child: tokio::process::Child,
     url: String,
+    loaded_rss_mib: f64,
 }
 
 impl Server {
@@ -358,17 +400,24 @@ impl Server {
             .args(["serve", "--model-dir"])
             .arg(&cfg.model_dir)
             .args(["--addr", &addr, "--threads", &cfg.threads.to_string()])
+            .args(["--image-lanes", &cfg.image_lanes.to_string()])
             .args(&cfg.serve_args)
             .env("SIGHTLINE_LOG", "warn")
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("cannot start `sightline serve`")?;
-        let server = Server {
+        let mut server = Server {
             child,
             url: format!("http://{addr}"),
+            loaded_rss_mib: 0.0,
         };
         server.wait_ready().await?;
+        server.loaded_rss_mib = server.memory_mib("VmRSS")?;
+        // Loading briefly holds a model twice; reset the peak so it reports the load test.
+        let pid = server.child.id().context("the server has exited")?;
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+            .context("cannot reset the server's peak RSS (/proc/<pid>/clear_refs)")?;
         Ok(server)
     }
 
@@ -388,15 +437,15 @@ impl Server {
         bail!("`sightline serve` did not become ready within two minutes")
     }
 
-    /// `VmHWM`: the most resident memory the server process ever had.
-    fn peak_rss_mib(&self) -> Result<f64> {
+    /// A memory figure of the server process: `VmRSS` (now) or `VmHWM` (peak since reset).
+    fn memory_mib(&self, field: &str) -> Result<f64> {
         let pid = self.child.id().context("the server has exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         let kib: f64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/<pid>/status")?;
+            .with_context(|| format!("no {field} in /proc/<pid>/status"))?;
         Ok(kib / 1024.0)
     }
 
@@ -416,6 +465,13 @@ impl Server {
 }
 
 impl Report {
+    /// The fastest end-to-end rate these cores allow when every photo's decoding takes CPU
+    /// the model would otherwise use: per image, `threads / model_only` core-seconds of model
+    /// plus `decode_ms` of decoding.
+    pub fn ceiling(&self) -> f64 {
+        self.threads as f64 / (self.threads as f64 / self.model_only + self.decode_ms / 1e3)
+    }
+
     /// The table the README shows.
     pub fn table(&self) -> String {
         let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
@@ -427,6 +483,13 @@ impl Report {
         out += &format!(
             "| model only (preprocessed tensors, batch 8) | {:.2} | | | 1.00 |\n",
             self.model_only
+        );
+        let ceiling = self.ceiling();
+        out += &format!(
+            "| ceiling: model + {:.1} ms decoding per photo on {} cores | {ceiling:.2} | | | {} |\n",
+            self.decode_ms,
+            self.threads,
+            ratio(ceiling)
         );
         for (name, t) in [
             ("Sightline (a) 1 image/request", &self.one_per_request),
@@ -454,10 +517,11 @@ impl Report {
             );
         }
         out += &format!(
-            "\ntext queries during (a): {} sent, p50 {} ms, p99 {} ms\npeak server RSS: {:.0} MiB\n",
+            "\ntext queries during (a): {} sent, p50 {} ms, p99 {} ms\nserver RSS: {:.0} MiB loaded, peak {:.0} MiB under load\n",
             self.text_queries,
             ms(self.text_under_load.p50),
             ms(self.text_under_load.p99),
+            self.loaded_rss_mib,
             self.peak_rss_mib
         );
         out
@@ -475,6 +539,33 @@ mod tests {
         assert_eq!(l.p50, Duration::from_millis(51));
         assert_eq!(l.p99, Duration::from_millis(99));
         assert_eq!(Latency::of(Vec::new()).p99, Duration::ZERO);
+    }
+
+    #[test]
+    fn ceiling_adds_decoding_cpu_to_the_model_cpu() {
+        let row = Throughput {
+            images_per_s: 0.0,
+            latency: Latency::default(),
+        };
+        let report = Report {
+            photos: 1,
+            megapixels: (1.0, 1.0),
+            model_only: 20.0,
+            threads: 2,
+            decode_ms: 25.0,
+            one_per_request: row,
+            batched: row,
+            text_under_load: Latency::default(),
+            text_queries: 0,
+            loaded_rss_mib: 0.0,
+            peak_rss_mib: 0.0,
+            peer: None,
+        };
+        // 2 cores ÷ 20 images/s = 100 ms of model per image, + 25 ms decoding: 16 images/s.
+        assert!((report.ceiling() - 16.0).abs() < 1e-9);
+        assert!(report.table().contains(
+            "| ceiling: model + 25.0 ms decoding per photo on 2 cores | 16.00 | | | 0.80 |"
+        ));
     }
 
     #[test]

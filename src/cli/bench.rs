@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// ONNX Runtime threads [default: number of cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Image encoder sessions sharing the threads, for model-only and the server alike.
+    #[arg(long, default_value_t = 2)]
+    image_lanes: usize,
     /// Result line of `bench/peer.py` from the same run, for the Sightline ÷ peer ratio.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -50,6 +53,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         batch: args.batch,
         batch_clients: args.batch_clients,
         threads,
+        image_lanes: args.image_lanes,
         serve_args: args.serve_args,
         peer: args.peer,
     })

@@ -14,9 +14,12 @@ pub struct EngineArgs {
         default_value = "models/clip-ViT-B-32-multilingual-v1"
     )]
     pub model_dir: PathBuf,
-    /// ONNX Runtime threads per session [default: number of cores].
+    /// ONNX Runtime threads per encoder [default: number of cores].
     #[arg(long, env = "SIGHTLINE_THREADS")]
     pub threads: Option<usize>,
+    /// Image encoder sessions running side by side, splitting `--threads` between them.
+    #[arg(long, env = "SIGHTLINE_IMAGE_LANES", default_value_t = 2)]
+    pub image_lanes: usize,
     /// Images decoded and preprocessed at once [default: number of cores].
     #[arg(long, env = "SIGHTLINE_DECODE_WORKERS")]
     pub decode_workers: Option<usize>,
@@ -48,6 +51,7 @@ impl EngineArgs {
         let defaults = EngineOptions::default();
         EngineOptions {
             threads: self.threads.unwrap_or(defaults.threads),
+            image_lanes: self.image_lanes,
             decode_workers: self.decode_workers.unwrap_or(defaults.decode_workers),
             max_batch_image: self.max_batch,
             max_batch_text: self.max_batch_text,

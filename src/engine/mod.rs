@@ -18,7 +18,7 @@ pub mod text;
 mod worker;
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -35,13 +35,15 @@ pub use worker::image_model_throughput;
 use batcher::{Admission, Job, Queue};
 use bundle::Preprocess;
 use text::TextTokenizer;
-use worker::{BatchModel, Health, TextModel, WorkerConfig};
+use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
 
 /// Engine settings; every field has a CLI flag in `sightline serve`.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
-    /// ONNX Runtime intra-op threads per session.
+    /// ONNX Runtime intra-op threads for text, and for images in all lanes together.
     pub threads: usize,
+    /// Image encoder sessions running side by side, sharing `threads`.
+    pub image_lanes: usize,
     /// Images decoded and preprocessed at once.
     pub decode_workers: usize,
     pub max_batch_image: usize,
@@ -66,6 +68,7 @@ impl Default for EngineOptions {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         EngineOptions {
             threads: cores,
+            image_lanes: 2,
             decode_workers: cores,
             max_batch_image: 8,
             max_batch_text: 32,
@@ -128,7 +131,7 @@ struct Inner {
     decoders: rayon::ThreadPool,
     images: Queue<Vec<f32>>,
     texts: Queue<Vec<i64>>,
-    image_health: Arc<Health>,
+    image_health: Vec<Arc<Health>>,
     text_health: Arc<Health>,
     /// Present only when URL inputs are enabled.
     fetcher: Option<fetch::Fetcher>,
@@ -161,7 +164,7 @@ impl Engine {
         };
         let (images, image_rx) = Queue::new(opts.queue_capacity);
         let (texts, text_rx) = Queue::new(opts.queue_capacity);
-        let (image_health, text_health) = (Health::new(), Health::new());
+        let text_health = Health::new();
         let config = |modality, max_batch| WorkerConfig {
             modality,
             max_batch,
@@ -170,12 +173,11 @@ impl Engine {
         };
         let image_cfg = config(Modality::Image, opts.max_batch_image.max(1));
         let text_cfg = config(Modality::Text, opts.max_batch_text.max(1));
-        worker::start_image_worker(
-            bundle.clone(),
-            opts.threads,
+        let image_health = worker::start_image_workers(
+            &bundle,
+            Lanes::split(opts.threads, opts.image_lanes),
             image_rx,
             image_cfg,
-            image_health.clone(),
         )?;
         // Decoding runs at the image worker's low priority too, on its own pool.
         let decoders = rayon::ThreadPoolBuilder::new()
@@ -187,7 +189,7 @@ impl Engine {
         let health = text_health.clone();
         std::thread::Builder::new()
             .name("sightline-text".into())
-            .spawn(move || worker::run(text_model, text_rx, text_cfg, health))
+            .spawn(move || worker::run(text_model, &Mutex::new(text_rx), &text_cfg, &health))
             .context("cannot start the text worker thread")?;
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -213,10 +215,11 @@ impl Engine {
         &self.inner.opts
     }
 
-    /// Both workers are alive and none is stuck in a run.
+    /// All workers are alive and none is stuck in a run.
     pub fn is_ready(&self) -> bool {
         let stall = self.inner.opts.stall_timeout;
-        self.inner.image_health.is_ready(stall) && self.inner.text_health.is_ready(stall)
+        self.inner.image_health.iter().all(|h| h.is_ready(stall))
+            && self.inner.text_health.is_ready(stall)
     }
 
     /// Inputs admitted and not yet answered, per modality.

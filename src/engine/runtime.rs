@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
 /// The `onnxruntime` wheel the set-up commands install and the tests run against.
@@ -127,9 +127,19 @@ fn find_library(dir: &Path) -> Option<PathBuf> {
 /// Opens one model with `threads` intra-op threads. Spinning is off: the image and the text
 /// sessions share the cores, and a spinning idle pool would steal them from the busy one.
 pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
+    open_shared_session(model, threads, None)
+}
+
+/// [`open_session`] for one of several sessions of the same model: with `prepacked`, they keep
+/// one copy of the weights ONNX Runtime re-lays out for its matrix kernels instead of one each.
+pub fn open_shared_session(
+    model: &Path,
+    threads: usize,
+    prepacked: Option<&PrepackedWeights>,
+) -> Result<Session> {
     init()?;
     let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{e}");
-    Session::builder()
+    let mut builder = Session::builder()
         .map_err(|e| anyhow!("{e}"))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(builder_err)?
@@ -138,11 +148,33 @@ pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
         .with_inter_threads(1)
         .map_err(builder_err)?
         .with_intra_op_spinning(false)
-        .map_err(builder_err)?
+        .map_err(builder_err)?;
+    if let Some(weights) = prepacked {
+        builder = builder
+            .with_prepacked_weights(weights)
+            .map_err(builder_err)?;
+    }
+    let session = builder
         .commit_from_file(model)
         .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("cannot load the ONNX model `{}`", model.display()))
+        .with_context(|| format!("cannot load the ONNX model `{}`", model.display()))?;
+    release_freed_memory();
+    Ok(session)
 }
+
+/// Loading a model parses the whole file and copies its weights, then frees the parsed copy,
+/// but glibc keeps freed pages in its arenas: without this the fp32 bundle idles at 2.2 GB
+/// resident instead of 1.3 GB (two image lanes).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn release_freed_memory() {}
 
 #[cfg(test)]
 mod tests {

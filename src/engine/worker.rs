@@ -1,16 +1,17 @@
-//! Inference workers: one OS thread per modality owns its ONNX Runtime session, takes batches
-//! from its queue, runs them off the async runtime, and answers each job with its own vector.
-//! A failed or panicking run fails only that batch; `Health` lets `/ready` see a wedged or
-//! stopped worker.
+//! Inference workers: OS threads that own an ONNX Runtime session each, take batches from their
+//! modality's queue, run them off the async runtime, and answer each job with its own vector.
+//! Images get several workers ("lanes") sharing one queue; text gets one. A failed or panicking
+//! run fails only that batch; `Health` lets `/ready` see a wedged or stopped worker.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::{Array2, Array4, Ix2, Ix3};
+use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -37,9 +38,14 @@ pub(crate) struct ImageModel {
 }
 
 impl ImageModel {
-    pub fn open(bundle: &Bundle, threads: usize) -> Result<ImageModel> {
+    fn open(
+        bundle: &Bundle,
+        threads: usize,
+        prepacked: Option<&PrepackedWeights>,
+    ) -> Result<ImageModel> {
         let m = &bundle.manifest;
-        let session = super::runtime::open_session(&bundle.path(&m.image.onnx), threads)?;
+        let session =
+            super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, prepacked)?;
         check_names(&session, &[&m.image.input], &m.image.output, "image")?;
         Ok(ImageModel {
             session,
@@ -217,43 +223,93 @@ pub(crate) fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn lower_priority() {}
 
-/// Starts the image worker on its own low-priority thread. The session is created on that
-/// thread so ONNX Runtime's intra-op threads inherit the priority. Returns once the encoder has
-/// loaded and passed a probe run (a manifest whose `dimensions` do not match the graph fails
-/// here, not in every batch: issue 6, F4), or with the reason it did not.
-pub(crate) fn start_image_worker(
-    bundle: Bundle,
-    threads: usize,
+/// How the image encoder's share of the cores is split: `lanes` sessions side by side, each
+/// with `threads` intra-op threads. Lanes need no barrier between them, so while image
+/// decoding holds one core the other lane keeps computing; one session spanning both cores
+/// would wait at every operator for the thread that lost its core.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Lanes {
+    pub lanes: usize,
+    pub threads: usize,
+}
+
+impl Lanes {
+    /// `threads` split over `lanes`, rounding up so no core is left out; never more lanes
+    /// than threads.
+    pub fn split(threads: usize, lanes: usize) -> Lanes {
+        let threads = threads.max(1);
+        let lanes = lanes.clamp(1, threads);
+        Lanes {
+            lanes,
+            threads: threads.div_ceil(lanes),
+        }
+    }
+
+    /// Opens every lane's session with shared prepacked weights, each on its own thread, one
+    /// after the other (loading briefly holds the model twice; side by side that would be
+    /// four times). Returns once all have loaded and passed a probe run (a manifest whose
+    /// `dimensions` do not match the graph fails here, not in every batch: issue 6, F4);
+    /// each lane's thread then goes on with `work`.
+    fn open_each(
+        self,
+        bundle: &Bundle,
+        work: impl Fn(usize, ImageModel) + Send + Sync + 'static,
+    ) -> Result<()> {
+        super::runtime::init()?; // before any ONNX Runtime object, the container included
+        let prepacked = PrepackedWeights::new();
+        let work = Arc::new(work);
+        for lane in 0..self.lanes {
+            // One channel per lane: if the thread dies, its sender goes and `recv` fails.
+            let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
+            let (bundle, prepacked, work) = (bundle.clone(), prepacked.clone(), work.clone());
+            let threads = self.threads;
+            std::thread::Builder::new()
+                .name(format!("sightline-image-{lane}"))
+                .spawn(move || {
+                    // Created on this thread so ONNX Runtime's intra-op threads inherit the
+                    // low priority.
+                    lower_priority();
+                    let size = bundle.manifest.preprocess.size as usize;
+                    let opened = ImageModel::open(&bundle, threads, Some(&prepacked)).and_then(
+                        |mut model| {
+                            model.run(&[&vec![0f32; 3 * size * size]]).context(
+                                "the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)",
+                            )?;
+                            Ok(model)
+                        },
+                    );
+                    match opened {
+                        Ok(model) => {
+                            let _ = opened_tx.send(Ok(()));
+                            work(lane, model);
+                        }
+                        Err(e) => {
+                            let _ = opened_tx.send(Err(e));
+                        }
+                    }
+                })
+                .context("cannot start an image worker thread")?;
+            opened_rx
+                .recv()
+                .context("an image worker thread ended while loading the model")??;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the image lanes, all taking batches from one queue. Returns each lane's health.
+pub(crate) fn start_image_workers(
+    bundle: &Bundle,
+    lanes: Lanes,
     rx: Receiver<Job<Vec<f32>>>,
     cfg: WorkerConfig,
-    health: Arc<Health>,
-) -> Result<()> {
-    let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("sightline-image".into())
-        .spawn(move || {
-            lower_priority();
-            let size = bundle.manifest.preprocess.size as usize;
-            let opened = ImageModel::open(&bundle, threads).and_then(|mut model| {
-                model.run(&[&vec![0f32; 3 * size * size]]).context(
-                    "the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)",
-                )?;
-                Ok(model)
-            });
-            match opened {
-                Ok(model) => {
-                    let _ = opened_tx.send(Ok(()));
-                    run(model, rx, cfg, health);
-                }
-                Err(e) => {
-                    let _ = opened_tx.send(Err(e));
-                }
-            }
-        })
-        .context("cannot start the image worker thread")?;
-    opened_rx
-        .recv()
-        .context("the image worker thread ended while loading the model")?
+) -> Result<Vec<Arc<Health>>> {
+    let healths: Vec<Arc<Health>> = (0..lanes.lanes).map(|_| Health::new()).collect();
+    let (rx, cfg, lane_health) = (Arc::new(Mutex::new(rx)), Arc::new(cfg), healths.clone());
+    lanes.open_each(bundle, move |lane, model| {
+        run(model, &rx, &cfg, &lane_health[lane]);
+    })?;
+    Ok(healths)
 }
 
 /// Worker settings.
@@ -264,15 +320,21 @@ pub(crate) struct WorkerConfig {
     pub normalize: bool,
 }
 
-/// Runs until the queue's senders are gone.
+/// Runs until the queue's senders are gone. Workers sharing a queue take turns assembling
+/// batches (the lock is held while one gathers), so batches stay full.
 pub(crate) fn run<M: BatchModel>(
     mut model: M,
-    rx: Receiver<Job<M::Input>>,
-    cfg: WorkerConfig,
-    health: Arc<Health>,
+    rx: &Mutex<Receiver<Job<M::Input>>>,
+    cfg: &WorkerConfig,
+    health: &Health,
 ) {
     let label = cfg.modality.label();
-    while let Some(jobs) = collect(&rx, cfg.max_batch, cfg.batch_wait) {
+    loop {
+        let jobs = {
+            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            collect(&rx, cfg.max_batch, cfg.batch_wait)
+        };
+        let Some(jobs) = jobs else { break };
         let Triage {
             live,
             expired,
@@ -321,26 +383,52 @@ pub(crate) fn run<M: BatchModel>(
 }
 
 /// Model-only throughput for the benchmark: runs the image encoder alone, with the engine's
-/// session settings, on already preprocessed tensors in batches of `batch`, for `duration`.
-/// Returns images per second; the ratio of end-to-end to this number is the overhead.
+/// lanes and session settings, on already preprocessed tensors in batches of `batch`, for
+/// `duration`. Returns images per second; the ratio of end-to-end to this number is the
+/// overhead.
 pub fn image_model_throughput(
     model_dir: &std::path::Path,
     threads: usize,
+    lanes: usize,
     batch: usize,
-    tensors: &[Vec<f32>],
+    tensors: Vec<Vec<f32>>,
     duration: Duration,
 ) -> Result<f64> {
     ensure!(!tensors.is_empty(), "no tensors to benchmark with");
-    let mut model = ImageModel::open(&Bundle::load(model_dir)?, threads)?;
-    let batch: Vec<&Vec<f32>> = tensors.iter().cycle().take(batch.max(1)).collect();
-    model.run(&batch)?; // warm-up: the first run allocates ONNX Runtime's arena
-    let started = Instant::now();
-    let mut images = 0usize;
-    while started.elapsed() < duration {
-        model.run(&batch)?;
-        images += batch.len();
+    let lanes = Lanes::split(threads, lanes);
+    let batch: Arc<Vec<Vec<f32>>> =
+        Arc::new(tensors.into_iter().cycle().take(batch.max(1)).collect());
+    // Lanes start together once all have loaded; each warms up (the first run allocates ONNX
+    // Runtime's arena) and then reports its own rate over `duration`.
+    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
+    let start_rx = Arc::new(Mutex::new(start_rx));
+    let (rate_tx, rate_rx) = std::sync::mpsc::channel();
+    lanes.open_each(&Bundle::load(model_dir)?, move |_, mut model| {
+        let inputs: Vec<&Vec<f32>> = batch.iter().collect();
+        let go = start_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let rate = go.map_err(anyhow::Error::from).and_then(|()| {
+            model.run(&inputs)?;
+            let started = Instant::now();
+            let mut images = 0usize;
+            while started.elapsed() < duration {
+                model.run(&inputs)?;
+                images += inputs.len();
+            }
+            Ok(images as f64 / started.elapsed().as_secs_f64())
+        });
+        let _ = rate_tx.send(rate);
+    })?;
+    for _ in 0..lanes.lanes {
+        start_tx.send(())?;
     }
-    Ok(images as f64 / started.elapsed().as_secs_f64())
+    let mut total = 0.0;
+    for _ in 0..lanes.lanes {
+        total += rate_rx.recv()??;
+    }
+    Ok(total)
 }
 
 /// NaN/Inf is an error, never a vector; L2-normalises when asked.
@@ -391,6 +479,20 @@ mod tests {
             finish(vec![0.0, 0.0], true).unwrap_err().kind,
             ErrorKind::Internal
         );
+    }
+
+    #[test]
+    fn lanes_split_the_threads() {
+        let split = |threads, lanes| {
+            let l = Lanes::split(threads, lanes);
+            (l.lanes, l.threads)
+        };
+        assert_eq!(split(2, 2), (2, 1));
+        assert_eq!(split(16, 2), (2, 8));
+        assert_eq!(split(3, 2), (2, 2), "rounded up: no core idle");
+        assert_eq!(split(1, 2), (1, 1), "never more lanes than threads");
+        assert_eq!(split(4, 0), (1, 4));
+        assert_eq!(split(0, 0), (1, 1));
     }
 
     #[test]
