@@ -29,9 +29,12 @@ pub struct EngineArgs {
     /// Largest text batch sent to the model.
     #[arg(long, env = "SIGHTLINE_MAX_BATCH_TEXT", default_value_t = 32)]
     pub max_batch_text: usize,
-    /// How long a batch waits for more inputs once it has one (e.g. `2ms`).
+    /// How long an image batch waits for more inputs once it has one (e.g. `2ms`).
     #[arg(long, env = "SIGHTLINE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
     pub batch_wait: Duration,
+    /// The same for text; by default a query runs at once (queries arriving meanwhile batch).
+    #[arg(long, env = "SIGHTLINE_TEXT_BATCH_WAIT", default_value = "0ms", value_parser = humantime::parse_duration)]
+    pub text_batch_wait: Duration,
     /// Inputs per modality admitted at once; beyond it requests get 429.
     #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 2048)]
     pub queue_capacity: usize,
@@ -56,6 +59,7 @@ impl EngineArgs {
             max_batch_image: self.max_batch,
             max_batch_text: self.max_batch_text,
             batch_wait: self.batch_wait,
+            text_batch_wait: self.text_batch_wait,
             queue_capacity: self.queue_capacity,
             normalize: !self.no_normalize,
             // Exact decoding unless a command opts into the fast path (`serve` does).

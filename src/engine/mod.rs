@@ -48,8 +48,11 @@ pub struct EngineOptions {
     pub decode_workers: usize,
     pub max_batch_image: usize,
     pub max_batch_text: usize,
-    /// How long a batch waits for more inputs once it has one.
+    /// How long an image batch waits for more inputs once it has one.
     pub batch_wait: Duration,
+    /// The same for text. Zero by default: a query is run at once, and queries arriving
+    /// meanwhile form the next batch, so a lone Kibana search never waits for company.
+    pub text_batch_wait: Duration,
     /// Inputs admitted per modality before callers get "overloaded".
     pub queue_capacity: usize,
     /// L2-normalise vectors (needed for Elasticsearch's `dot_product`).
@@ -73,6 +76,7 @@ impl Default for EngineOptions {
             max_batch_image: 8,
             max_batch_text: 32,
             batch_wait: Duration::from_millis(2),
+            text_batch_wait: Duration::ZERO,
             queue_capacity: 2048,
             normalize: true,
             decode: DecodeOptions::default(),
@@ -165,14 +169,14 @@ impl Engine {
         let (images, image_rx) = Queue::new(opts.queue_capacity);
         let (texts, text_rx) = Queue::new(opts.queue_capacity);
         let text_health = Health::new();
-        let config = |modality, max_batch| WorkerConfig {
+        let config = |modality, max_batch: usize, batch_wait| WorkerConfig {
             modality,
-            max_batch,
-            batch_wait: opts.batch_wait,
+            max_batch: max_batch.max(1),
+            batch_wait,
             normalize: opts.normalize,
         };
-        let image_cfg = config(Modality::Image, opts.max_batch_image.max(1));
-        let text_cfg = config(Modality::Text, opts.max_batch_text.max(1));
+        let image_cfg = config(Modality::Image, opts.max_batch_image, opts.batch_wait);
+        let text_cfg = config(Modality::Text, opts.max_batch_text, opts.text_batch_wait);
         let image_health = worker::start_image_workers(
             &bundle,
             Lanes::split(opts.threads, opts.image_lanes),

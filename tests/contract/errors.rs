@@ -346,13 +346,30 @@ async fn more_inputs_than_max_inputs_is_400() {
 }
 
 #[tokio::test]
+async fn a_lone_text_query_does_not_wait_for_a_batch() {
+    // Image batches wait an hour for company here; a text query must still run at once (its
+    // own batch wait is zero by default), so a Kibana search is never held for company.
+    let engine = start_engine(EngineOptions {
+        batch_wait: Duration::from_secs(3600),
+        ..test_options()
+    });
+    let answered = tokio::time::timeout(
+        Duration::from_secs(60),
+        engine.embed(vec![sightline::engine::Item::Text(TEXT.to_owned())]),
+    )
+    .await
+    .expect("a lone text query waited for a batch");
+    assert_eq!(answered.unwrap()[0].as_ref().unwrap().vector.len(), 512);
+}
+
+#[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
     // ES retries 429 in every service (es-contract §11 item 13). A long batch wait keeps a first
     // request's two texts queued, filling a queue of two, while a second request arrives.
     let engine = start_engine(EngineOptions {
         queue_capacity: 2,
         max_batch_text: 16,
-        batch_wait: Duration::from_secs(2),
+        text_batch_wait: Duration::from_secs(2),
         ..test_options()
     });
     let app = router(engine.clone(), http_config());

@@ -6,7 +6,7 @@
 //! disconnected client's job ran is visible only in that process's own `/metrics`
 //! (`sightline_batch_items`, `sightline_inferred_total`: what reached the model;
 //! `sightline_dropped_total`: what was dropped and why), which the other tests of this binary
-//! would otherwise share. A long `--batch-wait` holds jobs in the queue, and the test
+//! would otherwise share. A long `--text-batch-wait` holds jobs in the queue, and the test
 //! fills the batch to release it: no sleeps, every wait is for an observable state.
 
 use std::io::{BufRead, BufReader};
@@ -221,7 +221,7 @@ const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text"}"#;
 async fn a_disconnected_clients_input_never_reaches_the_model() {
     // The text worker takes the first job and then waits up to an hour for its batch of 4 to
     // fill, so jobs stay in the queue for as long as the test needs.
-    let server = Server::start(&["--batch-wait", "1h", "--max-batch-text", "4"]);
+    let server = Server::start(&["--text-batch-wait", "1h", "--max-batch-text", "4"]);
     let first = tokio::spawn(server.embed(&[TEXT]));
     server.wait_for_depth("text", 1).await;
     // The second client's request is admitted and queued (admission and enqueueing happen in
@@ -260,7 +260,7 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
     let server = Server::start(&[
-        "--batch-wait",
+        "--text-batch-wait",
         "1h",
         "--max-batch-text",
         "3",
@@ -303,6 +303,8 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     // Batches wait 6 s for company, so every request below is still in flight when SIGTERM comes.
     let mut server = Server::start(&[
         "--batch-wait",
+        "6s",
+        "--text-batch-wait",
         "6s",
         "--max-batch",
         "64",
@@ -483,6 +485,7 @@ async fn an_inference_failure_fails_only_its_own_batch_with_500() {
         dir.path(),
         EngineOptions {
             batch_wait: Duration::from_secs(3600),
+            text_batch_wait: Duration::from_secs(3600),
             max_batch_text: 2,
             max_batch_image: 1,
             ..test_options()

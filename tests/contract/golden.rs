@@ -208,7 +208,7 @@ async fn a_text_is_the_same_alone_and_padded_in_a_batch() {
     // A long batch wait with max batch = the number of texts puts them in one padded batch.
     let opts = EngineOptions {
         max_batch_text: check.texts.len(),
-        batch_wait: Duration::from_secs(5),
+        text_batch_wait: Duration::from_secs(5),
         ..EngineOptions::default()
     };
     let engine = engine("tiny-clip", opts);
