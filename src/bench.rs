@@ -17,7 +17,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::engine::bundle::Bundle;
+use crate::engine::bundle::{Bundle, Preprocess};
 use crate::engine::preprocess::{preprocess, DecodeOptions};
 
 /// What to measure, and against which server settings.
@@ -105,9 +105,10 @@ pub async fn run(cfg: &BenchConfig) -> Result<Report> {
         megapixels.1
     );
 
-    let model_only = model_only(cfg, &photos).await?;
+    let settings = Bundle::load(&cfg.model_dir)?.manifest.preprocess;
+    let model_only = model_only(cfg, &settings, &photos).await?;
     eprintln!("bench: model-only {model_only:.2} images/s");
-    let decode_ms = decode_cost_ms(cfg, &photos).await?;
+    let decode_ms = decode_cost_ms(cfg, settings, &photos).await?;
     eprintln!("bench: decoding and preprocessing {decode_ms:.1} ms per photo on one core");
 
     let server = Server::start(cfg).await?;
@@ -231,8 +232,11 @@ fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
 
 /// Milliseconds one core spends decoding and preprocessing a photo, averaged over the set, with
 /// the server's decoding settings. The ceiling row of the report follows from it.
-async fn decode_cost_ms(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
-    let bundle = Bundle::load(&cfg.model_dir)?;
+async fn decode_cost_ms(
+    cfg: &BenchConfig,
+    settings: Preprocess,
+    photos: &[Vec<u8>],
+) -> Result<f64> {
     let decode = DecodeOptions {
         jpeg_prescale: !cfg.serve_args.iter().any(|a| a == "--exact-jpeg"),
         ..DecodeOptions::default()
@@ -244,7 +248,7 @@ async fn decode_cost_ms(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
         for _ in 0..3 {
             let started = Instant::now();
             for photo in &photos {
-                preprocess(photo, &bundle.manifest.preprocess, &decode)?;
+                preprocess(photo, &settings, &decode)?;
             }
             best = best.min(started.elapsed().as_secs_f64() * 1e3 / photos.len() as f64);
         }
@@ -254,12 +258,11 @@ async fn decode_cost_ms(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
 }
 
 /// The image encoder alone on preprocessed tensors of the same photos.
-async fn model_only(cfg: &BenchConfig, photos: &[Vec<u8>]) -> Result<f64> {
-    let bundle = Bundle::load(&cfg.model_dir)?;
+async fn model_only(cfg: &BenchConfig, settings: &Preprocess, photos: &[Vec<u8>]) -> Result<f64> {
     let tensors = photos
         .iter()
         .take(8)
-        .map(|p| preprocess(p, &bundle.manifest.preprocess, &DecodeOptions::default()))
+        .map(|p| preprocess(p, settings, &DecodeOptions::default()))
         .collect::<Result<Vec<_>, _>>()?;
     let (dir, threads, lanes, duration) = (
         cfg.model_dir.clone(),

@@ -132,7 +132,7 @@ pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
 
 /// [`open_session`] for one of several sessions of the same model: with `prepacked`, they keep
 /// one copy of the weights ONNX Runtime re-lays out for its matrix kernels instead of one each.
-pub fn open_shared_session(
+pub(crate) fn open_shared_session(
     model: &Path,
     threads: usize,
     prepacked: Option<&PrepackedWeights>,

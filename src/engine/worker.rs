@@ -305,7 +305,8 @@ pub(crate) fn start_image_workers(
     cfg: WorkerConfig,
 ) -> Result<Vec<Arc<Health>>> {
     let healths: Vec<Arc<Health>> = (0..lanes.lanes).map(|_| Health::new()).collect();
-    let (rx, cfg, lane_health) = (Arc::new(Mutex::new(rx)), Arc::new(cfg), healths.clone());
+    // The lanes share this closure (and so the queue and settings it owns).
+    let (rx, lane_health) = (Mutex::new(rx), healths.clone());
     lanes.open_each(bundle, move |lane, model| {
         run(model, &rx, &cfg, &lane_health[lane]);
     })?;
@@ -396,12 +397,11 @@ pub fn image_model_throughput(
 ) -> Result<f64> {
     ensure!(!tensors.is_empty(), "no tensors to benchmark with");
     let lanes = Lanes::split(threads, lanes);
-    let batch: Arc<Vec<Vec<f32>>> =
-        Arc::new(tensors.into_iter().cycle().take(batch.max(1)).collect());
+    let batch: Vec<Vec<f32>> = tensors.into_iter().cycle().take(batch.max(1)).collect();
     // Lanes start together once all have loaded; each warms up (the first run allocates ONNX
     // Runtime's arena) and then reports its own rate over `duration`.
     let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
-    let start_rx = Arc::new(Mutex::new(start_rx));
+    let start_rx = Mutex::new(start_rx);
     let (rate_tx, rate_rx) = std::sync::mpsc::channel();
     lanes.open_each(&Bundle::load(model_dir)?, move |_, mut model| {
         let inputs: Vec<&Vec<f32>> = batch.iter().collect();

@@ -244,16 +244,9 @@ fn repo_files(revision: &str) -> HashMap<String, Served> {
 
 fn request(hub: &FakeHub, tmp: &Path) -> PullRequest {
     PullRequest {
-        model: DEFAULT_MODEL.to_owned(),
-        revision: "main".to_owned(),
-        image_revision: "main".to_owned(),
-        quantized: false,
-        dir: Some(tmp.join("bundle")),
         endpoint: hub.endpoint.clone(),
         token: Some(TOKEN.to_owned()),
-        cache: tmp.join("cache"),
-        force: false,
-        progress: false,
+        ..request_without_hub(tmp)
     }
 }
 
@@ -521,6 +514,7 @@ async fn an_unreachable_hub_says_what_to_do() {
     );
 }
 
+/// The default bundle into `tmp/bundle`, with no hub endpoint or token.
 fn request_without_hub(tmp: &Path) -> PullRequest {
     PullRequest {
         model: DEFAULT_MODEL.to_owned(),
