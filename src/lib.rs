@@ -13,10 +13,10 @@
 //! ```
 //! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `cli/` wires commands to both.
 
-pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod es;
 pub mod http;
 pub mod hub;
 pub mod metrics;
+pub mod url;

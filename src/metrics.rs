@@ -1,5 +1,7 @@
 //! Every Prometheus metric: names, help texts and buckets live here and nowhere else.
-//! Callers record through the functions below; `/metrics` renders the registry.
+//! Callers record through the functions below with plain string labels (the engine passes
+//! `ErrorKind::label()` and `Modality::label()`), so this module depends on nothing of the crate
+//! and the engine can report without a cycle; `/metrics` renders the registry.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -8,8 +10,6 @@ use prometheus::{
     exponential_buckets, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
-
-use crate::engine::ErrorKind;
 
 struct Metrics {
     registry: Registry,
@@ -123,11 +123,9 @@ pub fn inputs(modality: &str, n: usize) {
         .inc_by(n as u64);
 }
 
-pub fn input_error(kind: ErrorKind) {
-    metrics()
-        .input_errors
-        .with_label_values(&[kind.label()])
-        .inc();
+/// One failed input; `kind` is the error class's label (`bad_input`, `overloaded`…).
+pub fn input_error(kind: &str) {
+    metrics().input_errors.with_label_values(&[kind]).inc();
 }
 
 pub fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
@@ -178,11 +176,46 @@ mod tests {
     #[test]
     fn recorded_values_appear_in_the_exposition() {
         request("/v1/embeddings", 400, Duration::from_millis(3));
-        input_error(ErrorKind::BadInput);
+        input_error("bad_input");
         queue_depth("image", 5);
         let text = render();
         assert!(text.contains(r#"sightline_requests_total{route="/v1/embeddings",status="400"}"#));
         assert!(text.contains(r#"sightline_input_errors_total{kind="bad_input"}"#));
         assert!(text.contains(r#"sightline_queue_depth{modality="image"} 5"#));
+    }
+
+    /// Dashboards and alerts name these: each metric keeps its name, type and labels.
+    #[test]
+    fn every_metric_keeps_its_name_type_and_labels() {
+        request("/embed", 200, Duration::from_millis(1));
+        inputs("text", 1);
+        input_error("timeout");
+        stage_seconds("queue", "text", Duration::from_millis(1));
+        batch_items("text", 3);
+        dropped("text", "timeout", 1);
+        queue_depth("text", 0);
+        let text = render();
+        for line in [
+            "# TYPE sightline_requests_total counter",
+            r#"sightline_requests_total{route="/embed",status="200"}"#,
+            "# TYPE sightline_request_seconds histogram",
+            r#"sightline_request_seconds_bucket{route="/embed",le="0.0001"}"#,
+            "# TYPE sightline_inputs_total counter",
+            r#"sightline_inputs_total{modality="text"}"#,
+            "# TYPE sightline_input_errors_total counter",
+            r#"sightline_input_errors_total{kind="timeout"}"#,
+            "# TYPE sightline_stage_seconds histogram",
+            r#"sightline_stage_seconds_count{modality="text",stage="queue"}"#,
+            "# TYPE sightline_batch_items histogram",
+            r#"sightline_batch_items_bucket{modality="text",le="4"}"#,
+            "# TYPE sightline_dropped_total counter",
+            r#"sightline_dropped_total{modality="text",reason="timeout"}"#,
+            "# TYPE sightline_queue_depth gauge",
+            r#"sightline_queue_depth{modality="text"} 0"#,
+            "# TYPE sightline_inferred_total counter",
+            r#"sightline_inferred_total{modality="text"}"#,
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Engine flags shared by every command that embeds (`serve`, `embed`, `ingest --embed-locally`).
+//! Defaults come from [`EngineOptions::default`], so the flags and the library cannot disagree.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use crate::engine::{DecodeOptions, EngineOptions};
 
@@ -18,32 +18,32 @@ pub struct EngineArgs {
     #[arg(long, env = "SIGHTLINE_THREADS")]
     pub threads: Option<usize>,
     /// Image encoder sessions running side by side, splitting `--threads` between them.
-    #[arg(long, env = "SIGHTLINE_IMAGE_LANES", default_value_t = 2)]
+    #[arg(long, env = "SIGHTLINE_IMAGE_LANES", default_value_t = EngineOptions::default().image_lanes)]
     pub image_lanes: usize,
     /// Images decoded and preprocessed at once [default: number of cores].
     #[arg(long, env = "SIGHTLINE_DECODE_WORKERS")]
     pub decode_workers: Option<usize>,
     /// Largest image batch sent to the model.
-    #[arg(long, env = "SIGHTLINE_MAX_BATCH", default_value_t = 8)]
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH", default_value_t = EngineOptions::default().max_batch_image)]
     pub max_batch: usize,
     /// Largest text batch sent to the model.
-    #[arg(long, env = "SIGHTLINE_MAX_BATCH_TEXT", default_value_t = 32)]
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH_TEXT", default_value_t = EngineOptions::default().max_batch_text)]
     pub max_batch_text: usize,
     /// How long an image batch waits for more inputs once it has one (e.g. `2ms`).
-    #[arg(long, env = "SIGHTLINE_BATCH_WAIT", default_value = "2ms", value_parser = humantime::parse_duration)]
-    pub batch_wait: Duration,
+    #[arg(long, env = "SIGHTLINE_BATCH_WAIT", default_value_t = EngineOptions::default().batch_wait.into())]
+    pub batch_wait: humantime::Duration,
     /// The same for text; by default a query runs at once (queries arriving meanwhile batch).
-    #[arg(long, env = "SIGHTLINE_TEXT_BATCH_WAIT", default_value = "0ms", value_parser = humantime::parse_duration)]
-    pub text_batch_wait: Duration,
+    #[arg(long, env = "SIGHTLINE_TEXT_BATCH_WAIT", default_value_t = EngineOptions::default().text_batch_wait.into())]
+    pub text_batch_wait: humantime::Duration,
     /// Inputs per modality admitted at once; beyond it requests get 429.
-    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = 2048)]
+    #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
     pub queue_capacity: usize,
     /// Largest image accepted, in pixels (width × height), checked before decoding.
-    #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = 100_000_000)]
+    #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = DecodeOptions::default().max_pixels)]
     pub max_pixels: u64,
     /// Inputs not embedded within this time are answered with 503 (e.g. `60s`).
-    #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
+    #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value_t = EngineOptions::default().request_timeout.into())]
+    pub request_timeout: humantime::Duration,
     /// Return raw model vectors instead of L2-normalised ones (then map `similarity: cosine`).
     #[arg(long, env = "SIGHTLINE_NO_NORMALIZE")]
     pub no_normalize: bool,
@@ -58,8 +58,8 @@ impl EngineArgs {
             decode_workers: self.decode_workers.unwrap_or(defaults.decode_workers),
             max_batch_image: self.max_batch,
             max_batch_text: self.max_batch_text,
-            batch_wait: self.batch_wait,
-            text_batch_wait: self.text_batch_wait,
+            batch_wait: self.batch_wait.into(),
+            text_batch_wait: self.text_batch_wait.into(),
             queue_capacity: self.queue_capacity,
             normalize: !self.no_normalize,
             // Exact decoding unless a command opts into the fast path (`serve` does).
@@ -68,10 +68,10 @@ impl EngineArgs {
                 jpeg_prescale: false,
                 ..defaults.decode
             },
-            request_timeout: self.request_timeout,
-            stall_timeout: defaults.stall_timeout.max(self.request_timeout),
+            request_timeout: self.request_timeout.into(),
+            stall_timeout: defaults.stall_timeout.max(self.request_timeout.into()),
             // URL inputs are a `serve` concern (its `--allow-url-hosts`); off everywhere else.
-            urls: defaults.urls,
+            url_fetcher: None,
         }
     }
 

@@ -1,20 +1,20 @@
 //! `sightline serve`: the inference endpoint Elasticsearch calls. Flags have `SIGHTLINE_*`
 //! environment equivalents; SIGTERM/SIGINT stop accepting, finish what is in flight, exit 0,
 //! over HTTP or, with `--tls-cert`/`--tls-key`, HTTPS (`http/tls.rs`). URL inputs are off
-//! unless `--allow-url-hosts` names hosts (`engine/fetch.rs` holds the rules).
+//! unless `--allow-url-hosts` names hosts (`src/url/` holds the rules).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
 use super::engine_args::EngineArgs;
-use crate::engine::fetch::HostRule;
-use crate::engine::UrlOptions;
 use crate::http::tls::{self, TlsListener};
 use crate::http::{router, ApiKey, HttpConfig};
+use crate::url::{Fetcher, HostRule, UrlOptions};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -144,14 +144,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ => anyhow::bail!("`--tls-cert` and `--tls-key` go together: give both or neither"),
     };
     let mut opts = args.engine.options();
-    opts.urls = args.urls.options()?;
+    let urls = args.urls.options()?;
     opts.decode.jpeg_prescale = !args.exact_jpeg;
-    if opts.urls.enabled() {
+    if urls.enabled() {
         tracing::warn!(
             hosts = ?args.urls.allow_url_hosts,
-            private = opts.urls.allow_private,
+            private = urls.allow_private,
             "URL inputs enabled: images are fetched from the allowed hosts"
         );
+        opts.url_fetcher = Some(Arc::new(Fetcher::new(urls)?));
     }
     let engine = args.engine.start_with(opts).await?;
     let info = engine.info().clone();

@@ -4,7 +4,7 @@
 //! a text vector).
 //!
 //! A URL input is recognised whether or not fetching is on, so that with fetching off it is
-//! refused with a message (`fetch.rs` decides), never silently embedded as the text of the link.
+//! refused with a message (the engine's [`UrlFetcher`] decides), never silently embedded as the text of the link.
 //! `?modality=text` keeps a link a text.
 //!
 //! Base64 rules (documented in the README): the standard alphabet, padding optional, ASCII white
@@ -17,9 +17,10 @@ use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
+use futures::future::BoxFuture;
 
-use super::error::{EmbedError, ErrorKind};
-use super::preprocess::{sniff_format, Sniffed};
+use super::error::EmbedError;
+use super::format::{self, sniff_format, Sniffed};
 
 /// One thing to embed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +71,23 @@ impl std::str::FromStr for ModalityHint {
     }
 }
 
+/// Where URL inputs are fetched: `crate::url::Fetcher`, handed to the engine through
+/// `EngineOptions::url_fetcher`. The engine only calls it, so it knows no network policy.
+pub trait UrlFetcher: Send + Sync + std::fmt::Debug {
+    /// Refuses, without any network, a URL that would never be fetched.
+    fn check(&self, url: &str) -> Result<(), EmbedError>;
+    /// The image the URL names: bytes with a supported signature, or why not.
+    fn fetch<'a>(&'a self, url: &'a str) -> BoxFuture<'a, Result<Vec<u8>, EmbedError>>;
+}
+
+/// The error every URL input gets while fetching is off; it names the flag that turns it on.
+pub(crate) fn urls_disabled() -> EmbedError {
+    EmbedError::bad_input(
+        "URL inputs are disabled: start `sightline serve` with `--allow-url-hosts` to fetch images \
+         from listed hosts, or send the image inline as a `data:image/...;base64,` URI",
+    )
+}
+
 /// Base64 with optional padding: ES and most clients pad, some tools strip it.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
@@ -80,8 +98,9 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// and short words like `dogs` are valid base64.
 const MIN_RAW_BASE64: usize = 24;
 
-/// Classifies one input string.
-pub fn classify(input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
+/// Classifies one input string ([`Engine::parse_input`](super::Engine::parse_input) is the
+/// public door: it adds the URL checks).
+pub(crate) fn classify(input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
     if hint == ModalityHint::Text {
         return Ok(Item::Text(input.to_owned()));
     }
@@ -117,27 +136,7 @@ fn bare_url(input: &str) -> Option<&str> {
 
 /// Checks that decoded bytes are an image Sightline can decode.
 fn image_item(bytes: Vec<u8>) -> Result<Item, EmbedError> {
-    image_bytes(bytes, "the decoded bytes are").map(Item::Image)
-}
-
-/// Returns `bytes` if their signature is an image Sightline decodes; `what` names them, with
-/// its verb, in the error ("the decoded bytes are", "the URL's response body is").
-pub(crate) fn image_bytes(bytes: Vec<u8>, what: &str) -> Result<Vec<u8>, EmbedError> {
-    match sniff_format(&bytes) {
-        Sniffed::Supported(_) => Ok(bytes),
-        Sniffed::Unsupported(name) => Err(unsupported(name)),
-        Sniffed::Unknown if bytes.is_empty() => Err(EmbedError::bad_input("the image is empty")),
-        Sniffed::Unknown => Err(EmbedError::bad_input(format!(
-            "{what} not an image (no JPEG, PNG, WebP, GIF, BMP or TIFF signature)"
-        ))),
-    }
-}
-
-pub(crate) fn unsupported(name: &str) -> EmbedError {
-    EmbedError::new(
-        ErrorKind::Unsupported,
-        format!("unsupported image format {name}: send JPEG, PNG, WebP, GIF, BMP or TIFF"),
-    )
+    format::image_bytes(bytes, "the decoded bytes are").map(Item::Image)
 }
 
 /// A raw base64 string is an image when its first bytes carry an image signature.
@@ -192,7 +191,7 @@ pub fn decode_base64(input: &str) -> Result<Vec<u8>, EmbedError> {
         Cow::Borrowed(input)
     };
     if compact.is_empty() {
-        return Err(EmbedError::bad_input("the image is empty"));
+        return Err(format::empty());
     }
     if compact.contains(['-', '_']) {
         return Err(EmbedError::bad_input(
@@ -253,7 +252,9 @@ impl<'a> DataUri<'a> {
             lower.as_str(),
             "image/svg+xml" | "image/heic" | "image/heif" | "image/avif"
         ) {
-            return Err(unsupported(&lower["image/".len()..].to_ascii_uppercase()));
+            return Err(format::unsupported(
+                &lower["image/".len()..].to_ascii_uppercase(),
+            ));
         }
         image_item(decode_base64(self.payload)?)
     }
@@ -262,6 +263,12 @@ impl<'a> DataUri<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::ErrorKind;
+
+    #[test]
+    fn disabled_urls_name_the_flag() {
+        assert!(urls_disabled().message.contains("`--allow-url-hosts`"));
+    }
 
     const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGP4z8DwHwAFAAH/iZk9HQAAAABJRU5ErkJggg==";
 

@@ -8,14 +8,14 @@
 mod batcher;
 pub mod bundle;
 pub mod error;
-pub mod fetch;
+pub mod format;
 pub mod input;
 pub mod inspect;
 mod jpeg;
 pub mod preprocess;
 pub mod runtime;
 pub mod text;
-mod worker;
+pub(crate) mod worker;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -27,10 +27,8 @@ use tokio::sync::oneshot;
 
 pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError};
-pub use fetch::UrlOptions;
-pub use input::{classify, Item, Modality, ModalityHint};
+pub use input::{Item, Modality, ModalityHint, UrlFetcher};
 pub use preprocess::DecodeOptions;
-pub use worker::image_model_throughput;
 
 use batcher::{Admission, Job, Queue};
 use bundle::Preprocess;
@@ -62,8 +60,9 @@ pub struct EngineOptions {
     pub request_timeout: Duration,
     /// A worker busy with one batch for longer than this is reported as not ready.
     pub stall_timeout: Duration,
-    /// URL inputs: off unless hosts are allowed (`fetch.rs`).
-    pub urls: UrlOptions,
+    /// Fetches URL inputs; `None` (the default) refuses them (`crate::url` builds one from
+    /// `--allow-url-hosts`).
+    pub url_fetcher: Option<Arc<dyn UrlFetcher>>,
 }
 
 impl Default for EngineOptions {
@@ -82,7 +81,7 @@ impl Default for EngineOptions {
             decode: DecodeOptions::default(),
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
-            urls: UrlOptions::default(),
+            url_fetcher: None,
         }
     }
 }
@@ -137,8 +136,6 @@ struct Inner {
     texts: Queue<Vec<i64>>,
     image_health: Vec<Arc<Health>>,
     text_health: Arc<Health>,
-    /// Present only when URL inputs are enabled.
-    fetcher: Option<fetch::Fetcher>,
 }
 
 impl Engine {
@@ -160,11 +157,6 @@ impl Engine {
             normalized: opts.normalize,
             max_seq_len: m.max_seq_len,
             fingerprint: bundle.fingerprint()?,
-        };
-        let fetcher = if opts.urls.enabled() {
-            Some(fetch::Fetcher::new(opts.urls.clone())?)
-        } else {
-            None
         };
         let (images, image_rx) = Queue::new(opts.queue_capacity);
         let (texts, text_rx) = Queue::new(opts.queue_capacity);
@@ -188,6 +180,9 @@ impl Engine {
             .num_threads(opts.decode_workers.max(1))
             .thread_name(|i| format!("sightline-decode-{i}"))
             .start_handler(|_| worker::lower_priority())
+            // Decoders run inside `preprocess::decode_rgb`'s `catch_unwind`; should anything else
+            // panic, rayon's default would abort the process, and one image must not do that.
+            .panic_handler(|_| tracing::error!("an image decoding task panicked"))
             .build()
             .context("cannot start the image decoding threads")?;
         let health = text_health.clone();
@@ -206,7 +201,6 @@ impl Engine {
                 texts,
                 image_health,
                 text_health,
-                fetcher,
             }),
         })
     }
@@ -251,7 +245,7 @@ impl Engine {
         let _admissions: (Admission, Admission) = match admissions {
             Ok(a) => a,
             Err(e) => {
-                crate::metrics::input_error(e.kind);
+                crate::metrics::input_error(e.kind.label());
                 return Err(e);
             }
         };
@@ -268,7 +262,7 @@ impl Engine {
             .collect()
             .await;
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
-            crate::metrics::input_error(e.kind);
+            crate::metrics::input_error(e.kind.label());
         }
         Ok(results)
     }
@@ -322,24 +316,30 @@ impl Engine {
         })
     }
 
-    /// Refuses, before any work, an item this engine will not take: a URL input while URL
-    /// fetching is off, or one whose host is not allowed. Callers screen every item before
-    /// [`Engine::embed`] so such a request fails at once; `embed` checks again when it fetches.
-    pub fn screen(&self, item: Item) -> Result<Item, EmbedError> {
+    /// Turns one raw input (a JSON string of a request, with its modality hint) into an item
+    /// this engine will take, or the reason it will not: every caller's door to [`Engine::embed`].
+    /// A URL input is refused here, before any work, while fetching is off or its host is not
+    /// allowed; `embed` checks again when it fetches.
+    pub fn parse_input(&self, input: &str, hint: ModalityHint) -> Result<Item, EmbedError> {
+        let item = input::classify(input, hint)?;
         if let Item::Url(url) = &item {
-            self.fetcher()?.check(url)?;
+            self.url_fetcher()?.check(url)?;
         }
         Ok(item)
     }
 
-    fn fetcher(&self) -> Result<&fetch::Fetcher, EmbedError> {
-        self.inner.fetcher.as_ref().ok_or_else(fetch::disabled)
+    fn url_fetcher(&self) -> Result<&dyn UrlFetcher, EmbedError> {
+        self.inner
+            .opts
+            .url_fetcher
+            .as_deref()
+            .ok_or_else(input::urls_disabled)
     }
 
     /// Fetches a URL input's image on the async runtime, within `--url-timeout` and the
     /// request's own deadline.
     async fn fetch(&self, url: &str, deadline: Instant) -> Result<Vec<u8>, EmbedError> {
-        let fetcher = self.fetcher()?;
+        let fetcher = self.url_fetcher()?;
         let started = Instant::now();
         let bytes = tokio::time::timeout_at(deadline.into(), fetcher.fetch(url))
             .await
@@ -355,16 +355,11 @@ impl Engine {
         let started = Instant::now();
         self.inner.decoders.spawn(move || {
             let inner = &engine.inner;
-            // A panic must not reach rayon, which would abort the process.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode)
-            }))
-            .unwrap_or_else(|_| {
-                Err(EmbedError::bad_input(
-                    "the image decoder crashed on this image",
-                ))
-            });
-            let _ = reply.send(result);
+            let _ = reply.send(preprocess::preprocess(
+                &bytes,
+                &inner.preprocess,
+                &inner.opts.decode,
+            ));
         });
         let tensor = tensor.await.map_err(|_| {
             EmbedError::new(ErrorKind::NotReady, "the decoding threads have stopped")

@@ -14,43 +14,8 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
 use super::bundle::Preprocess;
 use super::error::EmbedError;
-use super::input::unsupported;
+use super::format;
 use super::jpeg;
-
-/// What the first bytes of a file say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sniffed {
-    Supported(ImageFormat),
-    /// A recognised image format that Sightline does not decode (name for the message).
-    Unsupported(&'static str),
-    Unknown,
-}
-
-/// Identifies an image by its signature only (no decoding).
-pub fn sniff_format(bytes: &[u8]) -> Sniffed {
-    if let Ok(format) = image::guess_format(bytes) {
-        return match format {
-            ImageFormat::Jpeg
-            | ImageFormat::Png
-            | ImageFormat::Gif
-            | ImageFormat::WebP
-            | ImageFormat::Bmp
-            | ImageFormat::Tiff => Sniffed::Supported(format),
-            ImageFormat::Avif => Sniffed::Unsupported("AVIF"),
-            other => Sniffed::Unsupported(other.extensions_str().first().copied().unwrap_or("?")),
-        };
-    }
-    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
-        if let b"heic" | b"heix" | b"hevc" | b"heim" | b"heis" | b"mif1" | b"msf1" = &bytes[8..12] {
-            return Sniffed::Unsupported("HEIC");
-        }
-    }
-    let text = bytes.trim_ascii_start();
-    if text.starts_with(b"<svg") || text.starts_with(b"<?xml") {
-        return Sniffed::Unsupported("SVG");
-    }
-    Sniffed::Unknown
-}
 
 /// How images are decoded: bounds on what one image may cost, and the JPEG fast path.
 #[derive(Debug, Clone, Copy)]
@@ -89,18 +54,7 @@ pub fn preprocess(
 /// `target` is the model's input size (for the JPEG prescale). A panic inside a decoder
 /// becomes an error for this input only.
 pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<RgbImage, EmbedError> {
-    if bytes.is_empty() {
-        return Err(EmbedError::bad_input("the image is empty (0 bytes)"));
-    }
-    let format = match sniff_format(bytes) {
-        Sniffed::Supported(format) => format,
-        Sniffed::Unsupported(name) => return Err(unsupported(name)),
-        Sniffed::Unknown => {
-            return Err(EmbedError::bad_input(
-                "not an image (no JPEG, PNG, WebP, GIF, BMP or TIFF signature)",
-            ))
-        }
-    };
+    let format = format::supported_format(bytes, "the bytes are")?;
     let decoded = std::panic::catch_unwind(|| {
         if format == ImageFormat::Jpeg {
             let (w, h) = jpeg::dimensions(bytes)?;
@@ -373,13 +327,5 @@ mod tests {
         );
         truncated.truncate(truncated.len() / 3);
         assert!(decode_rgb(&truncated, &limits, 224).is_err());
-        assert_eq!(
-            sniff_format(b"  <svg xmlns='http://www.w3.org/2000/svg'/>"),
-            Sniffed::Unsupported("SVG")
-        );
-        assert_eq!(
-            sniff_format(b"\x89PNG\r\n\x1a\n"),
-            Sniffed::Supported(ImageFormat::Png)
-        );
     }
 }

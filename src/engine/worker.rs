@@ -250,7 +250,7 @@ impl Lanes {
     /// four times). Returns once all have loaded and passed a probe run (a manifest whose
     /// `dimensions` do not match the graph fails here, not in every batch: issue 6, F4);
     /// each lane's thread then goes on with `work`.
-    fn open_each(
+    pub(crate) fn open_each(
         self,
         bundle: &Bundle,
         work: impl Fn(usize, ImageModel) + Send + Sync + 'static,
@@ -381,54 +381,6 @@ pub(crate) fn run<M: BatchModel>(
         }
     }
     health.alive.store(false, Ordering::Release);
-}
-
-/// Model-only throughput for the benchmark: runs the image encoder alone, with the engine's
-/// lanes and session settings, on already preprocessed tensors in batches of `batch`, for
-/// `duration`. Returns images per second; the ratio of end-to-end to this number is the
-/// overhead.
-pub fn image_model_throughput(
-    model_dir: &std::path::Path,
-    threads: usize,
-    lanes: usize,
-    batch: usize,
-    tensors: Vec<Vec<f32>>,
-    duration: Duration,
-) -> Result<f64> {
-    ensure!(!tensors.is_empty(), "no tensors to benchmark with");
-    let lanes = Lanes::split(threads, lanes);
-    let batch: Vec<Vec<f32>> = tensors.into_iter().cycle().take(batch.max(1)).collect();
-    // Lanes start together once all have loaded; each warms up (the first run allocates ONNX
-    // Runtime's arena) and then reports its own rate over `duration`.
-    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
-    let start_rx = Mutex::new(start_rx);
-    let (rate_tx, rate_rx) = std::sync::mpsc::channel();
-    lanes.open_each(&Bundle::load(model_dir)?, move |_, mut model| {
-        let inputs: Vec<&Vec<f32>> = batch.iter().collect();
-        let go = start_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv();
-        let rate = go.map_err(anyhow::Error::from).and_then(|()| {
-            model.run(&inputs)?;
-            let started = Instant::now();
-            let mut images = 0usize;
-            while started.elapsed() < duration {
-                model.run(&inputs)?;
-                images += inputs.len();
-            }
-            Ok(images as f64 / started.elapsed().as_secs_f64())
-        });
-        let _ = rate_tx.send(rate);
-    })?;
-    for _ in 0..lanes.lanes {
-        start_tx.send(())?;
-    }
-    let mut total = 0.0;
-    for _ in 0..lanes.lanes {
-        total += rate_rx.recv()??;
-    }
-    Ok(total)
 }
 
 /// NaN/Inf is an error, never a vector; L2-normalises when asked.

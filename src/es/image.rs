@@ -18,6 +18,7 @@ use bytes::Bytes;
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageFormat};
 
+use crate::engine::format::{format_name, supported_format};
 use crate::engine::preprocess::decode_rgb;
 use crate::engine::DecodeOptions;
 
@@ -86,32 +87,12 @@ pub fn has_image_extension(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// The image format announced by a file's first bytes, if it is one this build decodes.
-pub fn sniff_format(head: &[u8]) -> Option<ImageFormat> {
-    image::guess_format(head)
-        .ok()
-        .filter(|format| format.reading_enabled())
-}
-
-fn format_name(format: ImageFormat) -> &'static str {
-    match format {
-        ImageFormat::Jpeg => "jpeg",
-        ImageFormat::Png => "png",
-        ImageFormat::WebP => "webp",
-        ImageFormat::Gif => "gif",
-        ImageFormat::Bmp => "bmp",
-        ImageFormat::Tiff => "tiff",
-        _ => "other",
-    }
-}
-
 /// Decodes `bytes` and prepares payload and thumbnail. Decoding is the engine's own
 /// (`engine::preprocess::decode_rgb`: same limits, EXIF rotation, truncated-JPEG check, alpha on
 /// white), so a file ingest accepts is one the sidecar accepts too. Errors say why the file is not
 /// a usable image; callers report them per file.
 pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
-    let format = sniff_format(bytes)
-        .context("not an image this build can read (JPEG, PNG, WebP, GIF, BMP or TIFF)")?;
+    let format = supported_format(bytes, "the file is").map_err(|err| anyhow!("{err}"))?;
     // Full-resolution decode (no JPEG prescale): the metadata reports the real size, and the
     // payload and thumbnail are resized from all the pixels.
     let decode_options = DecodeOptions {
@@ -164,15 +145,6 @@ fn encode_jpeg(image: &DynamicImage, quality: u8) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A small generated JPEG (a colour gradient), used by `setup` to check that images go through
-/// the endpoint without needing a file on disk.
-pub fn sample_jpeg() -> Result<Vec<u8>> {
-    let image = image::RgbImage::from_fn(32, 32, |x, y| {
-        image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])
-    });
-    encode_jpeg(&DynamicImage::ImageRgb8(image), 90)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,7 +174,10 @@ mod tests {
         // the thumbnail is a JPEG no larger than asked
         let thumb = image::load_from_memory(&prepared.thumbnail).unwrap();
         assert!(thumb.width() <= 160 && thumb.height() <= 160);
-        assert_eq!(sniff_format(&prepared.thumbnail), Some(ImageFormat::Jpeg));
+        assert_eq!(
+            image::guess_format(&prepared.thumbnail).unwrap(),
+            ImageFormat::Jpeg
+        );
     }
 
     #[test]
@@ -265,16 +240,9 @@ mod tests {
     }
 
     #[test]
-    fn extension_and_sniffing() {
+    fn extensions_pick_candidate_files() {
         assert!(has_image_extension(Path::new("a/B.JPG")));
         assert!(!has_image_extension(Path::new("notes.txt")));
         assert!(!has_image_extension(Path::new("noext")));
-        assert_eq!(sniff_format(&png(2, 2)), Some(ImageFormat::Png));
-        assert_eq!(sniff_format(b"GIF89a....."), Some(ImageFormat::Gif));
-        assert_eq!(sniff_format(b"hello"), None);
-        assert_eq!(
-            sniff_format(&sample_jpeg().unwrap()),
-            Some(ImageFormat::Jpeg)
-        );
     }
 }

@@ -38,9 +38,10 @@ use super::assets::{self, IndexParams};
 use super::client::{
     cluster_info, connection_error, describe_failure, error_reason, json_or_error,
 };
-use super::image::{has_image_extension, prepare, sniff_format, ImageOptions, PreparedImage};
+use super::image::{has_image_extension, prepare, ImageOptions, PreparedImage};
 use super::local::LocalEmbedder;
 use super::{failed_index_name, semantic_pipeline_name, IMAGE_FIELD};
+use crate::engine::format::{sniff_format, Sniffed};
 
 /// Where vectors come from.
 #[derive(Clone)]
@@ -241,7 +242,7 @@ fn looks_like_image(path: &Path) -> bool {
         return false;
     };
     let read = file.read(&mut head).unwrap_or(0);
-    sniff_format(&head[..read]).is_some()
+    matches!(sniff_format(&head[..read]), Sniffed::Supported(_))
 }
 
 /// Hex SHA-256 of the file content: the document `_id`.

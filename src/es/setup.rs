@@ -25,13 +25,14 @@ use serde_json::{json, Value};
 
 use super::assets::{self, EndpointParams, IndexParams, PipelineKind};
 use super::client::{connection_error, describe_failure, json_or_error};
-use super::image::{data_uri, sample_jpeg};
+use super::image::data_uri;
 use super::model_info::ModelInfo;
 use super::version::{Cluster, Service};
 use super::{
     failed_index_name, failed_template_name, pipeline_name, semantic_pipeline_name, template_name,
     VECTOR_FIELD,
 };
+use crate::engine::format::sample_jpeg;
 
 /// The only task type Sightline's endpoints use (contract §10: `embedding` is not available to
 /// the services that can point at a self-hosted URL).

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::engine::{classify, EmbedError, Embedding, Engine, ErrorKind, ModalityHint};
+use crate::engine::{EmbedError, Embedding, Engine, ErrorKind, ModalityHint};
 use crate::metrics;
 use status::Failure;
 
@@ -276,8 +276,9 @@ async fn embed_inputs(
     };
     let mut items = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let item = classify(&input.value, input.hint)
-            .and_then(|item| state.engine.screen(item))
+        let item = state
+            .engine
+            .parse_input(&input.value, input.hint)
             .map_err(|e| input_failure(index, e))?;
         items.push(item);
     }

@@ -22,9 +22,9 @@ use axum::routing::get;
 use axum::Router;
 use futures::StreamExt;
 
-use sightline::engine::fetch::{Fetcher, HostRule, UrlOptions};
 use sightline::engine::{EmbedError, Engine, EngineOptions, ErrorKind};
 use sightline::http::router;
+use sightline::url::{Fetcher, HostRule, UrlOptions};
 
 use crate::common::*;
 
@@ -174,10 +174,10 @@ fn url_engine() -> Engine {
     ENGINE
         .get_or_init(|| {
             start_engine(EngineOptions {
-                urls: UrlOptions {
+                url_fetcher: Some(Arc::new(fetcher(UrlOptions {
                     timeout: Duration::from_secs(1),
                     ..loopback_options()
-                },
+                }))),
                 ..test_options()
             })
         })
