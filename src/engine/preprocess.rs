@@ -52,7 +52,7 @@ pub fn preprocess(
 
 /// Decodes the first frame, applies EXIF orientation and converts to 8-bit RGB on white.
 /// `target` is the model's input size (for the JPEG prescale). A panic inside a decoder
-/// becomes an error for this input only.
+/// becomes an error for this input only: this is the one `catch_unwind` of the decoding path.
 pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<RgbImage, EmbedError> {
     let format = format::supported_format(bytes, "the bytes are")?;
     let decoded = std::panic::catch_unwind(|| {
@@ -62,7 +62,7 @@ pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<Rgb
             let min_short_side = opts.jpeg_prescale.then_some(3 * target);
             return jpeg::decode(bytes, min_short_side);
         }
-        decode_dynamic(bytes, format, opts).map(to_rgb_on_white)
+        decode_dynamic(bytes, format, opts).and_then(to_rgb_on_white)
     });
     decoded.map_err(|_| {
         EmbedError::bad_input(format!("the {format:?} decoder failed on this image"))
@@ -146,10 +146,18 @@ fn without_iccp(bytes: &[u8]) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
+/// A pixel buffer that does not hold `w × h` RGB pixels: a decoder or resizer broke its contract.
+fn buffer_error(w: u32, h: u32) -> EmbedError {
+    EmbedError::new(
+        super::error::ErrorKind::Internal,
+        format!("the {w}×{h} pixel buffer has the wrong size"),
+    )
+}
+
 /// Any colour type → RGB8; transparent pixels are composited onto white (model.md §2.3).
-fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
+fn to_rgb_on_white(img: DynamicImage) -> Result<RgbImage, EmbedError> {
     if !img.color().has_alpha() {
-        return img.into_rgb8();
+        return Ok(img.into_rgb8());
     }
     let rgba = img.into_rgba8();
     let (w, h) = rgba.dimensions();
@@ -161,7 +169,7 @@ fn to_rgb_on_white(img: DynamicImage) -> RgbImage {
             out.push(((u32::from(*c) * a + 255 * (255 - a) + 127) / 255) as u8);
         }
     }
-    RgbImage::from_raw(w, h, out).expect("buffer sized to w×h×3")
+    RgbImage::from_raw(w, h, out).ok_or_else(|| buffer_error(w, h))
 }
 
 /// Output size of the shortest-edge resize: `int(size * long / short)` in f64, like Python.
@@ -197,7 +205,7 @@ pub fn resize_crop(rgb: &RgbImage, size: u32) -> Result<RgbImage, EmbedError> {
     fr::Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| EmbedError::bad_input(format!("cannot resize the image: {e}")))?;
-    Ok(RgbImage::from_raw(size, size, dst.into_vec()).expect("resizer output is size×size×3"))
+    RgbImage::from_raw(size, size, dst.into_vec()).ok_or_else(|| buffer_error(size, size))
 }
 
 /// `(p / 255 − mean) / std` per channel, NCHW.
