@@ -4,7 +4,7 @@
 MODEL_DIR ?= models/clip-ViT-B-32-multilingual-v1
 ARGS ?=
 
-.PHONY: setup run test lint fixtures bench
+.PHONY: setup run test lint fixtures bench test-deploy
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,10 @@ test: setup lint
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+## Render deploy/kubernetes and check it against the Kubernetes schemas and checkov (no cluster).
+test-deploy:
+	scripts/validate-k8s.sh
 
 ## Regenerate the tiny test models, images and golden vectors (byte-identical on re-run).
 fixtures: setup
