@@ -14,8 +14,8 @@ run: setup
 	@[ -f $(MODEL_DIR)/sightline.json ] || cargo run --release -- model pull --dir $(MODEL_DIR)
 	cargo run --release -- serve --model-dir $(MODEL_DIR) $(ARGS)
 
-## Formatting, lints, and the whole test suite (unit, golden, contract, CLI).
-test: setup lint
+## Formatting, lints, the whole test suite (unit, golden, contract, CLI) and the deployment files.
+test: setup lint test-deploy
 	cargo test --all-targets
 	@[ -n "$$SIGHTLINE_ES_URL" ] || echo "*** SKIPPED es_e2e (real Elasticsearch): set SIGHTLINE_ES_URL and SIGHTLINE_SIDECAR_URL to run setup -> ingest -> search against a cluster ***"
 
