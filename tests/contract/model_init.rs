@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sightline::engine::bundle::{Bundle, Manifest};
-use sightline::engine::inspect::{create_bundle, BundleSpec, Outcome, TensorOverrides};
+use sightline::model::{create_bundle, BundleSpec, Outcome, TensorOverrides};
 use sightline::engine::{Engine, Item};
 
 use crate::common::{fixture, test_options};
