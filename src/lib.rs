@@ -17,6 +17,6 @@ pub mod cli;
 pub mod engine;
 pub mod es;
 pub mod http;
-pub mod hub;
 pub mod metrics;
+pub mod model;
 pub mod url;

@@ -22,6 +22,11 @@ file in both. The models mimic only the I/O contract of the real encoders (model
     tokenizer.json      tiny multilingual WordPiece with the real mBERT pipeline and special ids.
     sightline.json      the bundle manifest read by `src/engine/bundle.rs`.
 
+    tests/fixtures/odd-graphs/        one-op graphs `sightline model init` must refuse or catch (tests/contract/
+                                      model_init.rs): int32 token inputs, only `token_type_ids`, a raw-pixel NHWC
+                                      image input, two candidate image outputs, and a text graph whose declared
+                                      [batch, 512] output is really [batch, seq] (caught by the smoke test).
+
 Output is byte-identical on every run (seeded RNG, no timestamps). No download, no torch.
 Usage:  .venv/bin/python tools/make_fixtures.py [--out tests/fixtures]
 """
@@ -274,6 +279,48 @@ def write_bundle(out: Path, name: str, form_b: bool) -> None:
     (out / "sightline.json").write_text(json.dumps(manifest(name, form_b), indent=2) + "\n", encoding="utf-8")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Graphs `model init` must refuse: only their signatures matter, so each is one Cast or Flatten
+# ----------------------------------------------------------------------------------------------------------------
+ODD_GRAPHS = "odd-graphs"
+
+
+def write_odd_graphs(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tokens = ["batch", "seq"]
+
+    def save(name, nodes, inputs, outputs, doc):
+        value = helper.make_tensor_value_info
+        graph = helper.make_graph(nodes, "test", [value(*i) for i in inputs], [value(*o) for o in outputs])
+        _save_model(graph, out / name, doc)
+
+    def cast(src, dst):
+        return helper.make_node("Cast", [src], [dst], to=TensorProto.FLOAT)
+
+    save("int32.onnx", [cast("input_ids", "text_embeds")],
+         [("input_ids", TensorProto.INT32, tokens), ("attention_mask", TensorProto.INT32, tokens)],
+         [("text_embeds", TensorProto.FLOAT, tokens)],
+         "int32 token inputs (immich's M-CLIP text tower is exported like this)")
+    save("token_types.onnx", [cast("token_type_ids", "text_embeds")],
+         [("token_type_ids", TensorProto.INT64, tokens)],
+         [("text_embeds", TensorProto.FLOAT, tokens)],
+         "only token_type_ids: nothing Sightline feeds")
+    nhwc = ["batch", IMG, IMG, 3]
+    save("nhwc.onnx", [cast("image", "embedding")],
+         [("image", TensorProto.UINT8, nhwc)], [("embedding", TensorProto.FLOAT, nhwc)],
+         "a raw-pixel NHWC image graph")
+    flat = ["batch", "features"]
+    save("ambiguous.onnx",
+         [helper.make_node("Flatten", ["x"], ["a"]), helper.make_node("Flatten", ["x"], ["b"])],
+         [("x", TensorProto.FLOAT, ["batch", 3, IMG, IMG])],
+         [("a", TensorProto.FLOAT, flat), ("b", TensorProto.FLOAT, flat)],
+         "two 2-D outputs and no image_embeds")
+    save("liar.onnx", [cast("input_ids", "text_embeds")],
+         [("input_ids", TensorProto.INT64, tokens), ("attention_mask", TensorProto.INT64, tokens)],
+         [("text_embeds", TensorProto.FLOAT, ["batch", DIM])],
+         "declares [batch, 512] but returns [batch, seq]")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="fixtures folder (default: tests/fixtures)")
@@ -283,6 +330,8 @@ def main() -> None:
         write_bundle(bundle, name, form_b)
         total = sum(p.stat().st_size for p in bundle.iterdir())
         print(f"{bundle}: {total:,} bytes")
+    write_odd_graphs(args.out / ODD_GRAPHS)
+    print(f"{args.out / ODD_GRAPHS}: {len(list((args.out / ODD_GRAPHS).iterdir()))} graphs")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 //! `sightline model`: create a model bundle from ONNX files a user already has (`init`), or
 //! download the default one from the Hugging Face hub (`pull`). Both turn their flags into a
-//! spec for `engine::inspect::create_bundle`, which inspects, writes and smoke-tests the bundle;
+//! spec for `model::create_bundle`, which inspects, writes and smoke-tests the bundle;
 //! this file only reads flags and the environment and prints what was done.
 
 use std::path::PathBuf;
@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use crate::engine::bundle::TextPooling;
-use crate::engine::inspect::{create_bundle, BundleSpec, CreatedBundle, Outcome, TensorOverrides};
-use crate::hub::{self, Checksum, PullRequest, DEFAULT_ENDPOINT, DEFAULT_MODEL, DEFAULT_REVISION};
+use crate::model::{
+    self, create_bundle, BundleSpec, Checksum, CreatedBundle, Outcome, PullRequest,
+    TensorOverrides, DEFAULT_ENDPOINT, DEFAULT_MODEL, DEFAULT_REVISION,
+};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ModelCommand {
@@ -129,7 +131,7 @@ async fn init(args: InitArgs) -> Result<ExitCode> {
 async fn pull(args: PullArgs) -> Result<ExitCode> {
     let cache = match args.cache_dir {
         Some(dir) => dir,
-        None => hub::cache_root(|name| std::env::var_os(name))?,
+        None => model::cache_root(|name| std::env::var_os(name))?,
     };
     let token = ["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"]
         .iter()
@@ -146,7 +148,7 @@ async fn pull(args: PullArgs) -> Result<ExitCode> {
         force: args.force,
         progress: true,
     };
-    let pulled = hub::pull(&request).await?;
+    let pulled = model::pull(&request).await?;
     for (file, fetched) in &pulled.files {
         let check = match &fetched.published {
             Some(Checksum::Sha256(_)) => "sha256 verified".to_owned(),

@@ -10,7 +10,6 @@ pub mod bundle;
 pub mod error;
 pub mod format;
 pub mod input;
-pub mod inspect;
 mod jpeg;
 pub mod preprocess;
 pub mod runtime;

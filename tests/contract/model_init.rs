@@ -1,15 +1,15 @@
 //! `sightline model init`: a bundle built from the tiny fixtures' loose files embeds exactly like
 //! the fixture bundle itself, for both text forms; graphs Sightline cannot feed, mismatched
 //! files and a bundle that fails its smoke test are refused with errors that say why, and leave
-//! nothing behind. The odd graphs are written here as raw ONNX protobuf ([`onnx`]), so the test
-//! needs no Python and no committed model files beyond the fixtures.
+//! nothing behind. The odd graphs are one-op fixtures in `tests/fixtures/odd-graphs/`, written by
+//! `tools/make_fixtures.py` with `onnx.helper`, so the test needs no Python at run time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sightline::engine::bundle::{Bundle, Manifest};
-use sightline::engine::inspect::{create_bundle, BundleSpec, Outcome, TensorOverrides};
 use sightline::engine::{Engine, Item};
+use sightline::model::{create_bundle, BundleSpec, Outcome, TensorOverrides};
 
 use crate::common::{fixture, test_options};
 
@@ -254,33 +254,19 @@ async fn mismatched_dense_weights_and_broken_tokenizers_fail_at_init() {
     assert!(err.contains("cannot load the tokenizer"), "{err}");
 }
 
+/// One of the one-op graphs `tools/make_fixtures.py` writes for these tests.
+fn odd_graph(name: &str) -> PathBuf {
+    fixture(&format!("odd-graphs/{name}.onnx"))
+}
+
 #[tokio::test]
 async fn unsupported_graphs_are_named() {
-    use onnx::{cast, flatten, model, tensor, Dim::*, FLOAT, INT32, INT64, UINT8};
-    let files = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("bundle");
-    let write = |name: &str, bytes: Vec<u8>| {
-        let path = files.path().join(name);
-        std::fs::write(&path, bytes).unwrap();
-        path
-    };
-    let tokens = [Sym("batch"), Sym("seq")];
 
     // int32 token inputs (immich's M-CLIP text tower is exported like this).
-    let int32 = write(
-        "int32.onnx",
-        model(
-            &[cast("input_ids", "text_embeds", FLOAT)],
-            &[
-                tensor("input_ids", INT32, &tokens),
-                tensor("attention_mask", INT32, &tokens),
-            ],
-            &[tensor("text_embeds", FLOAT, &tokens)],
-        ),
-    );
     let err = init_error(BundleSpec {
-        text_onnx: int32,
+        text_onnx: odd_graph("int32"),
         ..spec_from("tiny-clip", &out)
     })
     .await;
@@ -290,16 +276,8 @@ async fn unsupported_graphs_are_named() {
     );
 
     // Only token_type_ids: nothing Sightline feeds.
-    let token_types = write(
-        "token_types.onnx",
-        model(
-            &[cast("token_type_ids", "text_embeds", FLOAT)],
-            &[tensor("token_type_ids", INT64, &tokens)],
-            &[tensor("text_embeds", FLOAT, &tokens)],
-        ),
-    );
     let err = init_error(BundleSpec {
-        text_onnx: token_types,
+        text_onnx: odd_graph("token_types"),
         ..spec_from("tiny-clip", &out)
     })
     .await;
@@ -309,35 +287,16 @@ async fn unsupported_graphs_are_named() {
     );
 
     // A raw-pixel NHWC image graph.
-    let nhwc_dims = [Sym("batch"), Fixed(224), Fixed(224), Fixed(3)];
-    let nhwc = write(
-        "nhwc.onnx",
-        model(
-            &[cast("image", "embedding", FLOAT)],
-            &[tensor("image", UINT8, &nhwc_dims)],
-            &[tensor("embedding", FLOAT, &nhwc_dims)],
-        ),
-    );
     let err = init_error(BundleSpec {
-        image_onnx: nhwc,
+        image_onnx: odd_graph("nhwc"),
         ..spec_from("tiny-clip", &out)
     })
     .await;
     assert!(err.contains("raw uint8 pixels"), "{err}");
 
     // Two 2-D outputs and no `image_embeds`: the user must say which.
-    let pixels = [Sym("batch"), Fixed(3), Fixed(224), Fixed(224)];
-    let flat = [Sym("batch"), Sym("features")];
-    let ambiguous = write(
-        "ambiguous.onnx",
-        model(
-            &[flatten("x", "a"), flatten("x", "b")],
-            &[tensor("x", FLOAT, &pixels)],
-            &[tensor("a", FLOAT, &flat), tensor("b", FLOAT, &flat)],
-        ),
-    );
     let err = init_error(BundleSpec {
-        image_onnx: ambiguous,
+        image_onnx: odd_graph("ambiguous"),
         ..spec_from("tiny-clip", &out)
     })
     .await;
@@ -351,25 +310,9 @@ async fn unsupported_graphs_are_named() {
 /// caught by the smoke embed: the error comes at init, and nothing is written.
 #[tokio::test]
 async fn a_bundle_that_cannot_embed_fails_its_smoke_test() {
-    use onnx::{cast, model, tensor, Dim::*, FLOAT, INT64};
-    let files = tempfile::tempdir().unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let tokens = [Sym("batch"), Sym("seq")];
-    let liar = files.path().join("liar.onnx");
-    std::fs::write(
-        &liar,
-        model(
-            &[cast("input_ids", "text_embeds", FLOAT)],
-            &[
-                tensor("input_ids", INT64, &tokens),
-                tensor("attention_mask", INT64, &tokens),
-            ],
-            &[tensor("text_embeds", FLOAT, &[Sym("batch"), Fixed(512)])],
-        ),
-    )
-    .unwrap();
     let spec = BundleSpec {
-        text_onnx: liar,
+        text_onnx: odd_graph("liar"),
         ..spec_from("tiny-clip", &tmp.path().join("bundle"))
     };
     let err = init_error(spec).await;
@@ -443,111 +386,4 @@ fn write_dense(dir: &Path, name: &str, rows: usize, cols: usize) -> PathBuf {
     let path = dir.join(name);
     safetensors::serialize_to_file([("linear.weight", view)], None, &path).unwrap();
     path
-}
-
-/// Just enough of the ONNX protobuf (onnx/onnx.proto3) to write one-op test graphs.
-mod onnx {
-    pub const FLOAT: u64 = 1;
-    pub const UINT8: u64 = 2;
-    pub const INT32: u64 = 6;
-    pub const INT64: u64 = 7;
-
-    pub enum Dim {
-        Fixed(u64),
-        Sym(&'static str),
-    }
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let byte = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(byte);
-                return;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-
-    fn int(field: u64, v: u64, out: &mut Vec<u8>) {
-        varint(field << 3, out);
-        varint(v, out);
-    }
-
-    fn bytes(field: u64, data: &[u8], out: &mut Vec<u8>) {
-        varint((field << 3) | 2, out);
-        varint(data.len() as u64, out);
-        out.extend_from_slice(data);
-    }
-
-    /// ValueInfoProto { name = 1, type = 2: TypeProto { tensor_type = 1: { elem_type = 1, shape = 2 } } }.
-    pub fn tensor(name: &str, elem: u64, dims: &[Dim]) -> Vec<u8> {
-        let mut shape = Vec::new();
-        for dim in dims {
-            let mut d = Vec::new();
-            match dim {
-                Dim::Fixed(n) => int(1, *n, &mut d),
-                Dim::Sym(s) => bytes(2, s.as_bytes(), &mut d),
-            }
-            bytes(1, &d, &mut shape);
-        }
-        let mut tensor_type = Vec::new();
-        int(1, elem, &mut tensor_type);
-        bytes(2, &shape, &mut tensor_type);
-        let mut type_proto = Vec::new();
-        bytes(1, &tensor_type, &mut type_proto);
-        let mut value_info = Vec::new();
-        bytes(1, name.as_bytes(), &mut value_info);
-        bytes(2, &type_proto, &mut value_info);
-        value_info
-    }
-
-    /// NodeProto { input = 1, output = 2, op_type = 4, attribute = 5 }.
-    fn node(op: &str, input: &str, output: &str, attributes: &[Vec<u8>]) -> Vec<u8> {
-        let mut node = Vec::new();
-        bytes(1, input.as_bytes(), &mut node);
-        bytes(2, output.as_bytes(), &mut node);
-        bytes(4, op.as_bytes(), &mut node);
-        for a in attributes {
-            bytes(5, a, &mut node);
-        }
-        node
-    }
-
-    /// `Cast(to = elem)`; AttributeProto { name = 1, i = 3, type = 20 (INT = 2) }.
-    pub fn cast(input: &str, output: &str, elem: u64) -> Vec<u8> {
-        let mut to = Vec::new();
-        bytes(1, b"to", &mut to);
-        int(3, elem, &mut to);
-        int(20, 2, &mut to);
-        node("Cast", input, output, &[to])
-    }
-
-    /// `Flatten(axis = 1)`: [N, ...] → [N, rest].
-    pub fn flatten(input: &str, output: &str) -> Vec<u8> {
-        node("Flatten", input, output, &[])
-    }
-
-    /// ModelProto { ir_version = 1 (8), opset_import = 8 ({ version = 2: 17 }), graph = 7:
-    /// GraphProto { node = 1, name = 2, input = 11, output = 12 } }.
-    pub fn model(nodes: &[Vec<u8>], inputs: &[Vec<u8>], outputs: &[Vec<u8>]) -> Vec<u8> {
-        let mut graph = Vec::new();
-        for n in nodes {
-            bytes(1, n, &mut graph);
-        }
-        bytes(2, b"test", &mut graph);
-        for i in inputs {
-            bytes(11, i, &mut graph);
-        }
-        for o in outputs {
-            bytes(12, o, &mut graph);
-        }
-        let mut opset = Vec::new();
-        int(2, 17, &mut opset);
-        let mut model = Vec::new();
-        int(1, 8, &mut model);
-        bytes(7, &graph, &mut model);
-        bytes(8, &opset, &mut model);
-        model
-    }
 }

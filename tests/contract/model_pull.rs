@@ -17,8 +17,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use sightline::engine::bundle::{Bundle, Preprocess, TextPooling};
-use sightline::engine::inspect::Outcome;
-use sightline::hub::{self, Checksum, PullRequest, Role, DEFAULT_MODEL};
+use sightline::model::{self, Checksum, Outcome, PullRequest, Role, DEFAULT_MODEL};
 
 use crate::common::fixture;
 use crate::model_init::{assert_same_vectors, vectors};
@@ -262,7 +261,7 @@ fn part_of(path: &Path) -> PathBuf {
 
 /// The whole error chain of a pull that must fail.
 async fn pull_error(hub: &FakeHub, dir: &Path) -> String {
-    format!("{:#}", hub::pull(&request(hub, dir)).await.unwrap_err())
+    format!("{:#}", model::pull(&request(hub, dir)).await.unwrap_err())
 }
 
 #[tokio::test]
@@ -271,7 +270,7 @@ async fn a_pulled_bundle_embeds_like_the_fixture_and_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
     let req = request(&hub, tmp.path());
 
-    let pulled = hub::pull(&req).await.unwrap();
+    let pulled = model::pull(&req).await.unwrap();
     assert_eq!(pulled.bundle.outcome, Outcome::Created);
     let m = Bundle::load(&tmp.path().join("bundle")).unwrap().manifest;
     assert_eq!(
@@ -319,7 +318,7 @@ async fn a_pulled_bundle_embeds_like_the_fixture_and_is_cached() {
     );
 
     // Second pull: every file is checked with one HEAD and none is downloaded again.
-    let again = hub::pull(&req).await.unwrap();
+    let again = model::pull(&req).await.unwrap();
     assert_eq!(again.bundle.outcome, Outcome::Unchanged);
     assert!(again.files.iter().all(|(_, f)| f.cached));
     let hits = hub.hits();
@@ -340,7 +339,7 @@ async fn a_partial_download_is_resumed_or_restarted() {
         std::fs::create_dir_all(target.parent().unwrap()).unwrap();
         std::fs::write(part_of(&target), &text[..half]).unwrap();
 
-        hub::pull(&request(&hub, tmp.path())).await.unwrap();
+        model::pull(&request(&hub, tmp.path())).await.unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), text);
         assert!(!part_of(&target).exists());
         let cdn = format!("/cdn/{}", sha256_hex(&text));
@@ -380,7 +379,7 @@ async fn a_corrupt_partial_download_is_discarded_and_the_next_run_succeeds() {
     assert!(!part_of(&target).exists() && !target.exists());
     assert!(!tmp.path().join("bundle").exists());
 
-    hub::pull(&request(&hub, tmp.path())).await.unwrap();
+    model::pull(&request(&hub, tmp.path())).await.unwrap();
     assert_eq!(std::fs::read(&target).unwrap(), text);
 }
 
@@ -441,7 +440,7 @@ async fn a_file_without_a_published_checksum_is_recorded() {
     let tmp = tempfile::tempdir().unwrap();
     let req = request(&hub, tmp.path());
 
-    let pulled = hub::pull(&req).await.unwrap();
+    let pulled = model::pull(&req).await.unwrap();
     let (_, fetched) = pulled
         .files
         .iter()
@@ -452,7 +451,7 @@ async fn a_file_without_a_published_checksum_is_recorded() {
     assert_eq!(fetched.size, bytes.len() as u64);
 
     // The recorded file is reused while the hub reports the same length.
-    let again = hub::pull(&req).await.unwrap();
+    let again = model::pull(&req).await.unwrap();
     assert!(again.files.iter().all(|(_, f)| f.cached));
     assert_eq!(again.bundle.outcome, Outcome::Unchanged);
 
@@ -465,7 +464,7 @@ async fn a_file_without_a_published_checksum_is_recorded() {
         advertised: Some("not-a-checksum".into()),
     };
     hub.set(&resolve(ST_REPO, "main", "tokenizer.json"), tokenizer);
-    let replaced = hub::pull(&PullRequest { force: true, ..req })
+    let replaced = model::pull(&PullRequest { force: true, ..req })
         .await
         .unwrap();
     assert_eq!(replaced.bundle.outcome, Outcome::Replaced);
@@ -505,7 +504,7 @@ async fn an_unreachable_hub_says_what_to_do() {
         ..request_without_hub(tmp.path())
     };
 
-    let err = format!("{:#}", hub::pull(&req).await.unwrap_err());
+    let err = format!("{:#}", model::pull(&req).await.unwrap_err());
     assert!(
         err.contains(&format!("cannot reach http://127.0.0.1:{port}"))
             && err.contains("HF_ENDPOINT")
@@ -538,7 +537,7 @@ async fn a_file_changed_upstream_is_fetched_again() {
         revision: "refs/pr/7".into(),
         ..request(&hub, tmp.path())
     };
-    hub::pull(&req).await.unwrap();
+    model::pull(&req).await.unwrap();
     // The revision is a path in the cache, and `%2F`-encoded in the URL.
     let tokenizer_cache = cached(tmp.path(), ST_REPO, "refs/pr/7", "tokenizer.json");
     assert!(tokenizer_cache.is_file());
@@ -553,7 +552,7 @@ async fn a_file_changed_upstream_is_fetched_again() {
     };
     hub.set(&resolve(ST_REPO, "refs/pr/7", "tokenizer.json"), tokenizer);
 
-    let err = format!("{:#}", hub::pull(&req).await.unwrap_err());
+    let err = format!("{:#}", model::pull(&req).await.unwrap_err());
     assert!(
         err.contains("already holds a different bundle") && err.contains("--force"),
         "{err}"
@@ -567,7 +566,7 @@ async fn a_file_changed_upstream_is_fetched_again() {
     assert_eq!(downloads, [resolve(ST_REPO, "refs/pr/7", "tokenizer.json")]);
     assert_eq!(std::fs::read(&tokenizer_cache).unwrap(), changed);
 
-    let replaced = hub::pull(&PullRequest { force: true, ..req })
+    let replaced = model::pull(&PullRequest { force: true, ..req })
         .await
         .unwrap();
     assert_eq!(replaced.bundle.outcome, Outcome::Replaced);

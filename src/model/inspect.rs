@@ -1,33 +1,20 @@
-//! ONNX graph inspection, and building a bundle from model files a user already has.
+//! ONNX graph inspection: what a graph takes and returns ([`GraphSig`]), and which of its
+//! tensors the engine will feed and read ([`image_signature`], [`text_signature`]).
 //!
-//! `sightline model init` and `sightline model pull` both end here: [`create_bundle`] opens each
-//! graph, reads its inputs and outputs ([`GraphSig`]), picks the tensor names the engine will
-//! use ([`image_signature`], [`text_signature`]), works out the vector length, stages the files
-//! and `sightline.json` beside the target directory, and runs a smoke embed through the real
-//! [`Engine`] before moving anything into place, so a bundle that cannot serve fails here and
-//! never replaces a good one. The picking rules are pure functions over [`GraphSig`], so they
-//! are unit-tested without ONNX Runtime.
+//! The picking rules are pure functions over [`GraphSig`], so they are unit-tested without ONNX
+//! Runtime; only [`inspect`], [`GraphSig::from_session`] and [`probe_image_dimensions`] open a
+//! session. Every refusal names the graph's tensors and what Sightline would need instead.
 
 use std::fmt;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use ndarray::Array4;
 use ort::session::Session;
 use ort::value::{Outlet, Tensor, TensorElementType, ValueType};
 
-use super::bundle::{
-    Bundle, ImageEncoder, Manifest, Preprocess, TextEncoder, TextPooling, MANIFEST,
-};
-use super::text::TextTokenizer;
-use super::{Engine, EngineOptions, Item};
-
-/// File names inside a bundle written by Sightline; fixed so bundles look alike.
-pub const IMAGE_FILE: &str = "image_encoder.onnx";
-pub const TEXT_FILE: &str = "text_encoder.onnx";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-pub const DENSE_FILE: &str = "dense.safetensors";
+use crate::engine::bundle::TextPooling;
+use crate::engine::runtime::open_session;
 
 /// Names the image input gets in published exports, in order of preference.
 const IMAGE_INPUTS: &[&str] = &["pixel_values"];
@@ -38,12 +25,10 @@ const POOLED_OUTPUTS: &[&str] = &["text_embeds", "sentence_embedding"];
 const TOKEN_OUTPUTS: &[&str] = &["last_hidden_state", "token_embeddings"];
 const INPUT_IDS: &str = "input_ids";
 const ATTENTION_MASK: &str = "attention_mask";
-/// Preprocessing size when the graph's spatial dimensions are dynamic (CLIP ViT-B/32).
-const DEFAULT_IMAGE_SIZE: u32 = 224;
 
 /// One dimension of a graph input or output.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dim {
+pub(crate) enum Dim {
     Fixed(i64),
     /// Unknown until run time; the symbol the exporter gave it (may be empty).
     Dynamic(String),
@@ -51,10 +36,10 @@ pub enum Dim {
 
 /// A graph input or output: name, element type (`None` for non-tensor values) and shape.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TensorSig {
-    pub name: String,
-    pub elem: Option<TensorElementType>,
-    pub dims: Vec<Dim>,
+pub(crate) struct TensorSig {
+    pub(crate) name: String,
+    pub(crate) elem: Option<TensorElementType>,
+    pub(crate) dims: Vec<Dim>,
 }
 
 impl TensorSig {
@@ -121,13 +106,13 @@ impl fmt::Display for TensorSig {
 
 /// The inputs and outputs of one ONNX graph.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GraphSig {
-    pub inputs: Vec<TensorSig>,
-    pub outputs: Vec<TensorSig>,
+pub(crate) struct GraphSig {
+    pub(crate) inputs: Vec<TensorSig>,
+    pub(crate) outputs: Vec<TensorSig>,
 }
 
 impl GraphSig {
-    pub fn from_session(session: &Session) -> GraphSig {
+    pub(crate) fn from_session(session: &Session) -> GraphSig {
         GraphSig {
             inputs: session
                 .inputs()
@@ -170,8 +155,8 @@ fn describe(list: &[TensorSig]) -> String {
 }
 
 /// Opens `path` and lists its inputs and outputs.
-pub fn inspect(path: &Path) -> Result<GraphSig> {
-    let session = super::runtime::open_session(path, 1)?;
+pub(crate) fn inspect(path: &Path) -> Result<GraphSig> {
+    let session = open_session(path, 1)?;
     Ok(GraphSig::from_session(&session))
 }
 
@@ -185,18 +170,21 @@ pub struct TensorOverrides {
 
 /// What the image graph offers the engine.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ImageSignature {
-    pub input: String,
-    pub output: String,
+pub(crate) struct ImageSignature {
+    pub(crate) input: String,
+    pub(crate) output: String,
     /// Square input size when the graph fixes it.
-    pub size: Option<u32>,
+    pub(crate) size: Option<u32>,
     /// Vector length when the graph fixes it.
-    pub dimensions: Option<usize>,
+    pub(crate) dimensions: Option<usize>,
 }
 
 /// Picks the image input (the 4-D float input, `pixel_values` preferred) and output
 /// (`image_embeds`, else the only 2-D float output).
-pub fn image_signature(graph: &GraphSig, overrides: &TensorOverrides) -> Result<ImageSignature> {
+pub(crate) fn image_signature(
+    graph: &GraphSig,
+    overrides: &TensorOverrides,
+) -> Result<ImageSignature> {
     let input = match &overrides.image_input {
         Some(name) => graph.input(name).ok_or_else(|| {
             anyhow!(
@@ -293,20 +281,20 @@ pub fn image_signature(graph: &GraphSig, overrides: &TensorOverrides) -> Result<
 
 /// What the text graph offers the engine.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TextSignature {
-    pub input_ids: String,
-    pub attention_mask: String,
-    pub output: String,
-    pub pooling: TextPooling,
+pub(crate) struct TextSignature {
+    pub(crate) input_ids: String,
+    pub(crate) attention_mask: String,
+    pub(crate) output: String,
+    pub(crate) pooling: TextPooling,
     /// Last dimension of the output when fixed: the vector length (pooled) or the hidden size
     /// (token states).
-    pub width: Option<usize>,
+    pub(crate) width: Option<usize>,
 }
 
 /// Checks the two int64 token inputs and picks the output: with Dense weights the 3-D token
 /// states (`last_hidden_state`/`token_embeddings`, pooled by Sightline), without them the 2-D
 /// sentence embedding (`text_embeds`/`sentence_embedding`).
-pub fn text_signature(
+pub(crate) fn text_signature(
     graph: &GraphSig,
     with_dense: bool,
     overrides: &TensorOverrides,
@@ -428,7 +416,7 @@ fn pick<'a>(
 }
 
 /// Shape `[rows, cols]` of `linear.weight` in a sentence-transformers Dense safetensors file.
-pub fn dense_shape(path: &Path) -> Result<(usize, usize)> {
+pub(crate) fn dense_shape(path: &Path) -> Result<(usize, usize)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read `{}`", path.display()))?;
     let tensors = safetensors::SafeTensors::deserialize(&bytes)
         .with_context(|| format!("`{}` is not a safetensors file", path.display()))?;
@@ -456,7 +444,11 @@ pub fn dense_shape(path: &Path) -> Result<(usize, usize)> {
 }
 
 /// Runs the image graph once on a black image to learn a vector length the graph leaves dynamic.
-fn probe_image_dimensions(session: &mut Session, sig: &ImageSignature, size: u32) -> Result<usize> {
+pub(crate) fn probe_image_dimensions(
+    session: &mut Session,
+    sig: &ImageSignature,
+    size: u32,
+) -> Result<usize> {
     let side = size as usize;
     let pixels = Array4::<f32>::zeros((1, 3, side, side));
     let outputs = session
@@ -472,452 +464,6 @@ fn probe_image_dimensions(session: &mut Session, sig: &ImageSignature, size: u32
             sig.output
         ),
     }
-}
-
-/// Everything `init` and `pull` say about the bundle to write.
-#[derive(Debug, Clone)]
-pub struct BundleSpec {
-    pub name: String,
-    pub image_onnx: PathBuf,
-    pub text_onnx: PathBuf,
-    pub tokenizer: PathBuf,
-    /// Dense projection weights: present for text form (b).
-    pub dense: Option<PathBuf>,
-    pub max_seq_len: usize,
-    pub out: PathBuf,
-    /// Replace a different bundle already in `out`.
-    pub force: bool,
-    pub overrides: TensorOverrides,
-    /// Refuse files whose vectors have another length (a known model's `pull`).
-    pub expect_dimensions: Option<usize>,
-}
-
-/// What [`create_bundle`] did to the target directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Created,
-    /// A different bundle was there and `force` replaced it.
-    Replaced,
-    /// The same manifest and the same file bytes were already there; nothing was written.
-    Unchanged,
-}
-
-#[derive(Debug, Clone)]
-pub struct CreatedBundle {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    pub fingerprint: String,
-    pub outcome: Outcome,
-}
-
-/// Inspects the files, writes the bundle into `spec.out` and proves it embeds. The file work
-/// runs on the blocking pool: hashing and comparing encoders reads hundreds of megabytes.
-pub async fn create_bundle(spec: BundleSpec) -> Result<CreatedBundle> {
-    let preparing = spec.clone();
-    let staged = match blocking(move || prepare(&preparing)).await? {
-        Prepared::Unchanged(created) => return Ok(*created),
-        Prepared::Staged(staged) => staged,
-    };
-    smoke_test(&staged.staging.dir, staged.manifest.dimensions)
-        .await
-        .context(
-            "the new bundle failed its smoke test (one text, one image); nothing was written",
-        )?;
-    blocking(move || finish(staged, &spec)).await
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .context("bundle creation crashed")?
-}
-
-/// What [`prepare`] left for the async side; boxed because both outcomes are large.
-enum Prepared {
-    /// The same bundle is already in place.
-    Unchanged(Box<CreatedBundle>),
-    Staged(Box<Staged>),
-}
-
-/// A validated bundle in its staging directory, waiting for the smoke test.
-struct Staged {
-    staging: Staging,
-    manifest: Manifest,
-    /// The manifest of the bundle being replaced, when it loaded.
-    old: Option<Manifest>,
-    replacing: bool,
-}
-
-/// Plans the manifest, compares it with what `out` holds, and stages the new bundle.
-fn prepare(spec: &BundleSpec) -> Result<Prepared> {
-    let manifest = plan_manifest(spec)?;
-    let sources = sources(spec);
-    let existing = existing_bundle(&spec.out)?;
-    if let Some(Ok(bundle)) = &existing {
-        if same_bundle(bundle, &manifest, &sources)? {
-            return Ok(Prepared::Unchanged(Box::new(CreatedBundle {
-                fingerprint: bundle.fingerprint()?,
-                dir: spec.out.clone(),
-                manifest,
-                outcome: Outcome::Unchanged,
-            })));
-        }
-    }
-    if let (Some(existing), false) = (&existing, spec.force) {
-        let what = match existing {
-            Ok(bundle) => format!("a different bundle (`{}`)", bundle.manifest.name),
-            Err(err) => format!("a bundle that does not load ({err:#})"),
-        };
-        bail!(
-            "`{}` already holds {what}: pass --force to replace it, or choose another directory",
-            spec.out.display()
-        );
-    }
-
-    let staging = Staging::create(&spec.out)?;
-    for (name, source) in &sources {
-        link_or_copy(source, &staging.dir.join(name))?;
-    }
-    let json = serde_json::to_string_pretty(&manifest)? + "\n";
-    let manifest_path = staging.dir.join(MANIFEST);
-    std::fs::write(&manifest_path, json)
-        .with_context(|| format!("cannot write `{}`", manifest_path.display()))?;
-    Bundle::load(&staging.dir).context("the new bundle does not validate")?;
-    Ok(Prepared::Staged(Box::new(Staged {
-        staging,
-        manifest,
-        replacing: existing.is_some(),
-        old: existing.and_then(Result::ok).map(|b| b.manifest),
-    })))
-}
-
-/// Moves a smoke-tested bundle into place.
-fn finish(staged: Box<Staged>, spec: &BundleSpec) -> Result<CreatedBundle> {
-    install(
-        &staged.staging.dir,
-        &spec.out,
-        &sources(spec),
-        staged.old.as_ref(),
-    )?;
-    drop(staged.staging);
-    Ok(CreatedBundle {
-        fingerprint: Bundle::load(&spec.out)?.fingerprint()?,
-        dir: spec.out.clone(),
-        manifest: staged.manifest,
-        outcome: if staged.replacing {
-            Outcome::Replaced
-        } else {
-            Outcome::Created
-        },
-    })
-}
-
-/// Bundle file name → source path, in the order the manifest names them.
-fn sources(spec: &BundleSpec) -> Vec<(&'static str, PathBuf)> {
-    let mut sources = vec![
-        (IMAGE_FILE, spec.image_onnx.clone()),
-        (TEXT_FILE, spec.text_onnx.clone()),
-        (TOKENIZER_FILE, spec.tokenizer.clone()),
-    ];
-    if let Some(dense) = &spec.dense {
-        sources.push((DENSE_FILE, dense.clone()));
-    }
-    sources
-}
-
-/// Reads the graphs, the Dense weights and the tokenizer into the manifest to write.
-/// Blocking: opens ONNX Runtime sessions.
-fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
-    let mut files = vec![
-        ("--image-onnx", &spec.image_onnx),
-        ("--text-onnx", &spec.text_onnx),
-        ("--tokenizer", &spec.tokenizer),
-    ];
-    files.extend(spec.dense.as_ref().map(|d| ("--dense", d)));
-    for (flag, path) in files {
-        ensure!(path.is_file(), "{flag} `{}`: no such file", path.display());
-    }
-    ensure!(
-        spec.max_seq_len >= 2,
-        "--max-seq-len must leave room for [CLS] and [SEP]"
-    );
-
-    let mut image_session = super::runtime::open_session(&spec.image_onnx, 1)
-        .context("cannot open the image encoder")?;
-    let image_graph = GraphSig::from_session(&image_session);
-    let image = image_signature(&image_graph, &spec.overrides)
-        .with_context(|| format!("--image-onnx `{}`", spec.image_onnx.display()))?;
-    let size = image.size.unwrap_or(DEFAULT_IMAGE_SIZE);
-    let image_dims = match image.dimensions {
-        Some(d) => d,
-        None => probe_image_dimensions(&mut image_session, &image, size)
-            .with_context(|| format!("--image-onnx `{}`", spec.image_onnx.display()))?,
-    };
-    drop(image_session);
-
-    let text_graph = inspect(&spec.text_onnx).context("cannot open the text encoder")?;
-    let text = text_signature(&text_graph, spec.dense.is_some(), &spec.overrides)
-        .with_context(|| format!("--text-onnx `{}`", spec.text_onnx.display()))?;
-    let text_dims = match &spec.dense {
-        Some(dense) => {
-            let (rows, hidden) = dense_shape(dense)?;
-            if let Some(width) = text.width {
-                ensure!(
-                    width == hidden,
-                    "the text encoder's `{}` has {width} features but `linear.weight` in `{}` \
-                     expects {hidden}: the Dense weights belong to another model",
-                    text.output,
-                    dense.display()
-                );
-            }
-            Some(rows)
-        }
-        None => text.width,
-    };
-    if let Some(text_dims) = text_dims {
-        ensure!(
-            text_dims == image_dims,
-            "text vectors would have {text_dims} dimensions but image vectors {image_dims}: \
-             the encoders do not share one embedding space"
-        );
-    }
-    if let Some(expected) = spec.expect_dimensions {
-        ensure!(
-            image_dims == expected,
-            "the encoders produce {image_dims}-dimensional vectors, expected {expected} for `{}`",
-            spec.name
-        );
-    }
-    TextTokenizer::load(&spec.tokenizer, spec.max_seq_len)?;
-
-    Ok(Manifest {
-        name: spec.name.clone(),
-        dimensions: image_dims,
-        max_seq_len: spec.max_seq_len,
-        tokenizer: TOKENIZER_FILE.to_owned(),
-        image: ImageEncoder {
-            onnx: IMAGE_FILE.to_owned(),
-            input: image.input,
-            output: image.output,
-        },
-        text: TextEncoder {
-            onnx: TEXT_FILE.to_owned(),
-            input_ids: text.input_ids,
-            attention_mask: text.attention_mask,
-            output: text.output,
-            pooling: text.pooling,
-            dense: spec.dense.as_ref().map(|_| DENSE_FILE.to_owned()),
-        },
-        preprocess: Preprocess {
-            size,
-            ..Preprocess::default()
-        },
-    })
-}
-
-/// `None`: no manifest in `out` (an error if `out` holds other files); `Some(Err)`: a manifest
-/// that does not load.
-fn existing_bundle(out: &Path) -> Result<Option<Result<Bundle>>> {
-    let manifest = out.join(MANIFEST);
-    if manifest.is_file() {
-        return Ok(Some(Bundle::load(out)));
-    }
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            ensure!(
-                entries.next().is_none(),
-                "`{}` is not empty and holds no `{MANIFEST}`: choose a new or empty directory",
-                out.display()
-            );
-            Ok(None)
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("cannot read `{}`", out.display())),
-    }
-}
-
-/// Same manifest and the same bytes in every file (hard links are recognised without reading).
-fn same_bundle(
-    existing: &Bundle,
-    manifest: &Manifest,
-    sources: &[(&str, PathBuf)],
-) -> Result<bool> {
-    if &existing.manifest != manifest {
-        return Ok(false);
-    }
-    for (name, source) in sources {
-        if !same_bytes(&existing.path(name), source)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
-fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
-    let meta =
-        |p: &Path| std::fs::metadata(p).with_context(|| format!("cannot read `{}`", p.display()));
-    let (ma, mb) = (meta(a)?, meta(b)?);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        if ma.dev() == mb.dev() && ma.ino() == mb.ino() {
-            return Ok(true);
-        }
-    }
-    if ma.len() != mb.len() {
-        return Ok(false);
-    }
-    let open = |p: &Path| {
-        std::fs::File::open(p)
-            .map(std::io::BufReader::new)
-            .with_context(|| format!("cannot open `{}`", p.display()))
-    };
-    let (mut fa, mut fb) = (open(a)?, open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    loop {
-        let n = fa.read(&mut ba)?;
-        if n == 0 {
-            return Ok(true);
-        }
-        fb.read_exact(&mut bb[..n])?;
-        if ba[..n] != bb[..n] {
-            return Ok(false);
-        }
-    }
-}
-
-/// A hard link costs no space and no time (the hub cache and the bundle share the bytes);
-/// across file systems it falls back to a copy.
-fn link_or_copy(source: &Path, target: &Path) -> Result<()> {
-    if std::fs::hard_link(source, target).is_ok() {
-        return Ok(());
-    }
-    std::fs::copy(source, target).map(|_| ()).with_context(|| {
-        format!(
-            "cannot copy `{}` to `{}`",
-            source.display(),
-            target.display()
-        )
-    })
-}
-
-/// A scratch directory beside the target (same file system, so the final moves are renames),
-/// removed on drop whatever happened.
-struct Staging {
-    dir: PathBuf,
-}
-
-impl Staging {
-    fn create(out: &Path) -> Result<Staging> {
-        let name = out
-            .file_name()
-            .ok_or_else(|| anyhow!("`{}` is not a directory name", out.display()))?;
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent)
-            .with_context(|| format!("cannot create `{}`", parent.display()))?;
-        let dir = parent.join(format!(
-            ".{}.staging-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        // A leftover from a killed run of this same process id is ours to discard.
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-        Ok(Staging { dir })
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Moves the staged files into `out`. The old manifest goes first and the new one last, so an
-/// interrupted install leaves a directory that refuses to load rather than a mixed bundle.
-fn install(
-    staging: &Path,
-    out: &Path,
-    sources: &[(&str, PathBuf)],
-    old: Option<&Manifest>,
-) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
-    let manifest = out.join(MANIFEST);
-    if manifest.exists() {
-        std::fs::remove_file(&manifest)
-            .with_context(|| format!("cannot remove the old `{}`", manifest.display()))?;
-    }
-    let names: Vec<&str> = sources.iter().map(|(name, _)| *name).collect();
-    for name in names.iter().copied().chain([MANIFEST]) {
-        let (from, to) = (staging.join(name), out.join(name));
-        std::fs::rename(&from, &to)
-            .with_context(|| format!("cannot move `{}` to `{}`", from.display(), to.display()))?;
-    }
-    // Only our own fixed names are removed (e.g. the Dense weights when form b becomes form a):
-    // a hand-written manifest may have named files the user keeps for other reasons.
-    if let Some(old) = old {
-        let old_names = manifest_files(old);
-        for stale in [IMAGE_FILE, TEXT_FILE, TOKENIZER_FILE, DENSE_FILE] {
-            if !names.contains(&stale) && old_names.contains(&stale) {
-                let _ = std::fs::remove_file(out.join(stale));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn manifest_files(m: &Manifest) -> Vec<&str> {
-    let mut names = vec![
-        m.image.onnx.as_str(),
-        m.text.onnx.as_str(),
-        m.tokenizer.as_str(),
-    ];
-    names.extend(m.text.dense.as_deref());
-    names
-}
-
-/// One text and one tiny image through the real engine: a bundle that passes serves.
-async fn smoke_test(dir: &Path, dimensions: usize) -> Result<()> {
-    let image = tiny_png()?;
-    let dir = dir.to_path_buf();
-    let options = EngineOptions {
-        threads: 1,
-        decode_workers: 1,
-        ..EngineOptions::default()
-    };
-    let engine = tokio::task::spawn_blocking(move || Engine::start(&dir, options))
-        .await
-        .context("the engine crashed while starting")??;
-    let results = engine
-        .embed(vec![
-            Item::Text("sightline smoke test".to_owned()),
-            Item::Image(image),
-        ])
-        .await
-        .map_err(|e| anyhow!("{e}"))?;
-    for (what, result) in ["text", "image"].iter().zip(results) {
-        let embedding = result.map_err(|e| anyhow!("{what}: {e}"))?;
-        ensure!(
-            embedding.vector.len() == dimensions,
-            "{what}: the vector has {} dimensions, expected {dimensions}",
-            embedding.vector.len()
-        );
-    }
-    Ok(())
-}
-
-/// An 8×8 colour gradient PNG, made here so the check needs no file.
-fn tiny_png() -> Result<Vec<u8>> {
-    let image =
-        image::RgbImage::from_fn(8, 8, |x, y| image::Rgb([x as u8 * 32, y as u8 * 32, 128]));
-    let mut bytes = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut bytes, image::ImageFormat::Png)
-        .context("cannot encode the smoke-test image")?;
-    Ok(bytes.into_inner())
 }
 
 #[cfg(test)]

@@ -1,0 +1,30 @@
+//! Getting a model: everything between model files (local or on the Hugging Face hub) and a
+//! bundle directory the engine can load. Depends on `engine` (for the bundle format and the
+//! smoke test); the engine never depends on it.
+//!
+//! - `inspect.rs`: what an ONNX graph takes and returns, and which tensors the engine uses;
+//! - `build.rs`: [`create_bundle`], shared by `model init` and `model pull`, and its smoke test;
+//! - `install.rs`: staging beside the target and installing by renames;
+//! - `catalogue.rs`: the models `pull` knows and the files each needs;
+//! - `protocol.rs`, `checksum.rs`, `download.rs`: the hub's answers, its checksums, the client;
+//! - `cache.rs`: the download cache on disk;
+//! - `pull.rs`: [`pull`], the catalogue plus the client plus [`create_bundle`].
+
+mod build;
+mod cache;
+mod catalogue;
+mod checksum;
+mod download;
+mod inspect;
+mod install;
+mod protocol;
+mod pull;
+
+pub use build::{create_bundle, BundleSpec, CreatedBundle, Outcome};
+pub use cache::cache_root;
+pub use catalogue::{HubFile, Role, DEFAULT_MODEL, DEFAULT_REVISION};
+pub use checksum::Checksum;
+pub use download::Fetched;
+pub use inspect::TensorOverrides;
+pub use protocol::DEFAULT_ENDPOINT;
+pub use pull::{pull, PullRequest, Pulled};
