@@ -120,6 +120,8 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::Error::from(Error::from(
             ErrorKind::PermissionDenied
         ))));
-        assert!(!is_broken_pipe(&anyhow::anyhow!("broken pipe, in words only")));
+        assert!(!is_broken_pipe(&anyhow::anyhow!(
+            "broken pipe, in words only"
+        )));
     }
 }

@@ -242,7 +242,8 @@ mod tests {
                 });
                 assert!(
                     e.message.starts_with("cannot decode JPEG: ")
-                        && e.message.contains(&format!("0xFF{marker:02X} declares length {len}")),
+                        && e.message
+                            .contains(&format!("0xFF{marker:02X} declares length {len}")),
                     "{}",
                     e.message
                 );
