@@ -224,6 +224,13 @@ def build() -> dict[str, bytes]:
     files["progressive-600-scans.jpg"] = prog[:scans[-1][1]] + last * 600 + b"\xff\xd9"
     files["progressive.jpg"] = prog  # the same file with its normal scans: must succeed
 
+    # Segments whose length field (which counts its own 2 bytes) says 0 or 1: the segment walk once
+    # sliced backwards on these and panicked (issue 10). Must be refused with a 400 naming JPEG.
+    for marker, segment in [(0xE1, "app1"), (0xEE, "app14")]:
+        for length in (0, 1):
+            short = b"\xff" + bytes([marker]) + struct.pack(">H", length)
+            files[f"short-{segment}-len{length}.jpg"] = jpeg[:2] + short + jpeg[2:]
+
     # Absurd EXIF: good pixels, lying metadata. Must be embedded as if there were no EXIF.
     files["exif-absurd.jpg"] = jpeg[:2] + app1(absurd_exif()) + jpeg[2:]
     iend = png.rindex(b"IEND") - 4

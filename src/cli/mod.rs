@@ -67,11 +67,23 @@ pub fn main() -> ExitCode {
     });
     match outcome {
         Ok(code) => code,
+        // `sightline embed … | head`: the reader has all it wanted (ripgrep's rule).
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// A broken pipe anywhere in the error chain: whoever reads our output has closed it, which is
+/// their choice, not our failure, so it ends the command quietly with 0.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Logs go to stderr (stdout carries `embed`'s JSON lines). `SIGHTLINE_LOG` sets the filter
@@ -88,5 +100,28 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_pipe_anywhere_in_the_chain_is_quiet_success() {
+        use std::io::{Error, ErrorKind};
+        let pipe = || Error::from(ErrorKind::BrokenPipe);
+        assert!(is_broken_pipe(&anyhow::Error::from(pipe())));
+        // Under context added on the way up: the cause is still found.
+        let wrapped = anyhow::Error::from(pipe())
+            .context("cannot write a JSON line")
+            .context("embed");
+        assert!(is_broken_pipe(&wrapped));
+        assert!(!is_broken_pipe(&anyhow::Error::from(Error::from(
+            ErrorKind::PermissionDenied
+        ))));
+        assert!(!is_broken_pipe(&anyhow::anyhow!(
+            "broken pipe, in words only"
+        )));
     }
 }

@@ -35,41 +35,46 @@ struct Container<'a> {
 /// for the end-of-image marker. Inside entropy-coded data 0xFF is always followed by 0x00 or a
 /// restart marker, so `FF D9` after the scan header is the real end; data appended after it
 /// (the video of a motion photo) is harmless. An EXIF thumbnail sits inside APP1 and is skipped
-/// by the segment length.
-fn walk(bytes: &[u8]) -> Container<'_> {
+/// by the segment length. Every read is bounds-checked: a hostile file gets an error, never a
+/// panic. A length field under 2 (it counts its own two bytes) is refused; one that runs past
+/// the end of the file leaves the image incomplete.
+fn walk(bytes: &[u8]) -> Result<Container<'_>, EmbedError> {
     let mut exif = None;
     let mut adobe = false;
-    let mut pos = 2; // after SOI
-    while pos + 4 <= bytes.len() {
-        if bytes[pos] != 0xFF {
-            break;
-        }
-        let marker = bytes[pos + 1];
+    let mut pos: usize = 2; // after SOI
+    while let Some(&[0xFF, marker, high, low]) = bytes.get(pos..pos.saturating_add(4)) {
         if marker == 0xFF {
             pos += 1; // fill byte
             continue;
         }
-        let len = usize::from(u16::from_be_bytes([bytes[pos + 2], bytes[pos + 3]]));
-        let end = (pos + 2 + len).min(bytes.len());
-        if marker == 0xE1 && exif.is_none() {
-            exif = bytes[pos + 4..end].strip_prefix(b"Exif\0\0");
+        let len = usize::from(u16::from_be_bytes([high, low]));
+        if len < 2 {
+            return Err(EmbedError::bad_input(format!(
+                "cannot decode JPEG: the segment of marker 0xFF{marker:02X} declares length {len}, less than its own 2 length bytes"
+            )));
         }
-        adobe |= marker == 0xEE && bytes[pos + 4..end].starts_with(b"Adobe");
+        let end = pos.saturating_add(2 + len).min(bytes.len());
+        let body = bytes.get(pos + 4..end).unwrap_or_default();
+        if marker == 0xE1 && exif.is_none() {
+            exif = body.strip_prefix(b"Exif\0\0");
+        }
+        adobe |= marker == 0xEE && body.starts_with(b"Adobe");
         if marker == 0xDA {
-            let complete = bytes[end..].windows(2).any(|w| w == [0xFF, 0xD9]);
-            return Container {
+            let scan = bytes.get(end..).unwrap_or_default();
+            let complete = scan.windows(2).any(|w| w == [0xFF, 0xD9]);
+            return Ok(Container {
                 exif,
                 adobe,
                 complete,
-            };
+            });
         }
         pos = end;
     }
-    Container {
+    Ok(Container {
         exif,
         adobe,
         complete: false,
-    }
+    })
 }
 
 /// Header facts needed before decoding: size for the pixel limit.
@@ -81,7 +86,7 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), EmbedError> {
 /// Decodes to RGB with EXIF orientation applied. With `min_short_side`, the image is decoded
 /// at the smallest DCT scale (n/8) whose shorter side is still at least that many pixels.
 pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, EmbedError> {
-    let container = walk(bytes);
+    let container = walk(bytes)?;
     if !container.complete {
         // libjpeg-turbo fills a cut-off scan with grey and only warns: refuse it here, or a
         // half-uploaded photo would be indexed with a wrong vector.
@@ -217,6 +222,65 @@ mod tests {
         assert!(decode(&appended, None).is_ok());
         let e = decode(&bytes[..bytes.len() - 10], None).unwrap_err();
         assert!(e.message.contains("truncated"), "{}", e.message);
+    }
+
+    /// `jpeg` with one segment `FF <marker> <len>` (and no body) inserted after SOI.
+    fn with_segment(jpeg: &[u8], marker: u8, len: u16) -> Vec<u8> {
+        let [high, low] = len.to_be_bytes();
+        [&jpeg[..2], &[0xFF, marker, high, low], &jpeg[2..]].concat()
+    }
+
+    #[test]
+    fn the_walk_refuses_segment_lengths_under_two_without_panicking() {
+        let bytes = jpeg(64, 48);
+        // APP0, APP1 (EXIF), APP2 (ICC), APP14 (Adobe), COM: APP1 and APP14 bodies are read.
+        for marker in [0xE0, 0xE1, 0xE2, 0xEE, 0xFE] {
+            for len in [0, 1] {
+                let hostile = with_segment(&bytes, marker, len);
+                let e = walk(&hostile).err().unwrap_or_else(|| {
+                    panic!("marker {marker:02X} with length {len} was accepted")
+                });
+                assert!(
+                    e.message.starts_with("cannot decode JPEG: ")
+                        && e.message
+                            .contains(&format!("0xFF{marker:02X} declares length {len}")),
+                    "{}",
+                    e.message
+                );
+                let e = decode(&hostile, None).unwrap_err();
+                assert!(e.message.contains("declares length"), "{}", e.message);
+            }
+        }
+        // Length 2, an empty segment, is valid.
+        let empty_app1 = with_segment(&bytes, 0xE1, 2);
+        assert!(walk(&empty_app1).unwrap().complete);
+        assert!(decode(&empty_app1, None).is_ok());
+    }
+
+    #[test]
+    fn the_walk_finds_exif_and_adobe_and_survives_every_cut_and_flipped_byte() {
+        let exif = b"Exif\0\0MM\0*\0\0\0\x08\0\0";
+        let app1 = [&[0xFF, 0xE1, 0, (exif.len() + 2) as u8][..], exif].concat();
+        let app14 = [&[0xFF, 0xEE, 0, 7][..], b"Adobe"].concat();
+        let bytes = jpeg(16, 16);
+        let bytes = [&bytes[..2], &app1, &app14, &bytes[2..]].concat();
+        let found = walk(&bytes).unwrap();
+        assert_eq!(found.exif, Some(&exif[6..]));
+        assert!(found.adobe && found.complete);
+        // A length running past the end of the file is an incomplete image, not a panic.
+        let overlong = with_segment(&bytes[..40], 0xE1, 0xFFFF);
+        assert!(!walk(&overlong).unwrap().complete);
+        // Every prefix, and every byte set to 0x00, 0x01 or 0xFF: an answer, never a panic.
+        for n in 0..bytes.len() {
+            let _ = walk(&bytes[..n]);
+        }
+        for i in 0..bytes.len() {
+            for v in [0x00, 0x01, 0xFF] {
+                let mut flipped = bytes.clone();
+                flipped[i] = v;
+                let _ = walk(&flipped);
+            }
+        }
     }
 
     #[test]

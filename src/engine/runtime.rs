@@ -104,24 +104,29 @@ fn system_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// `libonnxruntime.so`, or the versioned `libonnxruntime.so.1.x.y` the wheel ships.
+/// `libonnxruntime.so`, or the newest versioned `libonnxruntime.so.1.x.y` the wheel ships.
 fn find_library(dir: &Path) -> Option<PathBuf> {
     let exact = dir.join("libonnxruntime.so");
     if exact.is_file() {
         return Some(exact);
     }
-    let mut versioned: Vec<PathBuf> = std::fs::read_dir(dir)
+    std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so.") && p.is_file())
+        .filter_map(|p| {
+            let version = library_version(p.file_name()?.to_str()?)?;
+            p.is_file().then_some((version, p))
         })
-        .collect();
-    versioned.sort();
-    versioned.pop()
+        .max()
+        .map(|(_, p)| p)
+}
+
+/// The version of a `libonnxruntime.so.<version>` file name, compared part by part as numbers
+/// (so 1.32 is newer than 1.9); a part that is not a number sorts below any number.
+fn library_version(name: &str) -> Option<Vec<Option<u64>>> {
+    let version = name.strip_prefix("libonnxruntime.so.")?;
+    Some(version.split('.').map(|part| part.parse().ok()).collect())
 }
 
 /// Opens one model with `threads` intra-op threads. Spinning is off: the image and the text
@@ -181,11 +186,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn library_versions_compare_numerically() {
+        let v = |name| library_version(name).unwrap();
+        assert!(v("libonnxruntime.so.1.32.0") > v("libonnxruntime.so.1.9.0"));
+        assert!(v("libonnxruntime.so.1.10") > v("libonnxruntime.so.1.9.9"));
+        assert!(v("libonnxruntime.so.1.32.1") > v("libonnxruntime.so.1.32"));
+        assert!(v("libonnxruntime.so.2") > v("libonnxruntime.so.1.99.99"));
+        assert_eq!(library_version("libonnxruntime_providers_shared.so"), None);
+    }
+
+    #[test]
     fn versioned_library_names_are_found() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(find_library(dir.path()), None);
         std::fs::write(dir.path().join("libonnxruntime.so.1.32.0"), b"").unwrap();
         std::fs::write(dir.path().join("libonnxruntime_providers_shared.so"), b"").unwrap();
+        assert_eq!(
+            find_library(dir.path()),
+            Some(dir.path().join("libonnxruntime.so.1.32.0"))
+        );
+        // Versions compare as numbers, not as strings ("1.9.0" > "1.32.0").
+        std::fs::write(dir.path().join("libonnxruntime.so.1.9.0"), b"").unwrap();
         assert_eq!(
             find_library(dir.path()),
             Some(dir.path().join("libonnxruntime.so.1.32.0"))

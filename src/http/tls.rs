@@ -3,8 +3,11 @@
 //! [`TlsListener`] is an `axum::serve::Listener`, so HTTPS is served by the same `axum::serve`
 //! loop as plain HTTP and keeps its graceful shutdown unchanged: on SIGTERM/SIGINT the listener
 //! is dropped (no new connections), in-flight requests finish, idle keep-alive connections close.
-//! Handshakes run in their own tasks with a deadline, so a client that connects and says nothing
-//! holds up no one else. Certificates are read once at start; rotating them means a restart.
+//! Handshakes run in their own tasks, at most [`HandshakeLimits::max_concurrent`] at once and
+//! each within [`HandshakeLimits::timeout`], so a client that connects and says nothing holds up
+//! no one else, and a flood of such clients costs a bounded number of tasks: beyond the cap,
+//! connections wait in the kernel's backlog until a handshake ends. Certificates are read once at
+//! start; rotating them means a restart.
 //! Routing, auth and limits are left to `http/mod.rs`; the flags to `cli/serve.rs`.
 
 use std::io;
@@ -18,15 +21,30 @@ use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-/// A client that has not finished its handshake by then is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Handshaken connections waiting for the server to take them.
 const ACCEPT_BACKLOG: usize = 64;
+
+/// How many TLS handshakes may run at once, and how long each may take.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// Handshakes in progress at once; further connections are not accepted until one ends.
+    pub max_concurrent: usize,
+    /// A client that has not finished its handshake by then is dropped.
+    pub timeout: Duration,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits {
+            max_concurrent: 256,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Reads the PEM certificate chain and private key and builds the server's TLS settings.
 /// Errors name the flag and the file; they never include key material.
@@ -77,27 +95,46 @@ fn pem_error(e: pem::Error, flag: &str, path: &Path, what: &str) -> anyhow::Erro
 pub struct TlsListener {
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    timeout: Duration,
+    /// One permit per handshake in progress.
+    handshakes: Arc<Semaphore>,
     /// Handshake tasks send finished connections here; `accept` hands them on.
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
     handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
 }
 
 impl TlsListener {
+    /// A listener with the default [`HandshakeLimits`].
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> TlsListener {
+        TlsListener::with_limits(listener, config, HandshakeLimits::default())
+    }
+
+    /// A listener that runs at most `limits.max_concurrent` handshakes at once, each within
+    /// `limits.timeout`.
+    pub fn with_limits(
+        listener: TcpListener,
+        config: Arc<ServerConfig>,
+        limits: HandshakeLimits,
+    ) -> TlsListener {
         let (tx, handshaken) = mpsc::channel(ACCEPT_BACKLOG);
         TlsListener {
             listener,
             acceptor: TlsAcceptor::from(config),
+            timeout: limits.timeout,
+            handshakes: Arc::new(Semaphore::new(limits.max_concurrent.max(1))),
             tx,
             handshaken,
         }
     }
 
-    /// Runs one handshake in its own task, so a slow or silent client delays no one else.
-    fn handshake(&self, tcp: TcpStream, peer: SocketAddr) {
-        let (acceptor, tx) = (self.acceptor.clone(), self.tx.clone());
+    /// Runs one handshake in its own task, so a slow or silent client delays no one else; the
+    /// permit is held until the handshake ends, so at most `max_concurrent` run at once.
+    fn handshake(&self, tcp: TcpStream, peer: SocketAddr, permit: Option<OwnedSemaphorePermit>) {
+        let (acceptor, tx, timeout) = (self.acceptor.clone(), self.tx.clone(), self.timeout);
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake = tokio::time::timeout(timeout, acceptor.accept(tcp)).await;
+            drop(permit);
+            match handshake {
                 Ok(Ok(tls)) => {
                     // Fails only once the listener is gone (shutdown); the connection is dropped.
                     let _ = tx.send((tls, peer)).await;
@@ -107,6 +144,20 @@ impl TlsListener {
             }
         });
     }
+}
+
+/// Waits for a handshake slot, then for a connection. Cancel-safe: a permit taken before the
+/// cancellation is simply returned, and `TcpListener::accept` is itself cancel-safe. The permit
+/// is `None` only if the semaphore were closed, which nothing does.
+async fn accept_with_permit(
+    listener: &TcpListener,
+    handshakes: Arc<Semaphore>,
+) -> (
+    io::Result<(TcpStream, SocketAddr)>,
+    Option<OwnedSemaphorePermit>,
+) {
+    let permit = handshakes.acquire_owned().await.ok();
+    (listener.accept().await, permit)
 }
 
 /// As `axum::serve` does for plain TCP: connection-level errors are the peer's problem; running
@@ -135,10 +186,12 @@ impl axum::serve::Listener for TlsListener {
             tokio::select! {
                 // `self.tx` keeps the channel open, so `recv` never yields `None`.
                 Some(conn) = self.handshaken.recv() => return conn,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((tcp, peer)) => self.handshake(tcp, peer),
-                    Err(e) => accept_error(e).await,
-                },
+                (accepted, permit) = accept_with_permit(&self.listener, self.handshakes.clone()) => {
+                    match accepted {
+                        Ok((tcp, peer)) => self.handshake(tcp, peer, permit),
+                        Err(e) => accept_error(e).await,
+                    }
+                }
             }
         }
     }

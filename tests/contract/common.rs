@@ -3,12 +3,16 @@
 //! (es-contract §1.2, §2, §3.2, §9), golden vectors, and response parsers that read answers the way
 //! ES's own parsers do (§1.3, §2, §3.3).
 //!
-//! Every response goes through [`send`], which enforces the two suite-wide rules of es-contract §5:
-//! no 413, and never the phrase that makes ES cut every input in half and resend it.
+//! Every response goes through [`send`] (or `child::ChildServer`, for a real process), which
+//! enforces the two suite-wide rules of es-contract §5: no 413, and never the phrase that makes ES
+//! cut every input in half and resend it. Every wait goes through [`wait_until`] or [`patiently`]:
+//! a deadline of [`PATIENCE`], never a sleep standing in for synchronisation.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -46,7 +50,7 @@ pub fn fixture(relative: &str) -> PathBuf {
 }
 
 /// Engine options for tests: one ORT thread per session, since two cores are shared by every
-/// test binary running at once.
+/// test binary running at once. Every test engine starts from these.
 pub fn test_options() -> EngineOptions {
     EngineOptions {
         threads: 1,
@@ -273,6 +277,12 @@ pub async fn send(app: &Router, request: Request<Body>) -> Reply {
         headers: parts.headers,
         body,
     };
+    assert_suite_rules(&what, &reply);
+    reply
+}
+
+/// The rules of es-contract §5 that hold for every response, whatever the route.
+pub fn assert_suite_rules(what: &str, reply: &Reply) {
     assert_ne!(
         reply.status,
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -283,7 +293,41 @@ pub async fn send(app: &Router, request: Request<Body>) -> Reply {
         "{what}: this phrase makes ES halve every input: {}",
         shorten(&reply.text(), 600)
     );
-    reply
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting
+
+/// The longest any test waits for anything: a safety net that turns a hang into a failure naming
+/// what was awaited. Generous for a debug build on shared cores; never a performance bar.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long [`wait_until`] sleeps between looks.
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Looks at `holds` until it is true, sleeping briefly between looks; fails naming `what` once
+/// [`PATIENCE`] has passed.
+pub async fn wait_until<F, Fut>(what: impl std::fmt::Display, mut holds: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + PATIENCE;
+    while !holds().await {
+        assert!(
+            Instant::now() < until,
+            "waited {PATIENCE:?} in vain for {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Runs `future` to its end within [`PATIENCE`]; fails naming `what` if it hangs.
+pub async fn patiently<F: Future>(what: impl std::fmt::Display, future: F) -> F::Output {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("{what}: no answer within {PATIENCE:?}"),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,6 +817,11 @@ pub async fn openai_vectors(
     n: usize,
 ) -> Vec<Vec<f32>> {
     let reply = send(app, openai_request(uri, body)).await;
+    openai_reply_vectors(&reply, n)
+}
+
+/// [`openai_vectors`]' checks on a reply already received.
+pub fn openai_reply_vectors(reply: &Reply, n: usize) -> Vec<Vec<f32>> {
     reply.assert_status(StatusCode::OK);
     assert_openai_layout(&reply.body, n);
     let vectors = es_old_openai_parse(&reply.body).expect("the old ES parser reads the answer");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::http::{header, Method, Request, StatusCode};
 
+use crate::child::ChildServer;
 use crate::common::*;
 use sightline::engine::{EngineOptions, Modality};
 use sightline::http::{router, HttpConfig};
@@ -353,40 +354,47 @@ async fn a_lone_text_query_does_not_wait_for_a_batch() {
         batch_wait: Duration::from_secs(3600),
         ..test_options()
     });
-    let answered = tokio::time::timeout(
-        Duration::from_secs(60),
+    let answered = patiently(
+        "a lone text query waited for a batch",
         engine.embed(vec![sightline::engine::Item::Text(TEXT.to_owned())]),
     )
-    .await
-    .expect("a lone text query waited for a batch");
+    .await;
     assert_eq!(answered.unwrap()[0].as_ref().unwrap().vector.len(), 512);
 }
 
 #[tokio::test]
 async fn a_full_queue_is_429_with_retry_after() {
-    // ES retries 429 in every service (es-contract §11 item 13). A long batch wait keeps a first
-    // request's two texts queued, filling a queue of two, while a second request arrives.
+    // ES retries 429 in every service (es-contract §11 item 13). A batch of 4 that waits an hour
+    // for company holds what is queued: a first request's two texts and one holder text fill a
+    // queue of three while the refused requests arrive; then the holder hangs up and a last text
+    // fills the batch, which releases it.
     let engine = start_engine(EngineOptions {
-        queue_capacity: 2,
-        max_batch_text: 16,
-        text_batch_wait: Duration::from_secs(2),
+        queue_capacity: 3,
+        max_batch_text: 4,
+        text_batch_wait: Duration::from_secs(3600),
         ..test_options()
     });
     let app = router(engine.clone(), http_config());
-    let first = tokio::spawn({
+    let spawn_request = |inputs: &'static [&'static str]| {
         let app = app.clone();
-        async move {
+        tokio::spawn(async move {
             send(
                 &app,
-                openai_request("/v1/embeddings", openai_body(&[TEXT; 2], None, None, false)),
+                openai_request("/v1/embeddings", openai_body(inputs, None, None, false)),
             )
             .await
-        }
-    });
-    // Wait (without sleeping) until the first request holds both slots.
-    while engine.queue_depth(Modality::Text) < 2 {
-        tokio::task::yield_now().await;
-    }
+        })
+    };
+    let depth = |n: usize| {
+        let engine = &engine;
+        wait_until(format!("{n} texts queued"), move || {
+            std::future::ready(engine.queue_depth(Modality::Text) == n)
+        })
+    };
+    let first = spawn_request(&[TEXT; 2]);
+    depth(2).await;
+    let holder = spawn_request(&[TEXT]);
+    depth(3).await;
 
     let reply = send(
         &app,
@@ -413,8 +421,21 @@ async fn a_full_queue_is_429_with_retry_after() {
     assert!(reply.headers.contains_key(header::RETRY_AFTER));
     assert!(!reply.hf_error().is_empty());
 
+    // The holder hangs up, releasing its slot; its text stays in the gathering batch, and one
+    // more fills it: the batch runs.
+    holder.abort();
+    depth(2).await;
+    let last = send(
+        &app,
+        openai_request("/v1/embeddings", openai_body(&[TEXT], None, None, false)),
+    )
+    .await;
+    last.assert_status(StatusCode::OK);
+
     // The queued request is unharmed, and the refusals reserved nothing.
-    let first = first.await.expect("the first request completes");
+    let first = patiently("the request that filled the queue", first)
+        .await
+        .expect("the first request completes");
     first.assert_status(StatusCode::OK);
     let v = es_old_openai_parse(&first.body).expect("parses");
     assert_golden(
@@ -454,22 +475,17 @@ async fn more_inputs_than_the_queue_holds_is_400_not_429() {
     assert_golden(&v[3], &golden_image("tiny-1x1.png"), "image beside texts");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_input_fails_only_its_own_request() {
-    // A long batch wait makes the two requests' good images share one inference batch.
-    let engine = start_engine(EngineOptions {
-        batch_wait: Duration::from_millis(200),
-        max_batch_image: 16,
-        ..test_options()
-    });
-    let app = router(engine, http_config());
+    // The two requests' four good images share one inference batch: a batch of 4 that waits an
+    // hour for company runs only once all four are in it. A server process of its own shows, in
+    // its `/metrics`, that exactly that batch ran.
+    let server = ChildServer::start(&["--batch-wait", "1h", "--max-batch", "4"]);
     let (jpeg, png) = (data_uri("landscape.jpg"), data_uri("small-100x50.png"));
     let truncated = data_uri("broken/truncated.jpg");
-    let good = openai_body(&[&jpeg, TEXT, &png], None, None, false);
-    let bad = openai_body(&[&png, &truncated, &jpeg], None, None, false);
     let (good, bad) = tokio::join!(
-        send(&app, openai_request("/v1/embeddings", good)),
-        send(&app, openai_request("/v1/embeddings", bad)),
+        server.embed(&[jpeg.as_str(), TEXT, png.as_str()]),
+        server.embed(&[png.as_str(), truncated.as_str(), jpeg.as_str()]),
     );
     bad.assert_status(StatusCode::BAD_REQUEST);
     let (message, _) = bad.openai_error();
@@ -483,5 +499,10 @@ async fn a_bad_input_fails_only_its_own_request() {
         &v[2],
         &golden_image("small-100x50.png"),
         "good request, PNG",
+    );
+    assert_eq!(
+        server.batches("image").await,
+        (1.0, 4.0),
+        "one image batch of 4 (count, sum): both requests' good images"
     );
 }

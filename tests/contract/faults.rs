@@ -2,215 +2,31 @@
 //! at start with a message naming the file, an inference failure fails only its own batch, and
 //! SIGTERM lets what is in flight finish while new connections are refused.
 //!
-//! The queue tests run the real binary (`sightline serve`) on a loopback port, because whether a
-//! disconnected client's job ran is visible only in that process's own `/metrics`
-//! (`sightline_batch_items`, `sightline_inferred_total`: what reached the model;
-//! `sightline_dropped_total`: what was dropped and why), which the other tests of this binary
-//! would otherwise share. A long `--text-batch-wait` holds jobs in the queue, and the test
-//! fills the batch to release it: no sleeps, every wait is for an observable state.
+//! The queue tests run the real binary (`child::ChildServer`), because whether a disconnected
+//! client's job ran is visible only in that process's own `/metrics` (`sightline_batch_items`,
+//! `sightline_inferred_total`: what reached the model; `sightline_dropped_total`: what was
+//! dropped and why), which the other tests of this binary would otherwise share. A long
+//! `--text-batch-wait` holds jobs in the queue, and the test fills the batch to release it: no
+//! sleeps, every wait is for an observable state (`common::wait_until`).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use crate::child::{sample_value, ChildServer};
 use crate::common::*;
 use sightline::engine::{Engine, EngineOptions, Modality};
 use sightline::http::router;
 
 const TEXT: &str = "A dog in the snow";
-/// Longest any wait for an observable state may take before the test fails.
-const PATIENCE: Duration = Duration::from_secs(60);
 
-// ---------------------------------------------------------------------------------------------
-// A `sightline serve` child process on a loopback port.
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    client: reqwest::Client,
-}
-
-impl Server {
-    /// Starts `sightline serve` on the tiny bundle with `args`, and returns once it listens.
-    fn start(args: &[&str]) -> Server {
-        // The port is picked by the kernel and released for the child: if another process takes
-        // it in between, the child fails to listen and we try again with a new one.
-        for _ in 0..3 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let mut child = Command::new(env!("CARGO_BIN_EXE_sightline"))
-                .arg("serve")
-                .arg("--model-dir")
-                .arg(fixture("tiny-clip"))
-                .args(["--addr", &addr.to_string(), "--api-key", API_KEY])
-                .args(["--threads", "1", "--decode-workers", "1"])
-                .args(args)
-                .env("SIGHTLINE_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("the sightline binary starts");
-            // Read the log until the server says it is serving (or exits); then keep draining it
-            // on a thread so request logs never fill the pipe.
-            let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
-            let log = Arc::new(Mutex::new(String::new()));
-            let mut serving = false;
-            for line in lines.by_ref() {
-                let line = line.unwrap_or_default();
-                log.lock().unwrap().push_str(&format!("{line}\n"));
-                if line.contains("serving") {
-                    serving = true;
-                    break;
-                }
-            }
-            if !serving {
-                let status = child.wait().expect("wait");
-                let log = log.lock().unwrap().clone();
-                if log.contains("cannot listen") {
-                    continue;
-                }
-                panic!("sightline serve exited ({status}) before serving:\n{log}");
-            }
-            let sink = log.clone();
-            std::thread::spawn(move || {
-                for line in lines.map_while(Result::ok) {
-                    sink.lock().unwrap().push_str(&format!("{line}\n"));
-                }
-            });
-            let client = reqwest::Client::builder()
-                .timeout(PATIENCE)
-                .build()
-                .expect("client");
-            return Server {
-                child,
-                addr,
-                log,
-                client,
-            };
-        }
-        panic!("no free loopback port after 3 tries");
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// POSTs an OpenAI-dialect body on a connection of its own; returns status and JSON.
-    fn embed(&self, inputs: &[&str]) -> impl std::future::Future<Output = (StatusCode, Value)> {
-        // A fresh client per request: its own connection, closed when the future is dropped.
-        let client = reqwest::Client::builder()
-            .timeout(PATIENCE)
-            .pool_max_idle_per_host(0)
-            .build()
-            .expect("client");
-        let request = client
-            .post(self.url("/v1/embeddings"))
-            .bearer_auth(API_KEY)
-            .header("content-type", OPENAI_CONTENT_TYPE)
-            .body(openai_body(inputs, None, None, false));
-        async move {
-            let response = request.send().await.expect("the server answers");
-            let status = StatusCode::from_u16(response.status().as_u16()).expect("status");
-            let json = response.json().await.expect("a JSON body");
-            (status, json)
-        }
-    }
-
-    async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .bearer_auth(API_KEY)
-            .send()
-            .await
-            .expect("/metrics answers")
-            .text()
-            .await
-            .expect("text")
-    }
-
-    /// The value of one sample line of `/metrics` (0 when absent).
-    async fn metric(&self, sample: &str) -> f64 {
-        sample_value(&self.metrics().await, sample)
-    }
-
-    /// Waits until `/metrics` shows `depth` inputs admitted for `modality`.
-    async fn wait_for_depth(&self, modality: &str, depth: usize) {
-        let sample = format!(r#"sightline_queue_depth{{modality="{modality}"}}"#);
-        let until = Instant::now() + PATIENCE;
-        loop {
-            if self.metric(&sample).await == depth as f64 {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "{modality} queue depth never reached {depth}:\n{}",
-                self.log()
-            );
-            tokio::task::yield_now().await;
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
-    }
-
-    /// Waits for the process to exit by itself, within `PATIENCE`.
-    fn wait_exit(&mut self) -> ExitStatus {
-        let until = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < until,
-                "the server did not exit:\n{}",
-                self.log()
-            );
-            std::thread::yield_now();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sample_value(metrics: &str, sample: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-fn text_vector(json: &Value, i: usize) -> Vec<f32> {
-    json["data"][i]["embedding"]
-        .as_array()
-        .expect("an embedding")
-        .iter()
-        .map(|x| x.as_f64().expect("a number") as f32)
-        .collect()
+/// The vectors of an OpenAI-dialect answer, as the old ES parser reads them.
+fn vectors(reply: &Reply) -> Vec<Vec<f32>> {
+    es_old_openai_parse(&reply.body).expect("the old ES parser reads the answer")
 }
 
 const TEXT_BATCH_SUM: &str = r#"sightline_batch_items_sum{modality="text"}"#;
@@ -221,7 +37,7 @@ const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text"}"#;
 async fn a_disconnected_clients_input_never_reaches_the_model() {
     // The text worker takes the first job and then waits up to an hour for its batch of 4 to
     // fill, so jobs stay in the queue for as long as the test needs.
-    let server = Server::start(&["--text-batch-wait", "1h", "--max-batch-text", "4"]);
+    let server = ChildServer::start(&["--text-batch-wait", "1h", "--max-batch-text", "4"]);
     let first = tokio::spawn(server.embed(&[TEXT]));
     server.wait_for_depth("text", 1).await;
     // The second client's request is admitted and queued (admission and enqueueing happen in
@@ -232,12 +48,12 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
     // The server notices the closed connection and drops the handler: its admission is released.
     server.wait_for_depth("text", 1).await;
     // Two more texts fill the batch (1 + 1 abandoned + 2 = 4): it runs now.
-    let (status, third) = server.embed(&[TEXT, TEXT]).await;
-    assert_eq!(status, StatusCode::OK, "{third}");
-    let (status, first) = first.await.expect("first request");
-    assert_eq!(status, StatusCode::OK, "{first}");
-    assert_golden(&text_vector(&first, 0), &golden_text(TEXT), "first request");
-    assert_golden(&text_vector(&third, 1), &golden_text(TEXT), "third request");
+    let third = server.embed(&[TEXT, TEXT]).await;
+    third.assert_status(StatusCode::OK);
+    let first = first.await.expect("first request");
+    first.assert_status(StatusCode::OK);
+    assert_golden(&vectors(&first)[0], &golden_text(TEXT), "first request");
+    assert_golden(&vectors(&third)[1], &golden_text(TEXT), "third request");
     // One batch ran, with 3 inputs: the abandoned one was dropped before inference.
     let metrics = server.metrics().await;
     assert_eq!(sample_value(&metrics, TEXT_BATCH_COUNT), 1.0, "{metrics}");
@@ -259,7 +75,7 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
-    let server = Server::start(&[
+    let server = ChildServer::start(&[
         "--text-batch-wait",
         "1h",
         "--max-batch-text",
@@ -268,18 +84,18 @@ async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
         "2s",
     ]);
     // Alone in the batch, the first input waits past its deadline: the client gets a 503.
-    let (status, late) = server.embed(&[TEXT]).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{late}");
-    let message = late["error"]["message"].as_str().unwrap_or_default();
+    let late = server.embed(&[TEXT]).await;
+    late.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    let (message, _) = late.openai_error();
     assert!(
         message.starts_with("input[0]: ") && message.contains("--request-timeout"),
         "{message}"
     );
     // Its job is still in the gathering batch; two fresh inputs complete the batch of 3, and the
     // expired one is answered with a timeout instead of being run.
-    let (status, fresh) = server.embed(&[TEXT, TEXT]).await;
-    assert_eq!(status, StatusCode::OK, "{fresh}");
-    assert_golden(&text_vector(&fresh, 0), &golden_text(TEXT), "fresh request");
+    let fresh = server.embed(&[TEXT, TEXT]).await;
+    fresh.assert_status(StatusCode::OK);
+    assert_golden(&vectors(&fresh)[0], &golden_text(TEXT), "fresh request");
     let metrics = server.metrics().await;
     assert_eq!(sample_value(&metrics, TEXT_BATCH_COUNT), 1.0, "{metrics}");
     assert_eq!(
@@ -301,7 +117,7 @@ async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     // Batches wait 6 s for company, so every request below is still in flight when SIGTERM comes.
-    let mut server = Server::start(&[
+    let mut server = ChildServer::start(&[
         "--batch-wait",
         "6s",
         "--text-batch-wait",
@@ -324,23 +140,28 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
 
     server.terminate();
     // New connections are refused while the 16 requests are still being served.
-    let until = Instant::now() + PATIENCE;
-    while TcpStream::connect_timeout(&server.addr, Duration::from_secs(1)).is_ok() {
-        assert!(Instant::now() < until, "still accepting after SIGTERM");
-        tokio::task::yield_now().await;
-    }
+    let addr = server.addr;
+    wait_until("connections to be refused after SIGTERM", || async move {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
+    })
+    .await;
     assert!(
         in_flight.iter().all(|t| !t.is_finished()),
         "the refusal must be observed while requests are in flight"
     );
     assert!(
-        server.child.try_wait().expect("try_wait").is_none(),
+        server.is_running(),
         "the server exited before finishing its requests"
     );
 
     for (i, task) in in_flight.into_iter().enumerate() {
-        let (status, json) = task.await.expect("request task");
-        assert_eq!(status, StatusCode::OK, "request {i}: {json}");
+        let reply = task.await.expect("request task");
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            reply.text()
+        );
         let golden = if i % 2 == 0 {
             golden_text(TEXT)
         } else if i % 4 == 1 {
@@ -348,15 +169,15 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
         } else {
             golden_image("small-100x50.png")
         };
-        assert_golden(&text_vector(&json, 0), &golden, &format!("request {i}"));
+        assert_golden(&vectors(&reply)[0], &golden, &format!("request {i}"));
     }
-    let status = tokio::task::spawn_blocking(move || {
-        let status = server.wait_exit();
-        (status, server.log())
-    })
-    .await
-    .expect("join");
-    assert_eq!(status.0.code(), Some(0), "exit status; log:\n{}", status.1);
+    let status = server.wait_exit().await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; log:\n{}",
+        server.log()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -506,9 +327,10 @@ async fn an_inference_failure_fails_only_its_own_batch_with_500() {
             .await
         }
     });
-    while engine.queue_depth(Modality::Text) < 1 {
-        tokio::task::yield_now().await;
-    }
+    wait_until("the innocent text to be queued", || async {
+        engine.queue_depth(Modality::Text) >= 1
+    })
+    .await;
     let poison = send(
         &app,
         openai_request("/v1/embeddings", openai_body(&[&long], None, None, false)),
@@ -614,7 +436,7 @@ async fn a_body_over_max_body_gets_its_400_not_a_reset_connection() {
     // I/O error (es-contract §11 item 13) but not a 400. A server that answers early and closes
     // while the body is still arriving makes the client's write fail (EPIPE/ECONNRESET): the
     // clear `--max-body` message is lost and ES retries in vain. Finding F6 in docs/reliability.md.
-    let server = Server::start(&["--max-body", "8MiB"]);
+    let server = ChildServer::start(&["--max-body", "8MiB"]);
     let body = format!(r#"{{"input":["{TEXT}"],"pad":"{}"}}"#, " ".repeat(16 << 20));
     let addr = server.addr;
     let answer = tokio::task::spawn_blocking(move || raw_post(addr, body.as_bytes()))
@@ -626,6 +448,5 @@ async fn a_body_over_max_body_gets_its_400_not_a_reset_connection() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("--max-body"), "{answer}");
     // The server is unharmed.
-    let (status, json) = server.embed(&[TEXT]).await;
-    assert_eq!(status, StatusCode::OK, "{json}");
+    server.embed(&[TEXT]).await.assert_status(StatusCode::OK);
 }

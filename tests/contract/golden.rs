@@ -3,14 +3,15 @@
 //! vectors at cosine ≥ 0.9999, identical token ids, and both text forms agreeing.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use axum::http::StatusCode;
 use serde::Deserialize;
 use sightline::engine::preprocess::{decode_rgb, resize_crop, DecodeOptions};
 use sightline::engine::text::TextTokenizer;
 use sightline::engine::{Engine, EngineOptions, Item};
 
-use crate::common::{cosine, fixture};
+use crate::child::ChildServer;
+use crate::common::{cosine, es_old_openai_parse, fixture, test_options};
 
 /// The reference decodes every JPEG pixel; the prescaled fast path has its own test.
 const EXACT: DecodeOptions = DecodeOptions {
@@ -22,7 +23,7 @@ const EXACT: DecodeOptions = DecodeOptions {
 fn exact() -> EngineOptions {
     EngineOptions {
         decode: EXACT,
-        ..EngineOptions::default()
+        ..test_options()
     }
 }
 
@@ -144,7 +145,7 @@ async fn image_vectors_match_the_reference() {
 #[tokio::test]
 async fn broken_images_fail_alone_and_neighbours_succeed() {
     let golden: ImageGolden = load("images.json");
-    let engine = engine("tiny-clip", EngineOptions::default());
+    let engine = engine("tiny-clip", test_options());
     let good = std::fs::read(fixtures().join("images/landscape.jpg")).unwrap();
     let mut items = vec![Item::Image(good.clone())];
     for file in &golden.broken {
@@ -187,7 +188,7 @@ async fn token_ids_and_text_vectors_match_the_reference() {
             "{text:?} must be rejected"
         );
     }
-    let engine = engine("tiny-clip", EngineOptions::default());
+    let engine = engine("tiny-clip", test_options());
     let items = golden
         .cases
         .iter()
@@ -201,30 +202,32 @@ async fn token_ids_and_text_vectors_match_the_reference() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_text_is_the_same_alone_and_padded_in_a_batch() {
     let golden: TextGolden = load("texts.json");
     let check = &golden.batch_check;
-    // A long batch wait with max batch = the number of texts puts them in one padded batch.
-    let opts = EngineOptions {
-        max_batch_text: check.texts.len(),
-        text_batch_wait: Duration::from_secs(5),
-        ..EngineOptions::default()
-    };
-    let engine = engine("tiny-clip", opts);
-    let together = engine
-        .embed(check.texts.iter().map(|t| Item::Text(t.clone())).collect())
-        .await
-        .unwrap();
-    let alone_engine = self::engine("tiny-clip", EngineOptions::default());
-    let alone = alone_engine
+    // A batch of exactly the number of texts that waits an hour for company runs only once all
+    // of them are in it: one padded batch, which the server's own `/metrics` confirms.
+    let server = ChildServer::start(&[
+        "--max-batch-text",
+        &check.texts.len().to_string(),
+        "--text-batch-wait",
+        "1h",
+    ]);
+    let texts: Vec<&str> = check.texts.iter().map(String::as_str).collect();
+    let reply = server.embed(&texts).await;
+    reply.assert_status(StatusCode::OK);
+    let together = es_old_openai_parse(&reply.body).expect("the old ES parser reads it");
+    assert_eq!(
+        server.batches("text").await,
+        (1.0, check.texts.len() as f64),
+        "one text batch holding every text (count, sum)"
+    );
+    let alone = engine("tiny-clip", test_options())
         .embed(vec![Item::Text(check.texts[check.index].clone())])
         .await
         .unwrap();
-    let (a, b) = (
-        &together[check.index].as_ref().unwrap().vector,
-        &alone[0].as_ref().unwrap().vector,
-    );
+    let (a, b) = (&together[check.index], &alone[0].as_ref().unwrap().vector);
     let max_diff = a
         .iter()
         .zip(b)
@@ -236,8 +239,8 @@ async fn a_text_is_the_same_alone_and_padded_in_a_batch() {
 #[tokio::test]
 async fn token_state_form_matches_pooled_form() {
     let golden: FormsGolden = load("forms.json");
-    let form_a = engine("tiny-clip", EngineOptions::default());
-    let form_b = engine("tiny-clip-tokens", EngineOptions::default());
+    let form_a = engine("tiny-clip", test_options());
+    let form_b = engine("tiny-clip-tokens", test_options());
     let items: Vec<Item> = golden
         .cases
         .iter()
@@ -262,7 +265,7 @@ async fn jpeg_prescaling_stays_within_the_accuracy_budget() {
         .embed(vec![Item::Image(bytes.clone())])
         .await
         .unwrap();
-    let fast = engine("tiny-clip", EngineOptions::default())
+    let fast = engine("tiny-clip", test_options())
         .embed(vec![Item::Image(bytes)])
         .await
         .unwrap();

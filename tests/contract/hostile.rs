@@ -1,6 +1,10 @@
 //! Hostile and odd inputs (issue 6, Scope 1): every one gets a 400 that names its input and the
-//! reason, or, for the odd-but-valid ones, a correct vector; each within a few seconds, and the
-//! server keeps serving. Files come from `tools/make_hostile.py` (`tests/fixtures/hostile/`) and
+//! reason, or, for the odd-but-valid ones, a correct vector, and the server keeps serving.
+//!
+//! Bounded work is pinned by what is deterministic, not by a stopwatch: the reason in each
+//! refusal (a bomb is refused from its header, naming `--max-pixels`; 600 scans by the scan
+//! limit), the bytes pulled from an oversized body, the 128 tokens a megabyte text is cut to.
+//! Every request runs under `common::patiently`, a generous safety net against hangs. Files come from `tools/make_hostile.py` (`tests/fixtures/hostile/`) and
 //! `tools/make_images.py` (`tests/fixtures/images/broken/`); fuzzer finds replay from
 //! `tests/fixtures/hostile/fuzz/`.
 //!
@@ -23,8 +27,6 @@ use futures::FutureExt;
 use crate::common::*;
 
 const TEXT: &str = "A dog in the snow";
-/// No hostile input may cost more wall time than this (debug build, two shared cores).
-const CASE_LIMIT: Duration = Duration::from_secs(5);
 
 fn hostile(name: &str) -> Vec<u8> {
     let path = fixture("hostile").join(name);
@@ -83,6 +85,8 @@ fn embedded(name: &'static str, input: String, reference: Option<String>) -> Cas
 const MAX_PIXELS: &[&str] = &["50000×50000", "--max-pixels"];
 const NOT_AN_IMAGE: &[&str] = &["not an image"];
 const UNSUPPORTED: &[&str] = &["unsupported image format"];
+/// The segment walk's own refusal: a caught panic would say "decoder failed" or "crashed".
+const SHORT_SEGMENT: &[&str] = &["cannot decode JPEG: ", "declares length"];
 
 /// The per-input battery: one input string each, sent beside valid texts.
 fn battery() -> Vec<Case> {
@@ -369,6 +373,18 @@ fn raw_base64_battery() -> Vec<Case> {
     ]
 }
 
+/// JPEG segments whose length field is 0 or 1 (issue 10): the segment walk once sliced backwards
+/// on them and panicked, which a `catch_unwind` turned into a 400 that hid it.
+fn short_segment_battery() -> Vec<Case> {
+    ["app1-len0", "app1-len1", "app14-len0", "app14-len1"]
+        .into_iter()
+        .map(|segment| {
+            let name = format!("short-{segment}.jpg");
+            refused(segment, uri("image/jpeg", &hostile(&name)), SHORT_SEGMENT)
+        })
+        .collect()
+}
+
 /// Sends one vector request, alone, and returns its vector (used for references).
 async fn vector_of(app: &axum::Router, input: &str) -> Vec<f32> {
     openai_vectors(
@@ -381,18 +397,22 @@ async fn vector_of(app: &axum::Router, input: &str) -> Vec<f32> {
     .remove(0)
 }
 
-/// Runs one case through both dialects; returns the slower wall time and what the client saw.
+/// Runs one case through both dialects; returns the slower wall time (for the report only) and
+/// what the client saw.
 async fn run_case(app: &axum::Router, case: &Case) -> (Duration, String) {
     let name = case.name;
     let mut slowest = Duration::ZERO;
     let outcome;
     // OpenAI: the hostile input between two valid texts, so the index is not trivially 0.
     let started = Instant::now();
-    let reply = send(
-        app,
-        openai_request(
-            "/v1/embeddings",
-            openai_body(&[TEXT, &case.input, TEXT], None, None, false),
+    let reply = patiently(
+        name,
+        send(
+            app,
+            openai_request(
+                "/v1/embeddings",
+                openai_body(&[TEXT, &case.input, TEXT], None, None, false),
+            ),
         ),
     )
     .await;
@@ -447,7 +467,11 @@ async fn run_case(app: &axum::Router, case: &Case) -> (Duration, String) {
     }
     // Hugging Face: alone, in its own error shape.
     let started = Instant::now();
-    let reply = send(app, hf_request("/embed", hf_body(&[&case.input]))).await;
+    let reply = patiently(
+        name,
+        send(app, hf_request("/embed", hf_body(&[&case.input]))),
+    )
+    .await;
     slowest = slowest.max(started.elapsed());
     match &case.want {
         Want::Refused(needles) => {
@@ -462,10 +486,6 @@ async fn run_case(app: &axum::Router, case: &Case) -> (Duration, String) {
             reply.assert_status(StatusCode::OK);
         }
     }
-    assert!(
-        slowest <= CASE_LIMIT,
-        "{name}: took {slowest:?}, over {CASE_LIMIT:?}"
-    );
     (slowest, outcome)
 }
 
@@ -519,7 +539,7 @@ async fn still_serving(app: &axum::Router) {
 }
 
 #[tokio::test]
-async fn every_hostile_input_is_a_fast_400_naming_it_or_a_correct_vector() {
+async fn every_hostile_input_is_a_400_naming_it_or_a_correct_vector() {
     let app = app();
     let cases = battery();
     let failures = run_battery(&app, &cases).await;
@@ -535,6 +555,18 @@ async fn every_hostile_input_is_a_fast_400_naming_it_or_a_correct_vector() {
 async fn raw_base64_is_refused_for_the_right_reason_and_never_becomes_a_text() {
     let app = app();
     let failures = run_battery(&app, &raw_base64_battery()).await;
+    still_serving(&app).await;
+    assert!(
+        failures.is_empty(),
+        "failed cases:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn short_jpeg_segments_are_a_400_from_the_segment_walk_not_a_caught_panic() {
+    let app = app();
+    let failures = run_battery(&app, &short_segment_battery()).await;
     still_serving(&app).await;
     assert!(
         failures.is_empty(),
@@ -585,9 +617,7 @@ async fn fuzzer_finds_stay_fixed() {
                 false,
             ),
         };
-        let started = Instant::now();
-        let reply = send(&app, openai_request(route, body)).await;
-        let took = started.elapsed();
+        let reply = patiently(&name, send(&app, openai_request(route, body))).await;
         assert!(
             matches!(reply.status, StatusCode::OK | StatusCode::BAD_REQUEST),
             "{name}: {} {}",
@@ -598,7 +628,6 @@ async fn fuzzer_finds_stay_fixed() {
             let (message, _) = reply.openai_error();
             assert!(message.starts_with("input[1]: "), "{name}: {message}");
         }
-        assert!(took <= CASE_LIMIT, "{name}: took {took:?}");
     }
     still_serving(&app).await;
 }
@@ -606,11 +635,9 @@ async fn fuzzer_finds_stay_fixed() {
 // ---------------------------------------------------------------------------------------------
 // Whole-body hostility: the request, not one input, is wrong.
 
-/// Sends a raw OpenAI-dialect body that must be refused with a 400 containing every needle, fast.
+/// Sends a raw OpenAI-dialect body that must be refused with a 400 containing every needle.
 async fn body_refused(app: &axum::Router, what: &str, body: impl Into<Bytes>, needles: &[&str]) {
-    let started = Instant::now();
-    let reply = send(app, openai_request("/v1/embeddings", body)).await;
-    let took = started.elapsed();
+    let reply = patiently(what, send(app, openai_request("/v1/embeddings", body))).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{what}");
     let (message, kind) = reply.openai_error();
     assert_eq!(kind, "invalid_request_error", "{what}: {message}");
@@ -620,11 +647,10 @@ async fn body_refused(app: &axum::Router, what: &str, body: impl Into<Bytes>, ne
             "{what}: {message:?} lacks {needle:?}"
         );
     }
-    assert!(took <= CASE_LIMIT, "{what}: took {took:?}");
 }
 
 #[tokio::test]
-async fn malformed_and_oversized_json_is_a_fast_400() {
+async fn malformed_and_oversized_json_is_a_400() {
     let app = app();
     // Invalid UTF-8 inside a string, and outside any string.
     body_refused(
@@ -671,14 +697,12 @@ async fn malformed_and_oversized_json_is_a_fast_400() {
             open.repeat(depth),
             close.repeat(depth)
         );
-        let started = Instant::now();
-        let v = openai_vectors(&app, "/v1/embeddings", body, 1).await;
+        let v = patiently(
+            format!("ignored {what} nested 10⁶ deep"),
+            openai_vectors(&app, "/v1/embeddings", body, 1),
+        )
+        .await;
         assert_golden(&v[0], &golden_text(TEXT), what);
-        let took = started.elapsed();
-        assert!(
-            took <= CASE_LIMIT,
-            "ignored {what} nested 10⁶ deep took {took:?}"
-        );
     }
 
     // 100 000 inputs in one request: refused before any is classified.
@@ -705,19 +729,21 @@ async fn huge_json_within_the_limit_is_served() {
     let padding = "0,".repeat(8 << 20);
     let body = format!(r#"{{"input":["{TEXT}"],"model":"{MODEL_ID}","ignored":[{padding}0]}}"#);
     assert!(body.len() > 16 << 20);
-    let started = Instant::now();
-    let v = openai_vectors(&app, "/v1/embeddings", body, 1).await;
-    let took = started.elapsed();
+    let v = patiently(
+        "16 MiB body",
+        openai_vectors(&app, "/v1/embeddings", body, 1),
+    )
+    .await;
     assert_golden(&v[0], &golden_text(TEXT), "text beside 16 MiB of padding");
-    assert!(took <= CASE_LIMIT, "16 MiB body took {took:?}");
 }
 
 #[tokio::test]
-async fn a_huge_text_is_truncated_not_refused_and_costs_bounded_time() {
+async fn a_huge_text_is_truncated_to_128_tokens_not_refused() {
     // A text of megabytes (a long article pasted whole) is embedded from its first 128 tokens,
-    // exactly as the reference truncates it, and costs about what a short one does. Finding F3 in
-    // docs/reliability.md: the whole text used to be tokenized first (release build: 3 s and
-    // ~170 bytes of memory per byte of text), on the async executor. The adversarial shapes defeat
+    // exactly as the reference truncates it, and the model sees 128 tokens, its step budget.
+    // Finding F3 in docs/reliability.md: the whole text used to be tokenized first (release
+    // build: 3 s and ~170 bytes of memory per byte of text), on the async executor; the cut
+    // before tokenizing is pinned by `engine::text`'s unit test. The adversarial shapes defeat
     // a single fixed-size prefix: a first word longer than the prefix, and 120 words of 600
     // characters (128 tokens spread over 72 KB).
     let app = app();
@@ -740,22 +766,16 @@ async fn a_huge_text_is_truncated_not_refused_and_costs_bounded_time() {
             .rfind(' ')
             .expect("a space");
         let head = &text[..cut];
-        let started = Instant::now();
-        let v = openai_vectors(
-            &app,
-            "/v1/embeddings",
-            openai_body(&[&text], None, None, false),
-            1,
-        )
-        .await;
-        let took = started.elapsed();
+        let body = openai_body(&[&text], None, None, false);
+        let reply = patiently(what, send(&app, openai_request("/v1/embeddings", body))).await;
+        let v = openai_reply_vectors(&reply, 1);
+        assert_eq!(
+            reply.json()["usage"]["prompt_tokens"],
+            128,
+            "{what}: the model's input is the 128-token cap"
+        );
         let expected = vector_of(&app, head).await;
         assert_same_vector(&v[0], &expected, what);
-        assert!(
-            took <= CASE_LIMIT,
-            "{what}: {} MiB took {took:?}",
-            text.len() >> 20
-        );
     }
 }
 
@@ -809,25 +829,21 @@ async fn a_500_mb_body_is_refused_without_being_read_or_buffered() {
 
     // Declared by Content-Length, as ES sends it: answered from the header, not one byte read.
     let pulled = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let reply = send(&app, request(pulled.clone(), true)).await;
+    let reply = patiently("declared", send(&app, request(pulled.clone(), true))).await;
     check(&reply, "declared");
     assert_eq!(pulled.load(Ordering::Relaxed), 0, "the body was read");
-    assert!(started.elapsed() <= CASE_LIMIT);
 
     // Streamed chunked with no length: reading stops (the server may read on, dropping what it
     // reads, up to 4× the limit so that the client gets to read the 400: finding F6), so the
     // 500 MB are never all read, and never buffered.
     let pulled = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let reply = send(&app, request(pulled.clone(), false)).await;
+    let reply = patiently("chunked", send(&app, request(pulled.clone(), false))).await;
     check(&reply, "chunked");
     let read = pulled.load(Ordering::Relaxed);
     assert!(
         read <= 4 * limit + (64 << 10),
         "{read} bytes pulled for a limit of {limit}"
     );
-    assert!(started.elapsed() <= CASE_LIMIT, "{:?}", started.elapsed());
 
     still_serving(&app).await;
 }

@@ -1,4 +1,6 @@
 //! Contract tests: one integration binary.
+mod child;
+mod cli_embed;
 mod common;
 mod errors;
 mod es_docker;

@@ -2,21 +2,23 @@
 //! test, served by the same `axum::serve` loop `sightline serve` runs, through
 //! [`TlsListener`] on 127.0.0.1:0; clients trust only that certificate. Covers the routes ES
 //! calls, refusals of plain HTTP and of untrusting clients, graceful shutdown with a request in
-//! flight, and the start-up errors for bad files.
+//! flight, the handshake cap and timeout, and the start-up errors for bad files.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use tempfile::TempDir;
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use sightline::http::tls::{load_config, TlsListener};
+use sightline::http::tls::{load_config, HandshakeLimits, TlsListener};
 
 use crate::common::*;
 
@@ -55,12 +57,16 @@ struct Server {
 }
 
 async fn serve_tls(app: Router, files: &CertFiles) -> Server {
+    serve_tls_with(app, files, HandshakeLimits::default()).await
+}
+
+async fn serve_tls_with(app: Router, files: &CertFiles, limits: HandshakeLimits) -> Server {
     let config = load_config(&files.cert, &files.key).expect("the test certificate loads");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let (stop, stopped) = oneshot::channel::<()>();
     let done = tokio::spawn(async move {
-        axum::serve(TlsListener::new(listener, config), app)
+        axum::serve(TlsListener::with_limits(listener, config, limits), app)
             .with_graceful_shutdown(async {
                 let _ = stopped.await;
             })
@@ -193,15 +199,82 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_stops_accepting() 
         .expect("the server stops cleanly");
 }
 
-/// Connects until the listening socket is gone; each try yields to the server's tasks.
+/// Connects until the listening socket is gone.
 async fn wait_until_closed(addr: SocketAddr) {
-    for _ in 0..100_000 {
-        if TcpStream::connect(addr).await.is_err() {
-            return;
-        }
-        tokio::task::yield_now().await;
+    wait_until(
+        format!("{addr} to refuse connections after the shutdown signal"),
+        || async move { TcpStream::connect(addr).await.is_err() },
+    )
+    .await;
+}
+
+/// A client that connects and never says a word: the server is waiting for its ClientHello.
+async fn stalled_client(addr: SocketAddr) -> TcpStream {
+    TcpStream::connect(addr).await.expect("TCP connect")
+}
+
+/// Waits for the server to close a stalled connection: end of file (or a reset), never data.
+async fn closed_by_server(mut stalled: TcpStream, what: &str) {
+    let mut buf = [0u8; 64];
+    match patiently(what, stalled.read(&mut buf)).await {
+        Ok(0) | Err(_) => {}
+        Ok(n) => panic!("{what}: the server sent {n} bytes to a client that said nothing"),
     }
-    panic!("{addr} still accepts connections after the shutdown signal");
+}
+
+async fn health_over_tls(files: &CertFiles, addr: SocketAddr) -> StatusCode {
+    let client = trusting_client(files, addr);
+    patiently(
+        "GET /health over TLS",
+        client.get(https(addr, "/health")).send(),
+    )
+    .await
+    .expect("GET /health over TLS")
+    .status()
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_blocks_no_one_and_is_closed_after_the_timeout() {
+    let files = self_signed();
+    let limits = HandshakeLimits {
+        max_concurrent: 4,
+        timeout: Duration::from_secs(2),
+    };
+    let server = serve_tls_with(app(), &files, limits).await;
+    let started = Instant::now();
+    let stalled = stalled_client(server.addr).await;
+    // Served while the silent client still holds its handshake open.
+    assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
+    closed_by_server(stalled, "the stalled handshake").await;
+    assert!(
+        started.elapsed() >= limits.timeout,
+        "closed after {:?}, before the {:?} timeout",
+        started.elapsed(),
+        limits.timeout
+    );
+    // The slot it held is free again.
+    assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn handshakes_over_the_cap_wait_for_a_free_slot() {
+    // One handshake at a time: a silent client holds the only slot until its timeout, and the
+    // next client is handshaken only then, not refused.
+    let files = self_signed();
+    let limits = HandshakeLimits {
+        max_concurrent: 1,
+        timeout: Duration::from_secs(1),
+    };
+    let server = serve_tls_with(app(), &files, limits).await;
+    let started = Instant::now();
+    let stalled = stalled_client(server.addr).await;
+    assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
+    assert!(
+        started.elapsed() >= limits.timeout,
+        "a second handshake ran beside the first after {:?}",
+        started.elapsed()
+    );
+    closed_by_server(stalled, "the stalled handshake").await;
 }
 
 #[test]
