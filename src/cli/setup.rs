@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::es::client::{cluster_info, EsConnectArgs};
 use crate::engine::{ModelInfo, Similarity};
+use crate::es::client::{cluster_info, EsConnectArgs};
 use crate::es::model_info;
 use crate::es::setup::{apply, console_script, plan, SetupConfig};
 use crate::es::version::{Cluster, EsVersion, Service};

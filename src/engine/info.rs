@@ -95,12 +95,16 @@ impl FromStr for Similarity {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        [Similarity::DotProduct, Similarity::Cosine, Similarity::L2Norm]
-            .into_iter()
-            .find(|similarity| similarity.as_str() == text)
-            .ok_or_else(|| {
-                format!("unknown similarity {text:?}; expected one of cosine, dot_product, l2_norm")
-            })
+        [
+            Similarity::DotProduct,
+            Similarity::Cosine,
+            Similarity::L2Norm,
+        ]
+        .into_iter()
+        .find(|similarity| similarity.as_str() == text)
+        .ok_or_else(|| {
+            format!("unknown similarity {text:?}; expected one of cosine, dot_product, l2_norm")
+        })
     }
 }
 
@@ -141,10 +145,9 @@ mod tests {
         let info = served();
         let text = serde_json::to_string(&info).unwrap();
         assert_eq!(serde_json::from_str::<ModelInfo>(&text).unwrap(), info);
-        let short: ModelInfo = serde_json::from_str(
-            r#"{"model":"m","dimensions":4,"similarity":"cosine","extra":1}"#,
-        )
-        .unwrap();
+        let short: ModelInfo =
+            serde_json::from_str(r#"{"model":"m","dimensions":4,"similarity":"cosine","extra":1}"#)
+                .unwrap();
         assert_eq!(short.serving, None);
         assert!(!short.normalized && short.modalities.is_empty() && short.fingerprint.is_empty());
         assert!(serde_json::from_str::<ModelInfo>(

@@ -14,8 +14,8 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
 use super::version::{Cluster, Service};
-use crate::engine::Similarity;
 use super::{SEMANTIC_FIELD, VECTOR_FIELD};
+use crate::engine::Similarity;
 
 /// One compiled-in asset: its path (for messages) and its text.
 #[derive(Debug, Clone, Copy)]

@@ -1,14 +1,15 @@
-//! Connecting to Elasticsearch with the official client: URL, API key or basic credentials, an
-//! optional CA certificate, and one way of turning a non-2xx answer into an error that names the
-//! request and quotes ES's own `type` and `reason`.
+//! Connecting to Elasticsearch with the official client (URL, API key or basic credentials, an
+//! optional CA certificate) and [`call`], the one way every request is sent: it awaits the
+//! answer, parses a 2xx body into a serde type from `body.rs`, and turns anything else into an
+//! [`EsError`] that names the request, quotes ES's own `type` and `reason`, and lets callers
+//! match on the status or the exception type rather than on text.
 //!
 //! The connection flags are shared by `setup`, `ingest` and `search`, so they are defined once here
 //! as a flattenable clap struct; each command's file only adds its own flags.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use std::future::Future;
 
 use anyhow::{bail, Context, Result};
 use elasticsearch::auth::Credentials;
@@ -144,14 +145,11 @@ pub(crate) async fn call<T: DeserializeOwned>(
         source,
     })?;
     let status = response.status_code();
-    let bytes = response
-        .bytes()
-        .await
-        .map_err(|source| EsError::CutOff {
-            request: request.to_owned(),
-            status,
-            source,
-        })?;
+    let bytes = response.bytes().await.map_err(|source| EsError::CutOff {
+        request: request.to_owned(),
+        status,
+        source,
+    })?;
     if !status.is_success() {
         return Err(EsError::Status {
             request: request.to_owned(),
@@ -239,7 +237,9 @@ impl std::fmt::Display for EsError {
                 status,
                 error,
             } => f.write_str(&describe_failure(*status, error, request)),
-            EsError::Unexpected { request, source, .. } => match source.classify() {
+            EsError::Unexpected {
+                request, source, ..
+            } => match source.classify() {
                 serde_json::error::Category::Data => {
                     write!(f, "{request}: the answer is not what Sightline expects")
                 }
@@ -331,8 +331,7 @@ mod tests {
 
     #[test]
     fn failure_description_adds_hints() {
-        let unauthorized =
-            describe_failure(StatusCode::UNAUTHORIZED, &error_reply(b"{}"), "GET /");
+        let unauthorized = describe_failure(StatusCode::UNAUTHORIZED, &error_reply(b"{}"), "GET /");
         assert!(unauthorized.contains("--api-key"), "{unauthorized}");
         let licence = describe_failure(
             StatusCode::FORBIDDEN,

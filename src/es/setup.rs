@@ -276,7 +276,9 @@ pub(crate) async fn apply(
             }
             Step::PutPipeline { id, body } => {
                 let ingest = client.ingest();
-                let put = ingest.put_pipeline(IngestPutPipelineParts::Id(id)).body(body);
+                let put = ingest
+                    .put_pipeline(IngestPutPipelineParts::Id(id))
+                    .body(body);
                 call::<IgnoredAny>(&request, put.send()).await?;
                 "created or updated".to_owned()
             }
@@ -431,9 +433,7 @@ async fn ensure_index(
     match call::<IgnoredAny>(&create_request, create.send()).await {
         Ok(_) => Ok("created".to_owned()),
         // Someone else created it between HEAD and PUT: that is the state we wanted.
-        Err(err) if err.es_type() == Some(RESOURCE_ALREADY_EXISTS) => {
-            Ok("exists, kept".to_owned())
-        }
+        Err(err) if err.es_type() == Some(RESOURCE_ALREADY_EXISTS) => Ok("exists, kept".to_owned()),
         Err(err) => Err(err.into()),
     }
 }

@@ -280,7 +280,10 @@ mod tests {
     #[test]
     fn reads_root_response_and_refuses_opensearch() {
         let es = json!({"name": "n", "version": {"number": "8.15.3", "build_flavor": "default"}, "tagline": "You Know, for Search"});
-        assert_eq!(Cluster::from_root_response(root(es)).unwrap(), cluster("8.15.3"));
+        assert_eq!(
+            Cluster::from_root_response(root(es)).unwrap(),
+            cluster("8.15.3")
+        );
         let serverless = json!({"version": {"number": "8.11.0", "build_flavor": "serverless"}});
         let parsed = Cluster::from_root_response(root(serverless)).unwrap();
         assert!(parsed.serverless && parsed.has_custom_service());

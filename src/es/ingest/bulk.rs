@@ -355,7 +355,10 @@ async fn pipeline_errors(
     ids: &[&str],
 ) -> HashMap<String, String> {
     let body = json!({"docs": ids.iter().map(|id| json!({"_id": id, "_source": ["error"]})).collect::<Vec<_>>()});
-    let mget = context.client.mget(MgetParts::Index(failed_index)).body(body);
+    let mget = context
+        .client
+        .mget(MgetParts::Index(failed_index))
+        .body(body);
     // Best effort: without the stored message the failure is still reported, only vaguer.
     let Ok(answer) = call::<MgetResponse<FailedSource>>("POST _mget", mget.send()).await else {
         return HashMap::new();
@@ -382,7 +385,10 @@ mod tests {
     fn bulk_items_are_classified() {
         let created =
             json!({"create": {"_index": "photos", "_id": "a", "status": 201, "result": "created"}});
-        assert_eq!(classify_item(&item(created), "photos"), ItemOutcome::Indexed);
+        assert_eq!(
+            classify_item(&item(created), "photos"),
+            ItemOutcome::Indexed
+        );
         let conflict = json!({"create": {"_index": "photos", "_id": "a", "status": 409, "error": {"type": "version_conflict_engine_exception", "reason": "exists"}}});
         assert_eq!(
             classify_item(&item(conflict), "photos"),

@@ -69,7 +69,6 @@ pub(crate) fn build_document(
     document
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,12 @@ pub(crate) struct FailureRecord {
 }
 
 impl FailureRecord {
-    pub(crate) fn new(path: &Path, id: Option<&str>, stage: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        path: &Path,
+        id: Option<&str>,
+        stage: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         FailureRecord {
             path: path.display().to_string(),
             id: id.map(str::to_owned),
@@ -63,7 +68,6 @@ impl FailureLog {
         writer.flush().context("cannot write the failures file")
     }
 }
-
 
 #[cfg(test)]
 mod tests {

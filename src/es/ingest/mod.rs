@@ -423,7 +423,6 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
     Ok(report)
 }
 
-
 /// Small images for the unit tests of this module's files.
 #[cfg(test)]
 mod test_images {

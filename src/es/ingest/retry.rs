@@ -30,7 +30,6 @@ impl RetryPolicy {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -68,7 +68,6 @@ fn looks_like_image(path: &Path) -> bool {
     sniff_format(&head[..read]).is_some()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
