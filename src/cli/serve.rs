@@ -175,7 +175,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         scheme = if tls.is_some() { "https" } else { "http" },
         model = info.name,
         dimensions = info.dimensions,
-        similarity = info.similarity(),
+        similarity = info.similarity.as_str(),
         "serving"
     );
     // One serve loop for both schemes, so graceful shutdown behaves the same.

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
+use crate::engine::{ModelInfo, Similarity};
 use crate::es::client::{cluster_info, EsConnectArgs};
-use crate::es::model_info::{self, ModelInfo};
+use crate::es::model_info;
 use crate::es::setup::{apply, console_script, plan, SetupConfig};
 use crate::es::version::{Cluster, EsVersion, Service};
 use crate::es::{DEFAULT_INDEX, DEFAULT_INFERENCE_ID};
@@ -77,14 +78,21 @@ pub async fn run(args: SetupArgs) -> Result<ExitCode> {
         }
     };
     let model = match (&args.model_name, args.dimensions, &args.similarity) {
-        (Some(name), Some(dimensions), Some(similarity)) => ModelInfo {
-            model: name.clone(),
-            dimensions,
-            similarity: similarity.clone(),
-            normalized: similarity == "dot_product",
-            modalities: Vec::new(),
-            fingerprint: None,
-        },
+        (Some(name), Some(dimensions), Some(similarity)) => {
+            let similarity = similarity
+                .parse::<Similarity>()
+                .map_err(anyhow::Error::msg)?;
+            ModelInfo {
+                name: name.clone(),
+                dimensions,
+                normalized: similarity == Similarity::DotProduct,
+                similarity,
+                modalities: Vec::new(),
+                max_seq_len: 0,
+                serving: None,
+                fingerprint: String::new(),
+            }
+        }
         (None, None, None) => {
             let info_url = args
                 .sidecar_info_url
@@ -111,7 +119,7 @@ pub async fn run(args: SetupArgs) -> Result<ExitCode> {
     let client = args.es.connect()?;
     println!(
         "Elasticsearch {} · {} service · model {} ({} dims, {})",
-        cluster.version, plan.service, model.model, model.dimensions, model.similarity
+        cluster.version, plan.service, model.name, model.dimensions, model.similarity
     );
     let outcomes = apply(&client, &plan, &model, &config).await?;
     for outcome in outcomes {

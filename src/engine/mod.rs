@@ -9,6 +9,7 @@ mod batcher;
 pub mod bundle;
 pub mod error;
 pub mod format;
+mod info;
 pub mod input;
 mod jpeg;
 pub mod preprocess;
@@ -26,6 +27,7 @@ use tokio::sync::oneshot;
 
 pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError};
+pub use info::{MaxBatch, ModelInfo, ServingLimits, Similarity};
 pub use input::{Item, Modality, ModalityHint, UrlFetcher};
 pub use preprocess::DecodeOptions;
 
@@ -85,28 +87,6 @@ impl Default for EngineOptions {
     }
 }
 
-/// What `/info` reports and what `setup` needs to create a matching index.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    pub name: String,
-    pub dimensions: usize,
-    pub normalized: bool,
-    pub max_seq_len: usize,
-    /// `sha256:` over model files and preprocessing settings.
-    pub fingerprint: String,
-}
-
-impl ModelInfo {
-    /// The `dense_vector` similarity that fits these vectors (es-contract §11 item 11).
-    pub fn similarity(&self) -> &'static str {
-        if self.normalized {
-            "dot_product"
-        } else {
-            "cosine"
-        }
-    }
-}
-
 /// One input's vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Embedding {
@@ -154,7 +134,12 @@ impl Engine {
             name: m.name.clone(),
             dimensions: m.dimensions,
             normalized: opts.normalize,
+            similarity: Similarity::for_vectors(opts.normalize),
+            modalities: [Modality::Image, Modality::Text]
+                .map(|modality| modality.label().to_owned())
+                .to_vec(),
             max_seq_len: m.max_seq_len,
+            serving: None,
             fingerprint: bundle.fingerprint()?,
         };
         let (images, image_rx) = Queue::new(opts.queue_capacity);

@@ -15,12 +15,13 @@ use serde_json::{json, Map, Value};
 
 use super::version::{Cluster, Service};
 use super::{SEMANTIC_FIELD, VECTOR_FIELD};
+use crate::engine::Similarity;
 
 /// One compiled-in asset: its path (for messages) and its text.
 #[derive(Debug, Clone, Copy)]
-pub struct Asset {
-    pub path: &'static str,
-    pub text: &'static str,
+pub(crate) struct Asset {
+    pub(crate) path: &'static str,
+    pub(crate) text: &'static str,
 }
 
 macro_rules! asset {
@@ -32,30 +33,19 @@ macro_rules! asset {
     };
 }
 
-pub const OPENAI_ENDPOINT: Asset = asset!("es-config/inference-openai.json");
-pub const CUSTOM_ENDPOINT: Asset = asset!("es-config/inference-custom.json");
-pub const HUGGING_FACE_ENDPOINT: Asset = asset!("es-config/inference-hugging_face.json");
-pub const INDEX_TEMPLATE: Asset = asset!("es-config/index-template.json");
-pub const FAILED_INDEX_TEMPLATE: Asset = asset!("es-config/failed-index-template.json");
-pub const EMBEDDING_PIPELINE: Asset = asset!("ingest-pipelines/image-embedding.json");
-pub const SEMANTIC_PIPELINE: Asset = asset!("ingest-pipelines/image-semantic.json");
-
-/// Every asset, for tests that check they all parse and render.
-pub const ALL: [Asset; 7] = [
-    OPENAI_ENDPOINT,
-    CUSTOM_ENDPOINT,
-    HUGGING_FACE_ENDPOINT,
-    INDEX_TEMPLATE,
-    FAILED_INDEX_TEMPLATE,
-    EMBEDDING_PIPELINE,
-    SEMANTIC_PIPELINE,
-];
+pub(crate) const OPENAI_ENDPOINT: Asset = asset!("es-config/inference-openai.json");
+pub(crate) const CUSTOM_ENDPOINT: Asset = asset!("es-config/inference-custom.json");
+pub(crate) const HUGGING_FACE_ENDPOINT: Asset = asset!("es-config/inference-hugging_face.json");
+pub(crate) const INDEX_TEMPLATE: Asset = asset!("es-config/index-template.json");
+pub(crate) const FAILED_INDEX_TEMPLATE: Asset = asset!("es-config/failed-index-template.json");
+pub(crate) const EMBEDDING_PIPELINE: Asset = asset!("ingest-pipelines/image-embedding.json");
+pub(crate) const SEMANTIC_PIPELINE: Asset = asset!("ingest-pipelines/image-semantic.json");
 
 /// Placeholder values by name.
-pub type Params = BTreeMap<&'static str, Value>;
+pub(crate) type Params = BTreeMap<&'static str, Value>;
 
 /// Parses `asset` and replaces its placeholders from `params`.
-pub fn render(asset: Asset, params: &Params) -> Result<Value> {
+pub(crate) fn render(asset: Asset, params: &Params) -> Result<Value> {
     let parsed: Value = serde_json::from_str(asset.text)
         .with_context(|| format!("{} is not valid JSON", asset.path))?;
     substitute(parsed, params).with_context(|| format!("cannot render {}", asset.path))
@@ -123,19 +113,19 @@ fn lookup<'p>(name: &str, params: &'p Params) -> Result<&'p Value> {
 
 /// What an inference endpoint body needs.
 #[derive(Debug, Clone)]
-pub struct EndpointParams {
+pub(crate) struct EndpointParams {
     /// Base URL of the sidecar as Elasticsearch reaches it, without a trailing slash.
-    pub sidecar_url: String,
+    pub(crate) sidecar_url: String,
     /// Bearer token the sidecar expects. ES requires some `api_key` even when the sidecar has
     /// none (contract §11.3), so callers pass a placeholder then.
-    pub sidecar_api_key: String,
-    pub model: String,
-    pub dims: usize,
-    pub similarity: String,
+    pub(crate) sidecar_api_key: String,
+    pub(crate) model: String,
+    pub(crate) dims: usize,
+    pub(crate) similarity: Similarity,
 }
 
 /// The `PUT _inference/text_embedding/<id>` body for `service` on `cluster`.
-pub fn endpoint_body(
+pub(crate) fn endpoint_body(
     service: Service,
     params: &EndpointParams,
     cluster: &Cluster,
@@ -196,15 +186,15 @@ fn move_openai_model_to_task_settings(body: &mut Value) -> Result<()> {
 
 /// What the index template bodies need.
 #[derive(Debug, Clone)]
-pub struct IndexParams {
-    pub index: String,
+pub(crate) struct IndexParams {
+    pub(crate) index: String,
     /// Default pipeline of the index; `None` for `--embed-locally` indices, whose documents
     /// arrive with their vector.
-    pub pipeline: Option<String>,
-    pub inference_id: String,
-    pub model: String,
-    pub dims: usize,
-    pub similarity: String,
+    pub(crate) pipeline: Option<String>,
+    pub(crate) inference_id: String,
+    pub(crate) model: String,
+    pub(crate) dims: usize,
+    pub(crate) similarity: Similarity,
 }
 
 impl IndexParams {
@@ -224,7 +214,7 @@ impl IndexParams {
 }
 
 /// The `PUT _index_template/<name>` body of the image index on `cluster`.
-pub fn index_template_body(params: &IndexParams, cluster: &Cluster) -> Result<Value> {
+pub(crate) fn index_template_body(params: &IndexParams, cluster: &Cluster) -> Result<Value> {
     let mut body = render(INDEX_TEMPLATE, &params.values())?;
     let template = body
         .get_mut("template")
@@ -235,7 +225,7 @@ pub fn index_template_body(params: &IndexParams, cluster: &Cluster) -> Result<Va
 
 /// The `PUT <index>` body with the same settings and mappings as the template, for clusters
 /// where `ingest --embed-locally` creates the index itself (no template API before 7.8).
-pub fn create_index_body(params: &IndexParams, cluster: &Cluster) -> Result<Value> {
+pub(crate) fn create_index_body(params: &IndexParams, cluster: &Cluster) -> Result<Value> {
     let mut body = index_template_body(params, cluster)?;
     body.get_mut("template")
         .map(Value::take)
@@ -284,13 +274,13 @@ fn adjust_index_body(template: &mut Value, params: &IndexParams, cluster: &Clust
 }
 
 /// The `PUT _index_template/<name>` body of `<index>-failed`.
-pub fn failed_template_body(params: &IndexParams) -> Result<Value> {
+pub(crate) fn failed_template_body(params: &IndexParams) -> Result<Value> {
     render(FAILED_INDEX_TEMPLATE, &params.values())
 }
 
 /// Which pipeline asset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PipelineKind {
+pub(crate) enum PipelineKind {
     /// `inference` processor into a `dense_vector` (8.12+).
     Embedding,
     /// `semantic_text` field with an endpoint that does not chunk (8.19+/9.1+).
@@ -298,7 +288,7 @@ pub enum PipelineKind {
 }
 
 /// The `PUT _ingest/pipeline/<id>` body.
-pub fn pipeline_body(kind: PipelineKind, inference_id: &str) -> Result<Value> {
+pub(crate) fn pipeline_body(kind: PipelineKind, inference_id: &str) -> Result<Value> {
     let asset = match kind {
         PipelineKind::Embedding => EMBEDDING_PIPELINE,
         PipelineKind::Semantic => SEMANTIC_PIPELINE,
@@ -324,7 +314,7 @@ mod tests {
             sidecar_api_key: "key".to_owned(),
             model: "clip-ViT-B-32-multilingual-v1".to_owned(),
             dims: 512,
-            similarity: "dot_product".to_owned(),
+            similarity: Similarity::DotProduct,
         }
     }
 
@@ -335,7 +325,7 @@ mod tests {
             inference_id: "sightline-clip".to_owned(),
             model: "clip".to_owned(),
             dims,
-            similarity: "dot_product".to_owned(),
+            similarity: Similarity::DotProduct,
         }
     }
 
@@ -355,6 +345,17 @@ mod tests {
         .map(|name| (name, json!(1)))
         .collect()
     }
+
+    /// Every asset.
+    const ALL: [Asset; 7] = [
+        OPENAI_ENDPOINT,
+        CUSTOM_ENDPOINT,
+        HUGGING_FACE_ENDPOINT,
+        INDEX_TEMPLATE,
+        FAILED_INDEX_TEMPLATE,
+        EMBEDDING_PIPELINE,
+        SEMANTIC_PIPELINE,
+    ];
 
     #[test]
     fn every_asset_renders_without_leftover_placeholders() {
@@ -450,10 +451,6 @@ mod tests {
         assert_eq!(body["service_settings"]["url"], "http://sidecar:8080/embed");
         assert!(body["service_settings"].get("model_id").is_none());
         assert_eq!(body["chunking_settings"]["strategy"], "none");
-        assert_eq!(
-            body["service_settings"]["url"].as_str().unwrap(),
-            format!("http://sidecar:8080{}", Service::HuggingFace.sidecar_path())
-        );
     }
 
     #[test]

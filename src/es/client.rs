@@ -1,10 +1,13 @@
-//! Connecting to Elasticsearch with the official client: URL, API key or basic credentials, an
-//! optional CA certificate, and one way of turning a non-2xx answer into an error that names the
-//! request and quotes ES's own `type` and `reason`.
+//! Connecting to Elasticsearch with the official client (URL, API key or basic credentials, an
+//! optional CA certificate) and [`call`], the one way every request is sent: it awaits the
+//! answer, parses a 2xx body into a serde type from `body.rs`, and turns anything else into an
+//! [`EsError`] that names the request, quotes ES's own `type` and `reason`, and lets callers
+//! match on the status or the exception type rather than on text.
 //!
 //! The connection flags are shared by `setup`, `ingest` and `search`, so they are defined once here
 //! as a flattenable clap struct; each command's file only adds its own flags.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -16,8 +19,10 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::http::StatusCode;
 use elasticsearch::http::Url;
 use elasticsearch::Elasticsearch;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::body::{ErrorBody, ErrorReply, RootResponse};
 use super::version::Cluster;
 
 /// Where the cluster is and how to authenticate.
@@ -107,7 +112,7 @@ impl EsConnectArgs {
 
 /// The client joins API paths onto the base URL, so a base with a path prefix (a proxy at
 /// `https://host/es`) must end in `/` or the prefix is replaced.
-pub fn normalise_url(text: &str) -> Result<Url> {
+pub(crate) fn normalise_url(text: &str) -> Result<Url> {
     let mut url = Url::parse(text.trim()).with_context(|| {
         format!("invalid Elasticsearch URL {text:?} (expected e.g. http://localhost:9200)")
     })?;
@@ -122,45 +127,148 @@ pub fn normalise_url(text: &str) -> Result<Url> {
 }
 
 /// `GET /`: the cluster's version and flavour.
-pub async fn cluster_info(client: &Elasticsearch) -> Result<Cluster> {
-    let response = client
-        .info()
-        .send()
-        .await
-        .map_err(|err| connection_error(err, "GET /"))?;
-    let body = json_or_error(response, "GET /").await?;
-    Cluster::from_root_response(&body)
+pub(crate) async fn cluster_info(client: &Elasticsearch) -> Result<Cluster> {
+    let root: RootResponse = call("GET /", client.info().send()).await?;
+    Cluster::from_root_response(root)
 }
 
-/// Wraps a transport error (no HTTP answer) with the request it belongs to.
-pub fn connection_error(err: elasticsearch::Error, request: &str) -> anyhow::Error {
-    anyhow::Error::new(err).context(format!("{request}: no answer from Elasticsearch"))
-}
-
-/// Returns the JSON body of a 2xx answer, or an error quoting ES's reason otherwise.
-pub async fn json_or_error(response: Response, request: &str) -> Result<Value> {
+/// The one way Sightline talks to Elasticsearch: awaits the request sent by one of the
+/// client's builders (`client.bulk(…).body(…).send()`), reads the answer and parses a 2xx body
+/// as `T`. An empty 2xx body (`HEAD`) parses as JSON `null`, so `T = ()` or `Value` fits it.
+/// `request` names the call in messages (`POST photos/_bulk`).
+pub(crate) async fn call<T: DeserializeOwned>(
+    request: &str,
+    sent: impl Future<Output = Result<Response, elasticsearch::Error>>,
+) -> Result<T, EsError> {
+    let response = sent.await.map_err(|source| EsError::NoAnswer {
+        request: request.to_owned(),
+        source,
+    })?;
     let status = response.status_code();
-    let bytes = response
-        .bytes()
-        .await
-        .with_context(|| format!("{request}: cannot read the answer"))?;
+    let bytes = response.bytes().await.map_err(|source| EsError::CutOff {
+        request: request.to_owned(),
+        status,
+        source,
+    })?;
     if !status.is_success() {
-        bail!(describe_failure(status, &bytes, request));
+        return Err(EsError::Status {
+            request: request.to_owned(),
+            status,
+            error: error_reply(&bytes),
+        });
     }
-    if bytes.is_empty() {
-        return Ok(Value::Null);
+    let parsed = if bytes.is_empty() {
+        T::deserialize(Value::Null)
+    } else {
+        serde_json::from_slice(&bytes)
+    };
+    parsed.map_err(|source| EsError::Unexpected {
+        request: request.to_owned(),
+        status,
+        source,
+    })
+}
+
+/// A request that did not end in the body its caller expects.
+#[derive(Debug)]
+pub(crate) enum EsError {
+    /// No HTTP answer: connection refused, timeout, TLS failure.
+    NoAnswer {
+        request: String,
+        source: elasticsearch::Error,
+    },
+    /// An answer whose body could not be read to the end.
+    CutOff {
+        request: String,
+        status: StatusCode,
+        source: elasticsearch::Error,
+    },
+    /// A non-2xx answer, with ES's error object.
+    Status {
+        request: String,
+        status: StatusCode,
+        error: ErrorReply,
+    },
+    /// A 2xx answer that is not JSON, or not the JSON expected.
+    Unexpected {
+        request: String,
+        status: StatusCode,
+        source: serde_json::Error,
+    },
+}
+
+impl EsError {
+    /// The HTTP status, when there was an answer.
+    pub(crate) fn status(&self) -> Option<StatusCode> {
+        match self {
+            EsError::NoAnswer { .. } => None,
+            EsError::CutOff { status, .. }
+            | EsError::Status { status, .. }
+            | EsError::Unexpected { status, .. } => Some(*status),
+        }
     }
-    serde_json::from_slice(&bytes).with_context(|| format!("{request}: the answer is not JSON"))
+
+    /// ES's exception `type` of a non-2xx answer.
+    pub(crate) fn es_type(&self) -> Option<&str> {
+        match self {
+            EsError::Status { error, .. } => error.kind(),
+            _ => None,
+        }
+    }
+
+    /// The error with its cause on one line, for messages that are not an `anyhow` chain.
+    pub(crate) fn one_line(&self) -> String {
+        match std::error::Error::source(self) {
+            Some(source) => format!("{self}: {source}"),
+            None => self.to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for EsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EsError::NoAnswer { request, .. } => {
+                write!(f, "{request}: no answer from Elasticsearch")
+            }
+            EsError::CutOff { request, .. } => write!(f, "{request}: cannot read the answer"),
+            EsError::Status {
+                request,
+                status,
+                error,
+            } => f.write_str(&describe_failure(*status, error, request)),
+            EsError::Unexpected {
+                request, source, ..
+            } => match source.classify() {
+                serde_json::error::Category::Data => {
+                    write!(f, "{request}: the answer is not what Sightline expects")
+                }
+                _ => write!(f, "{request}: the answer is not JSON"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for EsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            EsError::NoAnswer { source, .. } | EsError::CutOff { source, .. } => Some(source),
+            EsError::Unexpected { source, .. } => Some(source),
+            EsError::Status { .. } => None,
+        }
+    }
 }
 
 /// One line for a failed request: `PUT _x: 400 Bad Request: illegal_argument_exception: reason`,
 /// plus a hint for the failures users meet first (credentials, licence).
-pub fn describe_failure(status: StatusCode, body: &[u8], request: &str) -> String {
-    let reason = error_reason(body);
-    let mut message = format!("{request}: Elasticsearch answered {status}: {reason}");
+fn describe_failure(status: StatusCode, error: &ErrorReply, request: &str) -> String {
+    let mut message = format!(
+        "{request}: Elasticsearch answered {status}: {}",
+        error.describe()
+    );
     if status == StatusCode::UNAUTHORIZED {
         message.push_str(" (check --api-key or --user/--password)");
-    } else if reason.contains("license") {
+    } else if error.is_licence_refusal() {
         message.push_str(
             " (the inference API needs an Enterprise or trial licence; a local cluster can start a trial with POST _license/start_trial?acknowledge=true)",
         );
@@ -168,29 +276,16 @@ pub fn describe_failure(status: StatusCode, body: &[u8], request: &str) -> Strin
     message
 }
 
-/// ES error bodies are `{"error": {"type", "reason", "root_cause": [...]}, "status"}`, or
-/// `{"error": "text"}` from older or proxy layers; anything else is quoted as text.
-pub fn error_reason(body: &[u8]) -> String {
-    let Ok(json) = serde_json::from_slice::<Value>(body) else {
-        let text = String::from_utf8_lossy(body);
-        return truncate(text.trim(), 500);
-    };
-    match json.get("error") {
-        Some(Value::String(text)) => text.clone(),
-        Some(error @ Value::Object(_)) => {
-            let kind = error.get("type").and_then(Value::as_str).unwrap_or("error");
-            let reason = error.get("reason").and_then(Value::as_str).unwrap_or("");
-            let cause = error
-                .get("caused_by")
-                .and_then(|cause| cause.get("reason"))
-                .and_then(Value::as_str);
-            match cause {
-                Some(cause) if cause != reason => format!("{kind}: {reason} (caused by: {cause})"),
-                _ => format!("{kind}: {reason}"),
-            }
-        }
-        _ => truncate(&json.to_string(), 500),
+/// ES's error object, or the body quoted as text when it is not one (a proxy's HTML page).
+fn error_reply(body: &[u8]) -> ErrorReply {
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
+        return parsed.error;
     }
+    let text = match serde_json::from_slice::<Value>(body) {
+        Ok(json) => json.to_string(),
+        Err(_) => String::from_utf8_lossy(body).trim().to_owned(),
+    };
+    ErrorReply::Text(truncate(&text, 500))
 }
 
 fn truncate(text: &str, max_chars: usize) -> String {
@@ -221,26 +316,26 @@ mod tests {
     }
 
     #[test]
-    fn error_reason_reads_es_bodies() {
+    fn error_bodies_become_one_line() {
         let body = br#"{"error":{"root_cause":[],"type":"illegal_argument_exception","reason":"bad dims","caused_by":{"type":"x","reason":"deeper"}},"status":400}"#;
         assert_eq!(
-            error_reason(body),
+            error_reply(body).describe(),
             "illegal_argument_exception: bad dims (caused by: deeper)"
         );
-        assert_eq!(error_reason(br#"{"error":"plain"}"#), "plain");
+        assert_eq!(error_reply(br#"{"error":"plain"}"#).describe(), "plain");
         assert_eq!(
-            error_reason(b"<html>bad gateway</html>"),
+            error_reply(b"<html>bad gateway</html>").describe(),
             "<html>bad gateway</html>"
         );
     }
 
     #[test]
     fn failure_description_adds_hints() {
-        let unauthorized = describe_failure(StatusCode::UNAUTHORIZED, b"{}", "GET /");
+        let unauthorized = describe_failure(StatusCode::UNAUTHORIZED, &error_reply(b"{}"), "GET /");
         assert!(unauthorized.contains("--api-key"), "{unauthorized}");
         let licence = describe_failure(
             StatusCode::FORBIDDEN,
-            br#"{"error":{"type":"security_exception","reason":"current license is non-compliant for [inference]"}}"#,
+            &error_reply(br#"{"error":{"type":"security_exception","reason":"current license is non-compliant for [inference]","license.expired.feature":"inference"}}"#),
             "PUT _inference/text_embedding/x",
         );
         assert!(licence.contains("trial"), "{licence}");

@@ -11,19 +11,12 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::engine::{Engine, EngineOptions, Item};
-
-/// The model a local embedder runs, for the index mapping and the documents' `ml.model_id`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalModel {
-    pub name: String,
-    pub dimensions: usize,
-    pub similarity: String,
-}
+use crate::engine::{Engine, EngineOptions, Item, ModelInfo};
 
 /// Embeds in this process.
-pub trait LocalEmbedder: Send + Sync {
-    fn model(&self) -> LocalModel;
+pub(crate) trait LocalEmbedder: Send + Sync {
+    /// The model, for the index mapping and the documents' `ml.model_id`.
+    fn model(&self) -> &ModelInfo;
     /// One result per image, in order; an error is the reason that image failed.
     fn embed_images(&self, images: Vec<Bytes>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>>;
     /// The vector of one query text.
@@ -31,13 +24,13 @@ pub trait LocalEmbedder: Send + Sync {
 }
 
 /// The engine behind [`LocalEmbedder`].
-pub struct EngineEmbedder {
+pub(crate) struct EngineEmbedder {
     engine: Engine,
 }
 
 impl EngineEmbedder {
     /// Loads the bundle in `model_dir` (as `sightline serve --model-dir` would).
-    pub fn start(model_dir: &Path) -> Result<Self> {
+    pub(crate) fn start(model_dir: &Path) -> Result<Self> {
         let engine = Engine::start(model_dir, EngineOptions::default())
             .with_context(|| format!("cannot load the model bundle in {}", model_dir.display()))?;
         Ok(EngineEmbedder { engine })
@@ -45,13 +38,8 @@ impl EngineEmbedder {
 }
 
 impl LocalEmbedder for EngineEmbedder {
-    fn model(&self) -> LocalModel {
-        let info = self.engine.info();
-        LocalModel {
-            name: info.name.clone(),
-            dimensions: info.dimensions,
-            similarity: info.similarity().to_owned(),
-        }
+    fn model(&self) -> &ModelInfo {
+        self.engine.info()
     }
 
     fn embed_images(&self, images: Vec<Bytes>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>> {

@@ -11,12 +11,12 @@ use elasticsearch::{Elasticsearch, SearchParts};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::client::{connection_error, json_or_error};
+use super::client::call;
 use super::SEMANTIC_FIELD;
 
 /// What to search with.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Query {
+pub(crate) enum Query {
     Text(String),
     /// A `data:image/…;base64,…` URI.
     Image(String),
@@ -26,14 +26,14 @@ pub enum Query {
 
 /// Where and how many.
 #[derive(Debug, Clone)]
-pub struct SearchConfig {
-    pub index: String,
-    pub field: String,
-    pub inference_id: String,
-    pub k: usize,
-    pub num_candidates: usize,
+pub(crate) struct SearchConfig {
+    pub(crate) index: String,
+    pub(crate) field: String,
+    pub(crate) inference_id: String,
+    pub(crate) k: usize,
+    pub(crate) num_candidates: usize,
     /// Query the `semantic_text` field with a `semantic` query instead of kNN.
-    pub semantic: bool,
+    pub(crate) semantic: bool,
 }
 
 /// Fields returned per hit; the thumbnail is left out because a terminal cannot show it.
@@ -48,12 +48,12 @@ const SOURCE_FIELDS: [&str; 6] = [
 
 /// ES's `num_candidates` must be ≥ k and ≤ 10 000; 10 × k (at least 100) gives HNSW room for
 /// good recall at little cost on image-sized indices.
-pub fn default_num_candidates(k: usize) -> usize {
+pub(crate) fn default_num_candidates(k: usize) -> usize {
     k.saturating_mul(10).clamp(100, 10_000).max(k)
 }
 
 /// The `_search` body.
-pub fn search_body(config: &SearchConfig, query: &Query) -> Result<Value> {
+pub(crate) fn search_body(config: &SearchConfig, query: &Query) -> Result<Value> {
     if config.k == 0 {
         bail!("-k must be at least 1");
     }
@@ -101,7 +101,7 @@ pub fn search_body(config: &SearchConfig, query: &Query) -> Result<Value> {
 }
 
 /// The request in Kibana dev-console syntax.
-pub fn console(config: &SearchConfig, query: &Query) -> Result<String> {
+pub(crate) fn console(config: &SearchConfig, query: &Query) -> Result<String> {
     let body = search_body(config, query)?;
     Ok(format!(
         "GET {}/_search\n{}\n",
@@ -112,34 +112,30 @@ pub fn console(config: &SearchConfig, query: &Query) -> Result<String> {
 
 /// One result line.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Hit {
-    pub rank: usize,
-    pub score: f64,
-    pub id: String,
-    pub path: String,
-    pub file_name: String,
+pub(crate) struct Hit {
+    pub(crate) rank: usize,
+    pub(crate) score: f64,
+    pub(crate) id: String,
+    pub(crate) path: String,
+    pub(crate) file_name: String,
 }
 
 /// Runs the search and returns the hits in rank order.
-pub async fn search(
+pub(crate) async fn search(
     client: &Elasticsearch,
     config: &SearchConfig,
     query: &Query,
 ) -> Result<Vec<Hit>> {
     let body = search_body(config, query)?;
     let request = format!("GET {}/_search", config.index);
-    let response = client
-        .search(SearchParts::Index(&[config.index.as_str()]))
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &request))?;
-    let answer = json_or_error(response, &request).await?;
+    let index = [config.index.as_str()];
+    let search = client.search(SearchParts::Index(&index)).body(body);
+    let answer: Value = call(&request, search.send()).await?;
     Ok(parse_hits(&answer))
 }
 
 /// `hits.hits` of a search answer.
-pub fn parse_hits(answer: &Value) -> Vec<Hit> {
+pub(crate) fn parse_hits(answer: &Value) -> Vec<Hit> {
     let hits = answer
         .pointer("/hits/hits")
         .and_then(Value::as_array)
@@ -166,7 +162,7 @@ pub fn parse_hits(answer: &Value) -> Vec<Hit> {
 }
 
 /// Hits as an aligned table: rank, score, id, path.
-pub fn format_hits(hits: &[Hit]) -> String {
+pub(crate) fn format_hits(hits: &[Hit]) -> String {
     let mut out = String::new();
     if hits.is_empty() {
         out.push_str("no hits\n");

@@ -21,12 +21,16 @@ use elasticsearch::inference::{
 };
 use elasticsearch::ingest::IngestPutPipelineParts;
 use elasticsearch::Elasticsearch;
+use serde::de::IgnoredAny;
 use serde_json::{json, Value};
 
+use crate::engine::{ModelInfo, Similarity};
+
 use super::assets::{self, EndpointParams, IndexParams, PipelineKind};
-use super::client::{connection_error, describe_failure, json_or_error};
+use super::body::RESOURCE_ALREADY_EXISTS;
+use super::client::call;
 use super::image::data_uri;
-use super::model_info::ModelInfo;
+use super::model_info;
 use super::version::{Cluster, Service};
 use super::{
     failed_index_name, failed_template_name, pipeline_name, semantic_pipeline_name, template_name,
@@ -36,35 +40,35 @@ use crate::engine::format::sample_jpeg;
 
 /// The only task type Sightline's endpoints use (contract §10: `embedding` is not available to
 /// the services that can point at a self-hosted URL).
-pub const TASK_TYPE: &str = "text_embedding";
+pub(crate) const TASK_TYPE: &str = "text_embedding";
 
 /// Placeholder `api_key` for sidecars run without one: every service requires the field
 /// (contract §11.3) and a sidecar without a key ignores the header.
-pub const NO_SIDECAR_KEY: &str = "sightline-no-key";
+pub(crate) const NO_SIDECAR_KEY: &str = "sightline-no-key";
 
 /// Text used to verify the endpoint.
-pub const VERIFY_TEXT: &str = "a photo of a dog on a beach";
+pub(crate) const VERIFY_TEXT: &str = "a photo of a dog on a beach";
 
 /// What `setup` is asked to create.
 #[derive(Debug, Clone)]
-pub struct SetupConfig {
-    pub index: String,
-    pub inference_id: String,
+pub(crate) struct SetupConfig {
+    pub(crate) index: String,
+    pub(crate) inference_id: String,
     /// The sidecar's base URL as Elasticsearch reaches it.
-    pub sidecar_url: String,
-    pub sidecar_api_key: Option<String>,
+    pub(crate) sidecar_url: String,
+    pub(crate) sidecar_api_key: Option<String>,
     /// `None`: choose from the version.
-    pub service: Option<Service>,
+    pub(crate) service: Option<Service>,
     /// Delete and recreate the endpoint even when its visible settings match (ES never returns
     /// the `api_key`, so a changed key cannot be detected).
-    pub recreate_endpoint: bool,
+    pub(crate) recreate_endpoint: bool,
     /// Send one image and one text through the endpoint at the end.
-    pub verify: bool,
+    pub(crate) verify: bool,
 }
 
 /// One request of the plan.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Step {
+pub(crate) enum Step {
     PutEndpoint {
         id: String,
         service: Service,
@@ -82,7 +86,7 @@ pub enum Step {
     /// field with those dimensions.
     CreateIndex {
         name: String,
-        vector: Option<(usize, String)>,
+        vector: Option<(usize, Similarity)>,
     },
     Verify {
         id: String,
@@ -92,7 +96,7 @@ pub enum Step {
 }
 
 impl Step {
-    pub fn method(&self) -> &'static str {
+    pub(crate) fn method(&self) -> &'static str {
         match self {
             Step::Verify { .. } => "POST",
             _ => "PUT",
@@ -100,7 +104,7 @@ impl Step {
     }
 
     /// Path without a leading slash, as Kibana's console writes it.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         match self {
             Step::PutEndpoint { id, .. } => format!("_inference/{TASK_TYPE}/{id}"),
             Step::PutPipeline { id, .. } => format!("_ingest/pipeline/{id}"),
@@ -110,7 +114,7 @@ impl Step {
         }
     }
 
-    pub fn body(&self) -> Option<&Value> {
+    pub(crate) fn body(&self) -> Option<&Value> {
         match self {
             Step::PutEndpoint { body, .. }
             | Step::PutPipeline { body, .. }
@@ -133,7 +137,7 @@ impl Step {
     }
 
     /// The request in Kibana dev-console syntax: `METHOD path` then the pretty JSON body.
-    pub fn console(&self) -> String {
+    pub(crate) fn console(&self) -> String {
         let mut out = format!("{} {}\n", self.method(), self.path());
         if let Some(body) = self.body() {
             // serde_json cannot fail on a Value
@@ -146,15 +150,15 @@ impl Step {
 
 /// The ordered requests of a setup.
 #[derive(Debug, Clone)]
-pub struct Plan {
-    pub cluster: Cluster,
-    pub service: Service,
-    pub steps: Vec<Step>,
+pub(crate) struct Plan {
+    pub(crate) cluster: Cluster,
+    pub(crate) service: Service,
+    pub(crate) steps: Vec<Step>,
 }
 
 /// Lays out every request for `cluster`, `model` and `config`.
-pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Result<Plan> {
-    model.validate()?;
+pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Result<Plan> {
+    model_info::validate(model)?;
     let service = cluster.choose_service(config.service)?;
     let endpoint = assets::endpoint_body(
         service,
@@ -164,9 +168,9 @@ pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Resul
                 .sidecar_api_key
                 .clone()
                 .unwrap_or_else(|| NO_SIDECAR_KEY.to_owned()),
-            model: model.model.clone(),
+            model: model.name.clone(),
             dims: model.dimensions,
-            similarity: model.similarity.clone(),
+            similarity: model.similarity,
         },
         cluster,
     )?;
@@ -175,9 +179,9 @@ pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Resul
         index: config.index.clone(),
         pipeline: Some(pipeline.clone()),
         inference_id: config.inference_id.clone(),
-        model: model.model.clone(),
+        model: model.name.clone(),
         dims: model.dimensions,
-        similarity: model.similarity.clone(),
+        similarity: model.similarity,
     };
 
     let mut steps = vec![
@@ -208,7 +212,7 @@ pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Resul
         },
         Step::CreateIndex {
             name: config.index.clone(),
-            vector: Some((model.dimensions, model.similarity.clone())),
+            vector: Some((model.dimensions, model.similarity)),
         },
         Step::CreateIndex {
             name: failed_index_name(&config.index),
@@ -236,12 +240,12 @@ pub fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Resul
 }
 
 /// The whole plan for Kibana's dev console, with `#` comments the console accepts.
-pub fn console_script(plan: &Plan, model: &ModelInfo) -> String {
+pub(crate) fn console_script(plan: &Plan, model: &ModelInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "# Sightline setup for Elasticsearch {} ({} service), model {} ({} dims, {})",
-        plan.cluster.version, plan.service, model.model, model.dimensions, model.similarity
+        plan.cluster.version, plan.service, model.name, model.dimensions, model.similarity
     );
     for (number, step) in plan.steps.iter().enumerate() {
         let _ = writeln!(out, "\n# {}. {}", number + 1, step.comment());
@@ -252,13 +256,13 @@ pub fn console_script(plan: &Plan, model: &ModelInfo) -> String {
 
 /// What happened to one step.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
-    pub what: String,
-    pub action: String,
+pub(crate) struct Outcome {
+    pub(crate) what: String,
+    pub(crate) action: String,
 }
 
 /// Sends the plan. Returns one line per step; the first failure stops and is returned.
-pub async fn apply(
+pub(crate) async fn apply(
     client: &Elasticsearch,
     plan: &Plan,
     model: &ModelInfo,
@@ -272,25 +276,19 @@ pub async fn apply(
                 ensure_endpoint(client, &plan.cluster, id, body, config.recreate_endpoint).await?
             }
             Step::PutPipeline { id, body } => {
-                let response = client
-                    .ingest()
+                let ingest = client.ingest();
+                let put = ingest
                     .put_pipeline(IngestPutPipelineParts::Id(id))
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|err| connection_error(err, &request))?;
-                json_or_error(response, &request).await?;
+                    .body(body);
+                call::<IgnoredAny>(&request, put.send()).await?;
                 "created or updated".to_owned()
             }
             Step::PutIndexTemplate { name, body } => {
-                let response = client
-                    .indices()
+                let indices = client.indices();
+                let put = indices
                     .put_index_template(IndicesPutIndexTemplateParts::Name(name))
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|err| connection_error(err, &request))?;
-                json_or_error(response, &request).await?;
+                    .body(body);
+                call::<IgnoredAny>(&request, put.send()).await?;
                 "created or updated".to_owned()
             }
             Step::CreateIndex { name, vector } => {
@@ -324,18 +322,17 @@ async fn ensure_endpoint(
     recreate: bool,
 ) -> Result<String> {
     let get_request = format!("GET _inference/{TASK_TYPE}/{id}");
-    let response = client
-        .inference()
-        .get(InferenceGetParts::TaskTypeInferenceId(TASK_TYPE, id))
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &get_request))?;
+    let inference = client.inference();
+    let get = inference.get(InferenceGetParts::TaskTypeInferenceId(TASK_TYPE, id));
+    let existing = match call::<Value>(&get_request, get.send()).await {
+        Ok(existing) => Some(existing),
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => None,
+        Err(err) => return Err(err.into()),
+    };
     // `None`: no endpoint; `Some(why)`: one exists and is replaced because of `why`.
-    let replaced: Option<String> = if response.status_code() == StatusCode::NOT_FOUND {
-        None
-    } else {
-        let existing = json_or_error(response, &get_request).await?;
-        match existing_endpoint(&existing) {
+    let replaced: Option<String> = match &existing {
+        None => None,
+        Some(existing) => match existing_endpoint(existing) {
             Some(current) => {
                 let why = match endpoint_difference(current, body) {
                     None if !recreate => return Ok("already up to date".to_owned()),
@@ -346,17 +343,13 @@ async fn ensure_endpoint(
                 Some(why)
             }
             None => None,
-        }
+        },
     };
     let put_request = format!("PUT _inference/{TASK_TYPE}/{id}");
-    let response = client
-        .inference()
+    let put = inference
         .put(InferencePutParts::TaskTypeInferenceId(TASK_TYPE, id))
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &put_request))?;
-    json_or_error(response, &put_request)
+        .body(body);
+    call::<IgnoredAny>(&put_request, put.send())
         .await
         .context("Elasticsearch calls the sidecar once (input \"how big\") while creating the endpoint: it must be running and reachable from the cluster at the --sidecar-url given")?;
     Ok(match replaced {
@@ -375,16 +368,12 @@ async fn delete_endpoint(client: &Elasticsearch, cluster: &Cluster, id: &str) ->
     } else {
         delete
     };
-    let response = delete
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &request))?;
-    json_or_error(response, &request).await?;
+    call::<IgnoredAny>(&request, delete.send()).await?;
     Ok(())
 }
 
 /// The endpoint object in a GET answer: `endpoints` from 8.13, `models` in 8.12.
-pub fn existing_endpoint(answer: &Value) -> Option<&Value> {
+pub(crate) fn existing_endpoint(answer: &Value) -> Option<&Value> {
     ["endpoints", "models"]
         .iter()
         .find_map(|key| answer.get(*key).and_then(Value::as_array))
@@ -396,7 +385,7 @@ pub fn existing_endpoint(answer: &Value) -> Option<&Value> {
 /// never come back, ES adds defaults (rate limits, discovered dimensions) the PUT body leaves
 /// out, and the custom `request` template may come back reshaped (contract §3.1), so comparing it
 /// would recreate the endpoint on every run.
-pub fn endpoint_difference(existing: &Value, desired: &Value) -> Option<String> {
+pub(crate) fn endpoint_difference(existing: &Value, desired: &Value) -> Option<String> {
     let compare = [
         "/service",
         "/service_settings/url",
@@ -421,59 +410,42 @@ pub fn endpoint_difference(existing: &Value, desired: &Value) -> Option<String> 
 async fn ensure_index(
     client: &Elasticsearch,
     name: &str,
-    vector: Option<&(usize, String)>,
+    vector: Option<&(usize, Similarity)>,
 ) -> Result<String> {
     let exists_request = format!("HEAD {name}");
-    let response = client
-        .indices()
-        .exists(IndicesExistsParts::Index(&[name]))
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &exists_request))?;
-    let status = response.status_code();
-    if status == StatusCode::OK {
-        if let Some((dims, similarity)) = vector {
-            let mapping_request = format!("GET {name}/_mapping");
-            let response = client
-                .indices()
-                .get_mapping(IndicesGetMappingParts::Index(&[name]))
-                .send()
-                .await
-                .map_err(|err| connection_error(err, &mapping_request))?;
-            let mapping = json_or_error(response, &mapping_request).await?;
-            check_vector_mapping(&mapping, name, *dims, similarity)?;
+    let index = [name];
+    let indices = client.indices();
+    let exists = indices.exists(IndicesExistsParts::Index(&index));
+    match call::<()>(&exists_request, exists.send()).await {
+        Ok(()) => {
+            if let Some((dims, similarity)) = vector {
+                let mapping_request = format!("GET {name}/_mapping");
+                let get = indices.get_mapping(IndicesGetMappingParts::Index(&index));
+                let mapping: Value = call(&mapping_request, get.send()).await?;
+                check_vector_mapping(&mapping, name, *dims, *similarity)?;
+            }
+            return Ok("exists, kept".to_owned());
         }
-        return Ok("exists, kept".to_owned());
-    }
-    if status != StatusCode::NOT_FOUND {
-        bail!(describe_failure(status, b"", &exists_request));
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {}
+        Err(err) => return Err(err.into()),
     }
     let create_request = format!("PUT {name}");
-    let response = client
-        .indices()
-        .create(IndicesCreateParts::Index(name))
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &create_request))?;
-    let status = response.status_code();
-    let body = response.bytes().await.unwrap_or_default();
-    if status.is_success() {
-        return Ok("created".to_owned());
+    let create = indices.create(IndicesCreateParts::Index(name));
+    match call::<IgnoredAny>(&create_request, create.send()).await {
+        Ok(_) => Ok("created".to_owned()),
+        // Someone else created it between HEAD and PUT: that is the state we wanted.
+        Err(err) if err.es_type() == Some(RESOURCE_ALREADY_EXISTS) => Ok("exists, kept".to_owned()),
+        Err(err) => Err(err.into()),
     }
-    // Someone else created it between HEAD and PUT: that is the state we wanted.
-    if String::from_utf8_lossy(&body).contains("resource_already_exists_exception") {
-        return Ok("exists, kept".to_owned());
-    }
-    bail!(describe_failure(status, &body, &create_request))
 }
 
 /// An existing index must map the vector field with the model's dims and similarity; otherwise
 /// every document would be rejected, and setup must not drop an index that holds data.
-pub fn check_vector_mapping(
+pub(crate) fn check_vector_mapping(
     answer: &Value,
     index: &str,
     dims: usize,
-    similarity: &str,
+    similarity: Similarity,
 ) -> Result<()> {
     let indices = answer
         .as_object()
@@ -496,7 +468,7 @@ pub fn check_vector_mapping(
             );
         }
         if let Some(have_similarity) = field.get("similarity").and_then(Value::as_str) {
-            if have_similarity != similarity {
+            if have_similarity != similarity.as_str() {
                 bail!(
                     "index {concrete} maps {VECTOR_FIELD} with similarity {have_similarity} but the model needs {similarity}; use another --index"
                 );
@@ -514,14 +486,11 @@ async fn verify(
     model: &ModelInfo,
 ) -> Result<String> {
     let request = format!("POST _inference/{TASK_TYPE}/{id} ({what})");
-    let response = client
-        .inference()
+    let inference = client.inference();
+    let post = inference
         .inference(InferenceInferenceParts::TaskTypeInferenceId(TASK_TYPE, id))
-        .body(body)
-        .send()
-        .await
-        .map_err(|err| connection_error(err, &request))?;
-    let answer = json_or_error(response, &request).await?;
+        .body(body);
+    let answer: Value = call(&request, post.send()).await?;
     let vector = first_embedding(&answer)
         .with_context(|| format!("{request}: no text_embedding[0].embedding in the answer"))?;
     check_vector(&vector, model).with_context(|| request.clone())?;
@@ -529,7 +498,7 @@ async fn verify(
 }
 
 /// `text_embedding[0].embedding` of a `POST _inference` answer.
-pub fn first_embedding(answer: &Value) -> Option<Vec<f64>> {
+pub(crate) fn first_embedding(answer: &Value) -> Option<Vec<f64>> {
     answer
         .pointer("/text_embedding/0/embedding")?
         .as_array()?
@@ -540,7 +509,7 @@ pub fn first_embedding(answer: &Value) -> Option<Vec<f64>> {
 
 /// The vector has the model's length and, for `dot_product`, unit length (ES's own tolerance
 /// is 1e-4 on the squared norm; allow a little more for float32 rounding through JSON).
-pub fn check_vector(vector: &[f64], model: &ModelInfo) -> Result<()> {
+pub(crate) fn check_vector(vector: &[f64], model: &ModelInfo) -> Result<()> {
     if vector.len() != model.dimensions {
         bail!(
             "the endpoint returned {} dimensions but the model has {}",
@@ -548,7 +517,7 @@ pub fn check_vector(vector: &[f64], model: &ModelInfo) -> Result<()> {
             model.dimensions
         );
     }
-    if model.similarity == "dot_product" {
+    if model.similarity == Similarity::DotProduct {
         let squared_norm: f64 = vector.iter().map(|x| x * x).sum();
         if (squared_norm - 1.0).abs() > 1e-3 {
             bail!("the endpoint returned a vector of squared length {squared_norm:.4}; dot_product needs unit vectors");
@@ -564,12 +533,14 @@ mod tests {
 
     fn model() -> ModelInfo {
         ModelInfo {
-            model: "clip".to_owned(),
+            name: "clip".to_owned(),
             dimensions: 4,
-            similarity: "dot_product".to_owned(),
             normalized: true,
+            similarity: Similarity::DotProduct,
             modalities: vec!["image".to_owned(), "text".to_owned()],
-            fingerprint: None,
+            max_seq_len: 0,
+            serving: None,
+            fingerprint: String::new(),
         }
     }
 
@@ -678,16 +649,16 @@ mod tests {
     #[test]
     fn vector_mapping_check() {
         let mapping = |dims: u64| json!({"photos": {"mappings": {"properties": {"ml": {"properties": {"image_vector": {"type": "dense_vector", "dims": dims, "similarity": "dot_product"}}}}}}});
-        check_vector_mapping(&mapping(4), "photos", 4, "dot_product").unwrap();
+        check_vector_mapping(&mapping(4), "photos", 4, Similarity::DotProduct).unwrap();
         assert!(
-            check_vector_mapping(&mapping(8), "photos", 4, "dot_product")
+            check_vector_mapping(&mapping(8), "photos", 4, Similarity::DotProduct)
                 .unwrap_err()
                 .to_string()
                 .contains("8 dimensions")
         );
-        assert!(check_vector_mapping(&mapping(4), "photos", 4, "cosine").is_err());
+        assert!(check_vector_mapping(&mapping(4), "photos", 4, Similarity::Cosine).is_err());
         let foreign = json!({"photos": {"mappings": {"properties": {"title": {"type": "text"}}}}});
-        assert!(check_vector_mapping(&foreign, "photos", 4, "dot_product").is_err());
+        assert!(check_vector_mapping(&foreign, "photos", 4, Similarity::DotProduct).is_err());
     }
 
     #[test]

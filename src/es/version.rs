@@ -9,16 +9,18 @@ use std::str::FromStr;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
+use super::body::RootResponse;
+
 /// A release number as `GET /` reports it (`version.number`), suffix dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EsVersion {
-    pub major: u32,
-    pub minor: u32,
-    pub patch: u32,
+pub(crate) struct EsVersion {
+    pub(crate) major: u32,
+    pub(crate) minor: u32,
+    pub(crate) patch: u32,
 }
 
 impl EsVersion {
-    pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
+    pub(crate) const fn new(major: u32, minor: u32, patch: u32) -> Self {
         EsVersion {
             major,
             minor,
@@ -27,7 +29,7 @@ impl EsVersion {
     }
 
     /// True when this version is `major.minor` or later.
-    pub fn at_least(&self, major: u32, minor: u32) -> bool {
+    pub(crate) fn at_least(&self, major: u32, minor: u32) -> bool {
         (self.major, self.minor) >= (major, minor)
     }
 }
@@ -65,15 +67,15 @@ impl fmt::Display for EsVersion {
 
 /// What `GET /` told us about the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cluster {
-    pub version: EsVersion,
+pub(crate) struct Cluster {
+    pub(crate) version: EsVersion,
     /// Elastic Cloud Serverless reports a frozen `8.11.0` but runs the newest code, so its
     /// capabilities are those of the newest release line.
-    pub serverless: bool,
+    pub(crate) serverless: bool,
 }
 
 impl Cluster {
-    pub fn new(version: EsVersion) -> Self {
+    pub(crate) fn new(version: EsVersion) -> Self {
         Cluster {
             version,
             serverless: false,
@@ -83,22 +85,20 @@ impl Cluster {
     /// Reads the body of `GET /`. OpenSearch answers the same route with
     /// `version.distribution: "opensearch"`; its ML APIs are different, so it is refused here
     /// instead of failing later with a confusing error.
-    pub fn from_root_response(body: &Value) -> Result<Self> {
+    pub(crate) fn from_root_response(body: RootResponse) -> Result<Self> {
         let version_object = body
-            .get("version")
+            .version
             .context("the answer to GET / has no \"version\" object; is this Elasticsearch?")?;
-        if let Some(distribution) = version_object.get("distribution").and_then(Value::as_str) {
+        if let Some(distribution) = &version_object.distribution {
             if distribution.eq_ignore_ascii_case("opensearch") {
                 bail!("the cluster is OpenSearch, which Sightline does not support: it needs Elasticsearch's inference API");
             }
         }
         let number = version_object
-            .get("number")
-            .and_then(Value::as_str)
+            .number
             .context("the answer to GET / has no version.number")?;
         let version = number.parse::<EsVersion>()?;
-        let serverless =
-            version_object.get("build_flavor").and_then(Value::as_str) == Some("serverless");
+        let serverless = version_object.build_flavor.as_deref() == Some("serverless");
         Ok(Cluster {
             version,
             serverless,
@@ -116,36 +116,36 @@ impl Cluster {
 
     /// Inference endpoints usable from the ingest processor and kNN `query_vector_builder`
     /// (openai and hugging_face services): 8.12 (contract §0).
-    pub fn has_inference_api(&self) -> bool {
+    pub(crate) fn has_inference_api(&self) -> bool {
         self.effective().at_least(8, 12)
     }
 
     /// 8.12 carried the OpenAI model name in `task_settings.model`; 8.13 moved it to
     /// `service_settings.model_id` (contract §1.1).
-    pub fn openai_model_in_service_settings(&self) -> bool {
+    pub(crate) fn openai_model_in_service_settings(&self) -> bool {
         self.effective().at_least(8, 13)
     }
 
     /// The `custom` service and `chunking_settings.strategy: none` arrived together in 8.19 and
     /// 9.1; 9.0 has neither (contract §0, §3).
-    pub fn has_custom_service(&self) -> bool {
+    pub(crate) fn has_custom_service(&self) -> bool {
         let version = self.effective();
         version.at_least(9, 1) || (version.major == 8 && version.at_least(8, 19))
     }
 
     /// See [`Cluster::has_custom_service`]: same releases.
-    pub fn has_chunking_none(&self) -> bool {
+    pub(crate) fn has_chunking_none(&self) -> bool {
         self.has_custom_service()
     }
 
     /// `semantic_text` can carry whole base64 images only where chunking can be switched off
     /// (contract §5.2, §11.17), so the variant is offered exactly there.
-    pub fn supports_semantic_images(&self) -> bool {
+    pub(crate) fn supports_semantic_images(&self) -> bool {
         self.has_chunking_none()
     }
 
     /// `force` on `DELETE _inference/...` (delete even when a pipeline references it).
-    pub fn inference_delete_has_force(&self) -> bool {
+    pub(crate) fn inference_delete_has_force(&self) -> bool {
         self.effective().at_least(8, 15)
     }
 
@@ -157,7 +157,7 @@ impl Cluster {
     /// - 9.1+: `bbq_hnsw` with rescoring for dims ≥ 384, as 9.1's own default, else `int8_hnsw`.
     ///
     /// `None` on 7.x, where vectors are not indexed.
-    pub fn vector_index_options(&self, dims: usize) -> Option<Value> {
+    pub(crate) fn vector_index_options(&self, dims: usize) -> Option<Value> {
         let version = self.effective();
         if !version.at_least(8, 0) {
             return None;
@@ -174,7 +174,7 @@ impl Cluster {
     /// Picks the inference service: `custom` where it exists (it can tell the sidecar whether a
     /// string is a document or a query, and never truncates), else `openai`. A requested service
     /// is checked against the version. Below 8.12 there is no inference API at all.
-    pub fn choose_service(&self, requested: Option<Service>) -> Result<Service> {
+    pub(crate) fn choose_service(&self, requested: Option<Service>) -> Result<Service> {
         if !self.has_inference_api() {
             bail!(
                 "Elasticsearch {} has no inference API (it needs 8.12 or later), so the cluster cannot call the sidecar; \
@@ -196,7 +196,7 @@ impl Cluster {
 
 /// Inference services that can point at the sidecar (contract §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub(crate) enum Service {
     OpenAi,
     Custom,
     HuggingFace,
@@ -204,20 +204,11 @@ pub enum Service {
 
 impl Service {
     /// The `service` value Elasticsearch expects.
-    pub fn es_name(self) -> &'static str {
+    pub(crate) fn es_name(self) -> &'static str {
         match self {
             Service::OpenAi => "openai",
             Service::Custom => "custom",
             Service::HuggingFace => "hugging_face",
-        }
-    }
-
-    /// Sidecar route the endpoint's `url` points at: the OpenAI dialect for openai and custom,
-    /// the Hugging Face dialect for hugging_face.
-    pub fn sidecar_path(self) -> &'static str {
-        match self {
-            Service::OpenAi | Service::Custom => "/v1/embeddings",
-            Service::HuggingFace => "/embed",
         }
     }
 }
@@ -249,6 +240,10 @@ mod tests {
 
     fn cluster(text: &str) -> Cluster {
         Cluster::new(text.parse().unwrap())
+    }
+
+    fn root(body: Value) -> RootResponse {
+        serde_json::from_value(body).unwrap()
     }
 
     #[test]
@@ -285,16 +280,19 @@ mod tests {
     #[test]
     fn reads_root_response_and_refuses_opensearch() {
         let es = json!({"name": "n", "version": {"number": "8.15.3", "build_flavor": "default"}, "tagline": "You Know, for Search"});
-        assert_eq!(Cluster::from_root_response(&es).unwrap(), cluster("8.15.3"));
+        assert_eq!(
+            Cluster::from_root_response(root(es)).unwrap(),
+            cluster("8.15.3")
+        );
         let serverless = json!({"version": {"number": "8.11.0", "build_flavor": "serverless"}});
-        let parsed = Cluster::from_root_response(&serverless).unwrap();
+        let parsed = Cluster::from_root_response(root(serverless)).unwrap();
         assert!(parsed.serverless && parsed.has_custom_service());
         let opensearch = json!({"version": {"distribution": "opensearch", "number": "2.11.0"}});
-        assert!(Cluster::from_root_response(&opensearch)
+        assert!(Cluster::from_root_response(root(opensearch))
             .unwrap_err()
             .to_string()
             .contains("OpenSearch"));
-        assert!(Cluster::from_root_response(&json!({"ok": true})).is_err());
+        assert!(Cluster::from_root_response(root(json!({"ok": true}))).is_err());
     }
 
     #[test]
@@ -375,14 +373,12 @@ mod tests {
     }
 
     #[test]
-    fn service_names_parse_and_route() {
+    fn service_names_parse() {
         assert_eq!(
             "hugging-face".parse::<Service>().unwrap(),
             Service::HuggingFace
         );
         assert_eq!("OpenAI".parse::<Service>().unwrap(), Service::OpenAi);
         assert!("cohere".parse::<Service>().is_err());
-        assert_eq!(Service::HuggingFace.sidecar_path(), "/embed");
-        assert_eq!(Service::Custom.sidecar_path(), "/v1/embeddings");
     }
 }

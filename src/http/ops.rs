@@ -8,7 +8,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{not_ready_status, AppState};
-use crate::engine::Modality;
+use crate::engine::{MaxBatch, Modality, ModelInfo, ServingLimits};
 use crate::metrics;
 
 /// `GET /health`
@@ -27,25 +27,23 @@ pub(crate) async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     (not_ready_status(ready), Json(body))
 }
 
-/// `GET /info`
-pub(crate) async fn info(State(state): State<AppState>) -> impl IntoResponse {
-    let info = state.engine.info();
+/// `GET /info`: the engine's [`ModelInfo`] with the limits of this server.
+pub(crate) async fn info(State(state): State<AppState>) -> Json<ModelInfo> {
     let opts = state.engine.options();
-    Json(json!({
-        "model": info.name,
-        "dimensions": info.dimensions,
-        "normalized": info.normalized,
-        "similarity": info.similarity(),
-        "modalities": ["image", "text"],
-        "max_seq_len": info.max_seq_len,
-        "max_inputs": state.cfg.max_inputs,
-        "max_body_bytes": state.cfg.max_body,
-        "max_batch": {"image": opts.max_batch_image, "text": opts.max_batch_text},
-        "max_pixels": opts.decode.max_pixels,
-        "jpeg_prescale": opts.decode.jpeg_prescale,
-        "version": env!("CARGO_PKG_VERSION"),
-        "fingerprint": info.fingerprint,
-    }))
+    Json(ModelInfo {
+        serving: Some(ServingLimits {
+            max_inputs: state.cfg.max_inputs,
+            max_body_bytes: state.cfg.max_body,
+            max_batch: MaxBatch {
+                image: opts.max_batch_image,
+                text: opts.max_batch_text,
+            },
+            max_pixels: opts.decode.max_pixels,
+            jpeg_prescale: opts.decode.jpeg_prescale,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
+        ..state.engine.info().clone()
+    })
 }
 
 /// `GET /metrics`
