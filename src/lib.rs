@@ -13,6 +13,8 @@
 //! ```
 //! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `cli/` wires commands to both.
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
 pub mod engine;
 pub mod es;
