@@ -2,16 +2,19 @@
 //!
 //! Data flow:
 //! ```text
-//! HTTP body ─ http::{openai,hf} ─ engine::input (data URI / base64 / text) ─┐
-//! CLI files ─ cli::{embed,ingest} ─────────────────────────────────────────┤
-//!                                                                           ▼
-//!   engine::preprocess (decode, resize, crop, normalise)  engine::text (tokenize)
-//!                                 │                               │
-//!                      engine::batcher (one bounded queue per modality)
-//!                                 │
-//!                      engine::worker (ONNX Runtime sessions) → L2-normalised vectors
+//! HTTP body ─ http::{openai,hf} ─ Engine::parse_input (data URI / base64 / URL / text) ─┐
+//! CLI files ─ cli::{embed,ingest} ──────────────────────────────────────────────────────┤
+//!                                                                                        ▼
+//!   engine::preprocess (decode, resize, crop, normalise)     engine::text (tokenize)
+//!                              │                                        │
+//!                   engine::batcher (one bounded queue per modality) ◀──┘
+//!                              │
+//!                   engine::worker (ONNX Runtime sessions) → L2-normalised vectors
 //! ```
-//! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `cli/` wires commands to both.
+//! `url/` fetches URL inputs for the engine (off by default); `model/` inspects, builds and
+//! downloads model bundles; `es/` talks to Elasticsearch (setup, bulk ingest, kNN search);
+//! `cli/` wires commands to all of them. Dependencies point one way: nothing below `cli/`
+//! imports it, and `engine/` imports only `metrics`.
 
 #![warn(unreachable_pub)]
 
