@@ -14,7 +14,7 @@ use crate::engine::{EmbedError, Item};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("inputs").required(true).multiple(true).args(["image", "text"])))]
-pub struct EmbedArgs {
+pub(super) struct EmbedArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Image files to embed (JPEG, PNG, WebP, GIF, BMP, TIFF).
@@ -45,7 +45,7 @@ enum Line<'a> {
 /// Inputs sent to the engine at once: well under the default queue capacity.
 const CHUNK: usize = 64;
 
-pub async fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     let engine = args.engine.start().await?;
     let inputs: Vec<(String, Result<Item, EmbedError>)> = args
         .image

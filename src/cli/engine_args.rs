@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::engine::{DecodeOptions, EngineOptions};
 
 #[derive(Debug, Clone, clap::Args)]
-pub struct EngineArgs {
+pub(super) struct EngineArgs {
     /// Model bundle directory (holds `sightline.json`).
     #[arg(
         long,
@@ -50,7 +50,7 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn options(&self) -> EngineOptions {
+    pub(super) fn options(&self) -> EngineOptions {
         let defaults = EngineOptions::default();
         EngineOptions {
             threads: self.threads.unwrap_or(defaults.threads),
@@ -76,12 +76,15 @@ impl EngineArgs {
     }
 
     /// Starts the engine off the async runtime: loading sessions blocks for seconds.
-    pub async fn start(&self) -> anyhow::Result<crate::engine::Engine> {
+    pub(super) async fn start(&self) -> anyhow::Result<crate::engine::Engine> {
         self.start_with(self.options()).await
     }
 
     /// [`EngineArgs::start`] with options a command adjusted (`serve` adds URL inputs).
-    pub async fn start_with(&self, opts: EngineOptions) -> anyhow::Result<crate::engine::Engine> {
+    pub(super) async fn start_with(
+        &self,
+        opts: EngineOptions,
+    ) -> anyhow::Result<crate::engine::Engine> {
         let dir = self.model_dir.clone();
         tokio::task::spawn_blocking(move || crate::engine::Engine::start(&dir, opts)).await?
     }

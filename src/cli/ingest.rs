@@ -16,7 +16,7 @@ use crate::es::local::EngineEmbedder;
 use crate::es::{pipeline_name, semantic_pipeline_name, DEFAULT_INDEX};
 
 #[derive(Debug, clap::Args)]
-pub struct IngestArgs {
+pub(super) struct IngestArgs {
     /// Files or folders (walked recursively) of images.
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -73,7 +73,7 @@ pub struct IngestArgs {
     pub model_dir: Option<PathBuf>,
 }
 
-pub async fn run(args: IngestArgs) -> Result<ExitCode> {
+pub(super) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if args.concurrency == 0 || args.bulk_size == 0 {
         bail!("--concurrency and --bulk-size must be at least 1");
     }

@@ -15,7 +15,7 @@ use crate::model::{
 };
 
 #[derive(Debug, clap::Subcommand)]
-pub enum ModelCommand {
+pub(super) enum ModelCommand {
     /// Write a bundle from ONNX files you already have; the graphs are inspected for tensor
     /// names and shapes, and the bundle is smoke-tested before it is moved into place.
     Init(InitArgs),
@@ -24,7 +24,7 @@ pub enum ModelCommand {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct InitArgs {
+pub(super) struct InitArgs {
     /// Image encoder: float32 [N, 3, H, W] in (`pixel_values`), [N, D] out (`image_embeds`).
     #[arg(long, value_name = "FILE")]
     image_onnx: PathBuf,
@@ -63,7 +63,7 @@ pub struct InitArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct PullArgs {
+pub(super) struct PullArgs {
     /// Model to download (its name or its sentence-transformers repo id).
     #[arg(default_value = DEFAULT_MODEL)]
     name: String,
@@ -91,7 +91,7 @@ pub struct PullArgs {
     cache_dir: Option<PathBuf>,
 }
 
-pub async fn run(cmd: ModelCommand) -> Result<ExitCode> {
+pub(super) async fn run(cmd: ModelCommand) -> Result<ExitCode> {
     match cmd {
         ModelCommand::Init(args) => init(args).await,
         ModelCommand::Pull(args) => pull(args).await,

@@ -16,7 +16,7 @@ use crate::es::{DEFAULT_INDEX, DEFAULT_INFERENCE_ID, VECTOR_FIELD};
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("query").required(true).args(["image", "text"])))]
-pub struct SearchArgs {
+pub(super) struct SearchArgs {
     #[command(flatten)]
     pub es: EsConnectArgs,
     /// Image index to search.
@@ -60,7 +60,7 @@ pub struct SearchArgs {
     pub model_dir: Option<PathBuf>,
 }
 
-pub async fn run(args: SearchArgs) -> Result<ExitCode> {
+pub(super) async fn run(args: SearchArgs) -> Result<ExitCode> {
     let query = build_query(&args).await?;
     let config = SearchConfig {
         index: args.index.clone(),

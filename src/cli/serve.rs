@@ -17,7 +17,7 @@ use crate::http::{router, ApiKey, HttpConfig};
 use crate::url::{Fetcher, HostRule, UrlOptions};
 
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(super) struct ServeArgs {
     #[command(flatten)]
     engine: EngineArgs,
     /// Address to listen on.
@@ -114,7 +114,7 @@ impl UrlArgs {
     }
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.max_inputs <= args.engine.queue_capacity,
         "`--max-inputs` ({}) must not exceed `--queue-capacity` ({}): a full-size request could never be admitted",

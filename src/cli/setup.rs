@@ -13,7 +13,7 @@ use crate::es::version::{Cluster, EsVersion, Service};
 use crate::es::{DEFAULT_INDEX, DEFAULT_INFERENCE_ID};
 
 #[derive(Debug, clap::Args)]
-pub struct SetupArgs {
+pub(super) struct SetupArgs {
     #[command(flatten)]
     pub es: EsConnectArgs,
     /// The sidecar's base URL as Elasticsearch reaches it (e.g. http://sightline:8080 inside
@@ -61,7 +61,7 @@ pub struct SetupArgs {
     pub similarity: Option<String>,
 }
 
-pub async fn run(args: SetupArgs) -> Result<ExitCode> {
+pub(super) async fn run(args: SetupArgs) -> Result<ExitCode> {
     let service = match args.service.as_str() {
         "auto" => None,
         other => Some(other.parse::<Service>()?),

@@ -40,7 +40,7 @@ impl Drop for Admission {
 }
 
 impl<P> Queue<P> {
-    pub fn new(capacity: usize) -> (Queue<P>, Receiver<Job<P>>) {
+    pub(super) fn new(capacity: usize) -> (Queue<P>, Receiver<Job<P>>) {
         let (tx, rx) = std::sync::mpsc::channel();
         let queue = Queue {
             tx,
@@ -53,7 +53,7 @@ impl<P> Queue<P> {
     /// Reserves room for `n` items, all or nothing, so a request is never half-admitted.
     /// A request larger than the whole queue could never be admitted: that is the client's
     /// error (400), not overload (429, which ES would retry in vain).
-    pub fn admit(&self, n: usize) -> Result<Admission, EmbedError> {
+    pub(super) fn admit(&self, n: usize) -> Result<Admission, EmbedError> {
         if n > self.capacity {
             return Err(EmbedError::bad_input(format!(
                 "{n} inputs of one modality in one request, over the queue capacity of {} (`--queue-capacity`); send fewer per request",
@@ -81,11 +81,11 @@ impl<P> Queue<P> {
     }
 
     /// Items admitted and not yet answered.
-    pub fn depth(&self) -> usize {
+    pub(super) fn depth(&self) -> usize {
         self.pending.load(Ordering::Acquire)
     }
 
-    pub fn push(&self, job: Job<P>) -> Result<(), EmbedError> {
+    pub(super) fn push(&self, job: Job<P>) -> Result<(), EmbedError> {
         self.tx
             .send(job)
             .map_err(|_| EmbedError::new(ErrorKind::NotReady, "the inference worker has stopped"))

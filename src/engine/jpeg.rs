@@ -78,14 +78,14 @@ fn walk(bytes: &[u8]) -> Result<Container<'_>, EmbedError> {
 }
 
 /// Header facts needed before decoding: size for the pixel limit.
-pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), EmbedError> {
+pub(super) fn dimensions(bytes: &[u8]) -> Result<(u32, u32), EmbedError> {
     let header = turbojpeg::read_header(bytes).map_err(decode_error)?;
     Ok((header.width as u32, header.height as u32))
 }
 
 /// Decodes to RGB with EXIF orientation applied. With `min_short_side`, the image is decoded
 /// at the smallest DCT scale (n/8) whose shorter side is still at least that many pixels.
-pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, EmbedError> {
+pub(super) fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, EmbedError> {
     let container = walk(bytes)?;
     if !container.complete {
         // libjpeg-turbo fills a cut-off scan with grey and only warns: refuse it here, or a

@@ -90,7 +90,7 @@ pub(crate) struct TextModel {
 }
 
 impl TextModel {
-    pub fn open(bundle: &Bundle, threads: usize) -> Result<TextModel> {
+    pub(crate) fn open(bundle: &Bundle, threads: usize) -> Result<TextModel> {
         let m = &bundle.manifest;
         let session = super::runtime::open_session(&bundle.path(&m.text.onnx), threads)?;
         check_names(
@@ -184,7 +184,7 @@ pub(crate) struct Health {
 }
 
 impl Health {
-    pub fn new() -> Arc<Health> {
+    pub(crate) fn new() -> Arc<Health> {
         Arc::new(Health {
             origin: Instant::now(),
             busy_since: AtomicU64::new(u64::MAX),
@@ -197,7 +197,7 @@ impl Health {
     }
 
     /// Alive and not stuck in one run for longer than `stall`.
-    pub fn is_ready(&self, stall: Duration) -> bool {
+    pub(crate) fn is_ready(&self, stall: Duration) -> bool {
         let busy = self.busy_since.load(Ordering::Acquire);
         self.alive.load(Ordering::Acquire)
             && (busy == u64::MAX || self.now_ms().saturating_sub(busy) < stall.as_millis() as u64)
@@ -236,7 +236,7 @@ pub(crate) struct Lanes {
 impl Lanes {
     /// `threads` split over `lanes`, rounding up so no core is left out; never more lanes
     /// than threads.
-    pub fn split(threads: usize, lanes: usize) -> Lanes {
+    pub(crate) fn split(threads: usize, lanes: usize) -> Lanes {
         let threads = threads.max(1);
         let lanes = lanes.clamp(1, threads);
         Lanes {

@@ -96,7 +96,7 @@ impl fmt::Display for UrlHost {
 
 /// What an address is, for the refusal rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddrClass {
+pub(super) enum AddrClass {
     Public,
     Loopback,
     /// RFC 1918, and IPv6's deprecated site-local fec0::/10.
@@ -128,7 +128,7 @@ const METADATA_V4: [Ipv4Addr; 4] = [
 const METADATA_V6: [Ipv6Addr; 1] = [Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254)];
 
 impl AddrClass {
-    pub fn of(ip: IpAddr) -> AddrClass {
+    pub(super) fn of(ip: IpAddr) -> AddrClass {
         match ip {
             IpAddr::V4(v4) => AddrClass::of_v4(v4),
             IpAddr::V6(v6) => AddrClass::of_v6(v6),
@@ -191,7 +191,7 @@ impl AddrClass {
     }
 
     /// Allowed as a fetch target under the given `--allow-url-private` setting.
-    pub fn allowed(self, allow_private: bool) -> bool {
+    pub(super) fn allowed(self, allow_private: bool) -> bool {
         match self {
             AddrClass::Public => true,
             AddrClass::Loopback

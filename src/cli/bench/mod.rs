@@ -29,7 +29,7 @@ use report::{read_peer, Report};
 use server::Server;
 
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(super) struct BenchArgs {
     /// Model bundle to benchmark.
     #[arg(long)]
     model_dir: PathBuf,
@@ -83,7 +83,7 @@ struct BenchConfig {
     peer: Option<PathBuf>,
 }
 
-pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
