@@ -22,6 +22,6 @@ pub mod cli;
 pub mod engine;
 pub mod es;
 pub mod http;
-pub mod metrics;
+mod metrics;
 pub mod model;
 pub mod url;

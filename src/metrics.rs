@@ -106,7 +106,7 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-pub fn request(route: &str, status: u16, elapsed: Duration) {
+pub(crate) fn request(route: &str, status: u16, elapsed: Duration) {
     let m = metrics();
     m.requests
         .with_label_values(&[route, &status.to_string()])
@@ -116,7 +116,7 @@ pub fn request(route: &str, status: u16, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
-pub fn inputs(modality: &str, n: usize) {
+pub(crate) fn inputs(modality: &str, n: usize) {
     metrics()
         .inputs
         .with_label_values(&[modality])
@@ -124,11 +124,11 @@ pub fn inputs(modality: &str, n: usize) {
 }
 
 /// One failed input; `kind` is the error class's label (`bad_input`, `overloaded`…).
-pub fn input_error(kind: &str) {
+pub(crate) fn input_error(kind: &str) {
     metrics().input_errors.with_label_values(&[kind]).inc();
 }
 
-pub fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
+pub(crate) fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
     metrics()
         .stage_seconds
         .with_label_values(&[stage, modality])
@@ -136,7 +136,7 @@ pub fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
 }
 
 /// One model run over `n` inputs.
-pub fn batch_items(modality: &str, n: usize) {
+pub(crate) fn batch_items(modality: &str, n: usize) {
     let m = metrics();
     m.batch_items
         .with_label_values(&[modality])
@@ -144,7 +144,7 @@ pub fn batch_items(modality: &str, n: usize) {
     m.inferred.with_label_values(&[modality]).inc_by(n as u64);
 }
 
-pub fn dropped(modality: &str, reason: &str, n: usize) {
+pub(crate) fn dropped(modality: &str, reason: &str, n: usize) {
     if n > 0 {
         metrics()
             .dropped
@@ -153,7 +153,7 @@ pub fn dropped(modality: &str, reason: &str, n: usize) {
     }
 }
 
-pub fn queue_depth(modality: &str, depth: usize) {
+pub(crate) fn queue_depth(modality: &str, depth: usize) {
     metrics()
         .queue_depth
         .with_label_values(&[modality])
@@ -161,7 +161,7 @@ pub fn queue_depth(modality: &str, depth: usize) {
 }
 
 /// The Prometheus text exposition of every metric.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut buf = Vec::new();
     TextEncoder::new()
         .encode(&metrics().registry.gather(), &mut buf)

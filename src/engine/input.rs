@@ -184,7 +184,7 @@ fn is_base64_byte(b: u8) -> bool {
 
 /// Strict standard base64 (optional padding, white space ignored), with messages that say
 /// what is wrong and where.
-pub fn decode_base64(input: &str) -> Result<Vec<u8>, EmbedError> {
+pub(super) fn decode_base64(input: &str) -> Result<Vec<u8>, EmbedError> {
     let compact: Cow<str> = if input.bytes().any(|b| b.is_ascii_whitespace()) {
         Cow::Owned(input.chars().filter(|c| !c.is_ascii_whitespace()).collect())
     } else {

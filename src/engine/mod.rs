@@ -7,10 +7,10 @@
 
 mod batcher;
 pub mod bundle;
-pub mod error;
+mod error;
 pub mod format;
 mod info;
-pub mod input;
+mod input;
 mod jpeg;
 pub mod preprocess;
 pub mod runtime;

@@ -23,13 +23,13 @@ use crate::engine::preprocess::decode_rgb;
 use crate::engine::DecodeOptions;
 
 /// File extensions (lower case) that `ingest` picks up without sniffing.
-pub const IMAGE_EXTENSIONS: [&str; 9] = [
+pub(crate) const IMAGE_EXTENSIONS: [&str; 9] = [
     "jpg", "jpeg", "jpe", "png", "webp", "gif", "bmp", "tif", "tiff",
 ];
 
 /// Size limits for the payload and the thumbnail.
 #[derive(Debug, Clone, Copy)]
-pub struct ImageOptions {
+pub(crate) struct ImageOptions {
     /// Longer side of the payload sent for embedding; larger images are shrunk.
     pub max_side: u32,
     /// Longer side of the stored thumbnail.
@@ -47,7 +47,7 @@ impl Default for ImageOptions {
 
 /// A decoded, checked image ready to be put in a document.
 #[derive(Debug, Clone)]
-pub struct PreparedImage {
+pub(crate) struct PreparedImage {
     /// `jpeg`, `png`, … as sniffed from the content, not the file name.
     pub format: &'static str,
     /// Size after EXIF rotation, as a viewer shows it.
@@ -56,8 +56,6 @@ pub struct PreparedImage {
     /// Bytes to embed: the original file or an upright, shrunk JPEG.
     pub payload: Bytes,
     pub payload_mime: &'static str,
-    /// Whether `payload` is a re-encoding rather than the file itself.
-    pub reencoded: bool,
     /// JPEG bytes of the thumbnail.
     pub thumbnail: Vec<u8>,
 }
@@ -65,22 +63,22 @@ pub struct PreparedImage {
 impl PreparedImage {
     /// `data:image/…;base64,…`: the form contract §11.9 recommends, so the sidecar can never
     /// mistake an image for text.
-    pub fn data_uri(&self) -> String {
+    pub(crate) fn data_uri(&self) -> String {
         data_uri(self.payload_mime, &self.payload)
     }
 
-    pub fn thumbnail_base64(&self) -> String {
+    pub(crate) fn thumbnail_base64(&self) -> String {
         BASE64.encode(&self.thumbnail)
     }
 }
 
 /// `data:<mime>;base64,<bytes>`.
-pub fn data_uri(mime: &str, bytes: &[u8]) -> String {
+pub(crate) fn data_uri(mime: &str, bytes: &[u8]) -> String {
     format!("data:{mime};base64,{}", BASE64.encode(bytes))
 }
 
 /// True when the extension says "image"; the content decides later.
-pub fn has_image_extension(path: &Path) -> bool {
+pub(crate) fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|ext| ext.to_str())
         .map(|ext| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
@@ -91,7 +89,7 @@ pub fn has_image_extension(path: &Path) -> bool {
 /// (`engine::preprocess::decode_rgb`: same limits, EXIF rotation, truncated-JPEG check, alpha on
 /// white), so a file ingest accepts is one the sidecar accepts too. Errors say why the file is not
 /// a usable image; callers report them per file.
-pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
+pub(crate) fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
     let format = supported_format(bytes, "the file is").map_err(|err| anyhow!("{err}"))?;
     // Full-resolution decode (no JPEG prescale): the metadata reports the real size, and the
     // payload and thumbnail are resized from all the pixels.
@@ -110,15 +108,15 @@ pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
         ImageFormat::Jpeg | ImageFormat::Png | ImageFormat::WebP
     );
     let small_enough = width.max(height) <= options.max_side;
-    let (payload, payload_mime, reencoded) = if passthrough_format && small_enough {
-        (Bytes::copy_from_slice(bytes), format.to_mime_type(), false)
+    let (payload, payload_mime) = if passthrough_format && small_enough {
+        (Bytes::copy_from_slice(bytes), format.to_mime_type())
     } else {
         let resized = if small_enough {
             decoded.clone()
         } else {
             decoded.resize(options.max_side, options.max_side, FilterType::Triangle)
         };
-        (Bytes::from(encode_jpeg(&resized, 90)?), "image/jpeg", true)
+        (Bytes::from(encode_jpeg(&resized, 90)?), "image/jpeg")
     };
     let thumbnail = encode_jpeg(
         &decoded.thumbnail(options.thumbnail_side, options.thumbnail_side),
@@ -130,7 +128,6 @@ pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
         height,
         payload,
         payload_mime,
-        reencoded,
         thumbnail,
     })
 }
@@ -167,7 +164,6 @@ mod tests {
         assert_eq!(prepared.format, "png");
         assert_eq!((prepared.width, prepared.height), (40, 20));
         assert_eq!(&prepared.payload[..], &bytes[..]);
-        assert!(!prepared.reencoded);
         assert!(prepared
             .data_uri()
             .starts_with("data:image/png;base64,iVBOR"));
@@ -186,8 +182,13 @@ mod tests {
             max_side: 64,
             thumbnail_side: 16,
         };
-        let prepared = prepare(&png(200, 100), options).unwrap();
-        assert!(prepared.reencoded);
+        let original = png(200, 100);
+        let prepared = prepare(&original, options).unwrap();
+        assert_ne!(
+            &prepared.payload[..],
+            &original[..],
+            "re-encoded, not passed through"
+        );
         assert_eq!(prepared.payload_mime, "image/jpeg");
         assert_eq!(
             (prepared.width, prepared.height),

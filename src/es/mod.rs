@@ -23,7 +23,7 @@
 pub(crate) mod assets;
 mod body;
 pub mod client;
-pub mod image;
+pub(crate) mod image;
 pub(crate) mod ingest;
 pub(crate) mod local;
 pub(crate) mod model_info;

@@ -6,7 +6,7 @@
 mod hf;
 mod openai;
 mod ops;
-pub mod status;
+mod status;
 pub mod tls;
 
 use std::fmt;

@@ -8,14 +8,14 @@ use crate::engine::ErrorKind;
 
 /// Failures of a whole request, before or around the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(super) enum Failure {
     Input(ErrorKind),
     /// Missing or wrong API key.
     Unauthorized,
 }
 
 impl Failure {
-    pub fn status(self) -> StatusCode {
+    pub(super) fn status(self) -> StatusCode {
         match self {
             Failure::Input(ErrorKind::BadInput | ErrorKind::Unsupported) => StatusCode::BAD_REQUEST,
             // ES retries 429 in every service (es-contract §11 item 13).
@@ -30,7 +30,7 @@ impl Failure {
     }
 
     /// OpenAI's `error.type` vocabulary.
-    pub fn openai_type(self) -> &'static str {
+    pub(super) fn openai_type(self) -> &'static str {
         match self {
             Failure::Input(ErrorKind::BadInput | ErrorKind::Unsupported) => "invalid_request_error",
             Failure::Input(ErrorKind::Overloaded) => "rate_limit_error",
@@ -41,7 +41,7 @@ impl Failure {
     }
 
     /// Seconds a client should wait before retrying, for the retryable statuses.
-    pub fn retry_after(self) -> Option<u32> {
+    pub(super) fn retry_after(self) -> Option<u32> {
         match self {
             Failure::Input(ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::Timeout) => {
                 Some(1)
