@@ -38,10 +38,15 @@ pub(super) struct EngineArgs {
     /// Inputs per modality admitted at once; beyond it requests get 429.
     #[arg(long, env = "SIGHTLINE_QUEUE_CAPACITY", default_value_t = EngineOptions::default().queue_capacity)]
     pub queue_capacity: usize,
+    /// Inputs per modality admitted at once to the priority lane (`?priority=search`), apart
+    /// from `--queue-capacity`; beyond it those requests get 429.
+    #[arg(long, env = "SIGHTLINE_PRIORITY_CAPACITY", default_value_t = EngineOptions::default().priority_capacity)]
+    pub priority_capacity: usize,
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = DecodeOptions::default().max_pixels)]
     pub max_pixels: u64,
-    /// Inputs not embedded within this time are answered with 503 (e.g. `60s`).
+    /// Inputs not embedded within this time are answered with 429 (e.g. `60s`); requests
+    /// that would not drain within it are refused with 429 at once.
     #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value_t = EngineOptions::default().request_timeout.into())]
     pub request_timeout: humantime::Duration,
     /// Return raw model vectors instead of L2-normalised ones (then map `similarity: cosine`).
@@ -61,6 +66,8 @@ impl EngineArgs {
             batch_wait: self.batch_wait.into(),
             text_batch_wait: self.text_batch_wait.into(),
             queue_capacity: self.queue_capacity,
+            priority_capacity: self.priority_capacity,
+            priority_burst: defaults.priority_burst,
             normalize: !self.no_normalize,
             // Exact decoding unless a command opts into the fast path (`serve` does).
             decode: DecodeOptions {

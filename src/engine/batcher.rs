@@ -1,16 +1,47 @@
-//! The batching queue, one per modality: admission control (a bounded number of items may be
-//! pending, beyond that callers get "overloaded" at once), batch assembly (up to `max_batch`
-//! items, waiting at most `batch_wait` for more), and triage of jobs whose caller has gone or
-//! whose deadline passed, so they never reach the model.
+//! The batching queue, one per modality: admission control, two lanes, batch assembly, and
+//! triage of jobs whose caller has gone or whose deadline passed, so they never reach the model.
+//!
+//! - Admission: a bounded number of inputs may be pending per lane, beyond that callers get
+//!   "overloaded" at once; and once batches have run, an input is admitted only if the queue
+//!   ahead of it is estimated to drain before the request's timeout (`Rate`), since a 429 now is
+//!   worth more to Elasticsearch than a refusal after the whole timeout (issue 16 §5).
+//! - Lanes: queries (`?priority=search`) wait in a lane of their own and are served before any
+//!   queued ingest input, because Elasticsearch fails a search whose query vector takes over
+//!   10 s (issue 11 §4). The lane is bounded twice, see [`Queue::new`] and [`State::take`].
+//! - Assembly: up to `max_batch` jobs; an ingest batch waits at most `batch_wait` for company.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::error::{EmbedError, ErrorKind};
+
+/// Which lane a request's inputs wait in. Parsed from the `priority` query parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Priority {
+    /// Bulk work (the ingest processor, `semantic_text`, backfills): the default.
+    #[default]
+    Ingest,
+    /// A query someone is waiting for: served before any queued ingest input.
+    Search,
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "search" => Ok(Priority::Search),
+            "ingest" => Ok(Priority::Ingest),
+            other => Err(format!(
+                "unknown `priority` value `{other}`: use `priority=search` for queries, or leave it out (`ingest`)"
+            )),
+        }
+    }
+}
 
 /// One input waiting for the model.
 pub(crate) struct Job<P> {
@@ -20,11 +51,61 @@ pub(crate) struct Job<P> {
     pub enqueued: Instant,
 }
 
-/// Sending side of a modality's queue, shared by all callers.
-pub(crate) struct Queue<P> {
-    tx: Sender<Job<P>>,
+/// How many inputs one lane may hold, and how many it holds (admitted, not yet answered).
+struct Pool {
     pending: Arc<AtomicUsize>,
     capacity: usize,
+    /// The flag that sets `capacity`, for the message of a request that can never fit.
+    flag: &'static str,
+}
+
+/// Seconds per input of the last batches, per worker: what admission estimates drain time from.
+pub(crate) struct Rate {
+    /// (inputs, seconds) of the last [`Rate::WINDOW`] batches.
+    recent: Mutex<VecDeque<(usize, f64)>>,
+}
+
+impl Rate {
+    /// Batches remembered: enough to smooth one odd batch out, few enough to follow a change
+    /// of load (small query batches vs full ingest batches) within a second or two.
+    const WINDOW: usize = 8;
+
+    fn new() -> Rate {
+        Rate {
+            recent: Mutex::new(VecDeque::with_capacity(Self::WINDOW)),
+        }
+    }
+
+    /// Records one batch run by one worker.
+    pub(crate) fn record(&self, inputs: usize, elapsed: Duration) {
+        if inputs == 0 {
+            return;
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() == Self::WINDOW {
+            recent.pop_front();
+        }
+        recent.push_back((inputs, elapsed.as_secs_f64()));
+    }
+
+    /// One worker's seconds per input over the last batches; `None` before any batch ran.
+    fn seconds_per_input(&self) -> Option<f64> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let inputs: usize = recent.iter().map(|(n, _)| n).sum();
+        let seconds: f64 = recent.iter().map(|(_, s)| s).sum();
+        (inputs > 0).then(|| seconds / inputs as f64)
+    }
+}
+
+/// Sending side of a modality's queue, shared by all callers.
+pub(crate) struct Queue<P> {
+    shared: Arc<Shared<P>>,
+    modality: &'static str,
+    ingest: Pool,
+    search: Pool,
+    rate: Arc<Rate>,
+    /// Workers taking batches from this queue side by side (image lanes), for the drain rate.
+    workers: usize,
 }
 
 /// Holds `n` admitted slots until dropped (when the caller has its answers or gave up).
@@ -39,85 +120,280 @@ impl Drop for Admission {
     }
 }
 
+struct Shared<P> {
+    state: Mutex<State<P>>,
+    /// Signalled on every push and on close.
+    ready: Condvar,
+}
+
+impl<P> Shared<P> {
+    fn lock(&self) -> MutexGuard<'_, State<P>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+struct State<P> {
+    search: VecDeque<Job<P>>,
+    ingest: VecDeque<Job<P>>,
+    /// Priority batches taken in a row while ingest inputs were waiting.
+    streak: usize,
+    /// The sending side is gone: drain what is queued, then stop.
+    closed: bool,
+}
+
+/// Receiving side, shared by the workers of one modality (behind their gathering lock).
+pub(crate) struct Receiver<P> {
+    shared: Arc<Shared<P>>,
+    rate: Arc<Rate>,
+    /// Most priority batches in a row while ingest inputs wait.
+    burst: usize,
+}
+
+/// Queue settings.
+pub(crate) struct QueueConfig {
+    pub modality: &'static str,
+    /// Ingest inputs pending at once (`--queue-capacity`).
+    pub capacity: usize,
+    /// Priority inputs pending at once (`--priority-capacity`).
+    pub priority_capacity: usize,
+    /// Most priority batches in a row while ingest waits (`EngineOptions::priority_burst`).
+    pub burst: usize,
+    /// Workers serving the queue side by side.
+    pub workers: usize,
+}
+
 impl<P> Queue<P> {
-    pub(super) fn new(capacity: usize) -> (Queue<P>, Receiver<Job<P>>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let queue = Queue {
-            tx,
+    /// Priority inputs are admitted against a small capacity of their own rather than the
+    /// ingest one: a full ingest queue is exactly when a search must still get in, and a flood
+    /// of "search" requests can then hold at most `priority_capacity` inputs in memory.
+    pub(super) fn new(cfg: QueueConfig) -> (Queue<P>, Receiver<P>) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                search: VecDeque::new(),
+                ingest: VecDeque::new(),
+                streak: 0,
+                closed: false,
+            }),
+            ready: Condvar::new(),
+        });
+        let rate = Arc::new(Rate::new());
+        let pool = |capacity, flag| Pool {
             pending: Arc::new(AtomicUsize::new(0)),
             capacity,
+            flag,
+        };
+        let queue = Queue {
+            shared: shared.clone(),
+            modality: cfg.modality,
+            ingest: pool(cfg.capacity, "--queue-capacity"),
+            search: pool(cfg.priority_capacity, "--priority-capacity"),
+            rate: rate.clone(),
+            workers: cfg.workers.max(1),
+        };
+        let rx = Receiver {
+            shared,
+            rate,
+            burst: cfg.burst.max(1),
         };
         (queue, rx)
     }
 
-    /// Reserves room for `n` items, all or nothing, so a request is never half-admitted.
-    /// A request larger than the whole queue could never be admitted: that is the client's
-    /// error (400), not overload (429, which ES would retry in vain).
-    pub(super) fn admit(&self, n: usize) -> Result<Admission, EmbedError> {
-        if n > self.capacity {
+    fn pool(&self, priority: Priority) -> &Pool {
+        match priority {
+            Priority::Ingest => &self.ingest,
+            Priority::Search => &self.search,
+        }
+    }
+
+    /// Reserves room for `n` inputs in `priority`'s lane, all or nothing, so a request is never
+    /// half-admitted. A request larger than the whole lane could never be admitted: that is the
+    /// client's error (400), not overload (429, which ES would retry in vain). Once batches have
+    /// run, a request whose last input would not be reached within `budget` (the request
+    /// timeout) at the measured rate is refused too, with the estimate as its retry delay.
+    pub(super) fn admit(
+        &self,
+        n: usize,
+        priority: Priority,
+        budget: Duration,
+    ) -> Result<Admission, EmbedError> {
+        let pool = self.pool(priority);
+        if n > pool.capacity {
+            let lane = match priority {
+                Priority::Ingest => "",
+                Priority::Search => " with `priority=search`",
+            };
             return Err(EmbedError::bad_input(format!(
-                "{n} inputs of one modality in one request, over the queue capacity of {} (`--queue-capacity`); send fewer per request",
-                self.capacity
+                "{n} inputs of one modality in one request{lane}, over the queue capacity of {} (`{}`); send fewer per request",
+                pool.capacity, pool.flag
             )));
         }
-        let admitted = self
+        if n == 0 {
+            return Ok(Admission {
+                pending: pool.pending.clone(),
+                n,
+            });
+        }
+        let per_input = self.rate.seconds_per_input();
+        // Priority inputs overtake every ingest input, so only their own lane is ahead of them.
+        let overtaken = match priority {
+            Priority::Ingest => self.search.pending.load(Ordering::Acquire),
+            Priority::Search => 0,
+        };
+        let mut refusal = None;
+        let admitted = pool
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| {
-                (p + n <= self.capacity).then_some(p + n)
+                if p + n > pool.capacity {
+                    refusal = Some(self.full(p, n, pool));
+                    return None;
+                }
+                if let Some(per_input) = per_input {
+                    let ahead = overtaken + p + n;
+                    let drain = ahead as f64 * per_input / self.workers as f64;
+                    if drain > budget.as_secs_f64() {
+                        refusal = Some(self.too_slow(ahead, per_input, drain, budget));
+                        return None;
+                    }
+                }
+                Some(p + n)
             });
         match admitted {
             Ok(_) => Ok(Admission {
-                pending: self.pending.clone(),
+                pending: pool.pending.clone(),
                 n,
             }),
-            Err(pending) => Err(EmbedError::new(
-                ErrorKind::Overloaded,
-                format!(
-                    "overloaded: {pending} inputs are queued and {n} more would exceed the queue capacity of {}; retry later",
-                    self.capacity
-                ),
-            )),
+            Err(_) => Err(refusal.expect("fetch_update fails only through a refusal")),
         }
     }
 
-    /// Items admitted and not yet answered.
-    pub(super) fn depth(&self) -> usize {
-        self.pending.load(Ordering::Acquire)
+    fn full(&self, pending: usize, n: usize, pool: &Pool) -> EmbedError {
+        EmbedError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "overloaded: {pending} inputs are queued and {n} more would exceed the queue capacity of {}; retry later",
+                pool.capacity
+            ),
+        )
     }
 
-    pub(super) fn push(&self, job: Job<P>) -> Result<(), EmbedError> {
-        self.tx
-            .send(job)
-            .map_err(|_| EmbedError::new(ErrorKind::NotReady, "the inference worker has stopped"))
+    /// Retry once the excess over the budget has drained, at least a second from now.
+    fn too_slow(&self, ahead: usize, per_input: f64, drain: f64, budget: Duration) -> EmbedError {
+        let rate = self.workers as f64 / per_input;
+        let excess = (drain - budget.as_secs_f64()).ceil().max(1.0);
+        EmbedError::new(
+            ErrorKind::Overloaded,
+            format!(
+                "overloaded: {ahead} {} inputs would take about {drain:.1} s to drain at the measured {rate:.1} inputs/s, longer than the request timeout of {:.1} s (`--request-timeout`); retry later",
+                self.modality,
+                budget.as_secs_f64()
+            ),
+        )
+        .retry_after(Duration::from_secs_f64(excess))
+    }
+
+    /// Inputs admitted and not yet answered, both lanes.
+    pub(super) fn depth(&self) -> usize {
+        self.ingest.pending.load(Ordering::Acquire) + self.search.pending.load(Ordering::Acquire)
+    }
+
+    /// Feeds the rate estimator as a worker does after each batch.
+    pub(super) fn record(&self, inputs: usize, elapsed: Duration) {
+        self.rate.record(inputs, elapsed);
+    }
+
+    pub(super) fn push(&self, job: Job<P>, priority: Priority) -> Result<(), EmbedError> {
+        let mut state = self.shared.lock();
+        if state.closed {
+            return Err(EmbedError::new(
+                ErrorKind::NotReady,
+                "the inference worker has stopped",
+            ));
+        }
+        match priority {
+            Priority::Ingest => state.ingest.push_back(job),
+            Priority::Search => state.search.push_back(job),
+        }
+        drop(state);
+        self.shared.ready.notify_all();
+        Ok(())
     }
 }
 
-/// Blocks for the first job, then gathers more until `max` jobs or `wait` has passed.
-/// `None` once every sender is gone (shutdown).
-pub(crate) fn collect<P>(rx: &Receiver<Job<P>>, max: usize, wait: Duration) -> Option<Vec<Job<P>>> {
-    let first = rx.recv().ok()?;
-    let until = Instant::now() + wait;
-    let mut batch = vec![first];
-    while batch.len() < max {
-        // Whatever is already queued joins without waiting.
-        match rx.try_recv() {
-            Ok(job) => {
-                batch.push(job);
-                continue;
-            }
-            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-            Err(std::sync::mpsc::TryRecvError::Empty) => {}
-        }
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        match rx.recv_timeout(left) {
-            Ok(job) => batch.push(job),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-        }
+impl<P> Drop for Queue<P> {
+    /// The engine is gone: workers finish what is queued, then stop.
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_all();
     }
-    Some(batch)
+}
+
+impl<P> Receiver<P> {
+    /// The estimator this queue's workers feed.
+    pub(crate) fn rate(&self) -> Arc<Rate> {
+        self.rate.clone()
+    }
+}
+
+impl<P> State<P> {
+    fn is_empty(&self) -> bool {
+        self.search.is_empty() && self.ingest.is_empty()
+    }
+
+    /// The next batch, if one is due. A priority batch is due as soon as it has one input and
+    /// never waits for company (a search is waiting; queries arriving meanwhile form the next
+    /// batch), and it holds priority inputs only, so its run is as short as it can be. An ingest
+    /// batch is due once full, once `due` (its wait is over, or the queue closed), or when it
+    /// is owed its turn: after `burst` priority batches in a row while ingest inputs waited,
+    /// one ingest batch runs, so a flood of searches slows ingest to at least 1/(burst + 1) of
+    /// the batches but never starves it, and the searches of that flood wait at most one
+    /// ingest batch in every `burst + 1`.
+    fn take(&mut self, max: usize, due: bool, burst: usize) -> Option<Vec<Job<P>>> {
+        let ingest_waits = !self.ingest.is_empty();
+        let ingest_owed = ingest_waits && self.streak >= burst;
+        if !self.search.is_empty() && !ingest_owed {
+            self.streak = if ingest_waits { self.streak + 1 } else { 0 };
+            let n = self.search.len().min(max);
+            return Some(self.search.drain(..n).collect());
+        }
+        if ingest_waits && (due || ingest_owed || self.ingest.len() >= max) {
+            self.streak = 0;
+            let n = self.ingest.len().min(max);
+            return Some(self.ingest.drain(..n).collect());
+        }
+        None
+    }
+}
+
+/// Blocks for the first job, then returns the next due batch (`State::take`): an ingest batch
+/// gathers up to `max` jobs or until `wait` has passed. `None` once the queue is closed and
+/// drained (shutdown).
+pub(crate) fn collect<P>(rx: &Receiver<P>, max: usize, wait: Duration) -> Option<Vec<Job<P>>> {
+    let max = max.max(1);
+    let mut state = rx.shared.lock();
+    while state.is_empty() {
+        if state.closed {
+            return None;
+        }
+        state = rx
+            .shared
+            .ready
+            .wait(state)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    let until = Instant::now() + wait;
+    loop {
+        let now = Instant::now();
+        let due = now >= until || state.closed;
+        if let Some(batch) = state.take(max, due, rx.burst) {
+            return Some(batch);
+        }
+        state = rx
+            .shared
+            .ready
+            .wait_timeout(state, until.saturating_duration_since(now))
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
 }
 
 /// A gathered batch, sorted by what to do with each job.
@@ -126,7 +402,8 @@ pub(crate) struct Triage<P> {
     pub live: Vec<Job<P>>,
     /// Past their deadline: answer with a timeout, do not run.
     pub expired: Vec<Job<P>>,
-    /// Jobs whose caller disconnected, dropped: nobody would read their vector.
+    /// Jobs whose caller disconnected or whose request already failed, dropped: nobody would
+    /// read their vector.
     pub abandoned: usize,
 }
 
@@ -159,10 +436,11 @@ pub(crate) fn timeout_error() -> EmbedError {
 mod tests {
     use super::*;
 
-    fn job(
-        id: u32,
-        deadline: Instant,
-    ) -> (Job<u32>, oneshot::Receiver<Result<Vec<f32>, EmbedError>>) {
+    type Reply = oneshot::Receiver<Result<Vec<f32>, EmbedError>>;
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    fn job(id: u32, deadline: Instant) -> (Job<u32>, Reply) {
         let (reply, rx) = oneshot::channel();
         let now = Instant::now();
         (
@@ -176,16 +454,47 @@ mod tests {
         )
     }
 
+    fn queue(
+        capacity: usize,
+        priority_capacity: usize,
+        burst: usize,
+    ) -> (Queue<u32>, Receiver<u32>) {
+        Queue::new(QueueConfig {
+            modality: "image",
+            capacity,
+            priority_capacity,
+            burst,
+            workers: 1,
+        })
+    }
+
+    /// Pushes jobs `ids` in `priority`'s lane; the replies are kept open in `keep`.
+    fn push(q: &Queue<u32>, ids: std::ops::Range<u32>, priority: Priority, keep: &mut Vec<Reply>) {
+        for id in ids {
+            let (j, r) = job(id, Instant::now() + LONG);
+            keep.push(r);
+            q.push(j, priority).unwrap();
+        }
+    }
+
+    fn ids(batch: Option<Vec<Job<u32>>>) -> Vec<u32> {
+        batch.unwrap().iter().map(|j| j.payload).collect()
+    }
+
     #[test]
     fn admission_is_all_or_nothing_and_released_on_drop() {
-        let (q, _rx) = Queue::<u32>::new(10);
-        assert_eq!(q.admit(11).err().unwrap().kind, ErrorKind::BadInput);
-        let a = q.admit(6).unwrap();
-        let e = q.admit(5).err().unwrap();
+        let (q, _rx) = queue(10, 2, 4);
+        assert_eq!(
+            q.admit(11, Priority::Ingest, LONG).err().unwrap().kind,
+            ErrorKind::BadInput
+        );
+        let a = q.admit(6, Priority::Ingest, LONG).unwrap();
+        let e = q.admit(5, Priority::Ingest, LONG).err().unwrap();
         assert_eq!(e.kind, ErrorKind::Overloaded);
         assert!(e.message.contains("6 inputs are queued"), "{}", e.message);
+        assert_eq!(e.retry_after, None, "the status table's default applies");
         assert_eq!(q.depth(), 6);
-        let b = q.admit(4).unwrap();
+        let b = q.admit(4, Priority::Ingest, LONG).unwrap();
         assert_eq!(q.depth(), 10);
         drop(a);
         drop(b);
@@ -193,27 +502,152 @@ mod tests {
     }
 
     #[test]
-    fn collect_takes_what_is_queued_up_to_max_in_order() {
-        let (q, rx) = Queue::<u32>::new(100);
-        let far = Instant::now() + Duration::from_secs(60);
-        let mut keep = Vec::new();
-        for id in 0..5 {
-            let (j, r) = job(id, far);
-            keep.push(r);
-            q.push(j).unwrap();
-        }
-        let batch = collect(&rx, 3, Duration::ZERO).unwrap();
-        assert_eq!(
-            batch.iter().map(|j| j.payload).collect::<Vec<_>>(),
-            [0, 1, 2]
+    fn priority_inputs_have_a_small_capacity_of_their_own() {
+        let (q, _rx) = queue(4, 2, 4);
+        let _full = q.admit(4, Priority::Ingest, LONG).unwrap();
+        // A full ingest queue does not keep a search out...
+        let s = q.admit(2, Priority::Search, LONG).unwrap();
+        assert_eq!(q.depth(), 6);
+        // ...but the search lane is bounded too: a flood of searches holds at most 2 inputs.
+        let e = q.admit(1, Priority::Search, LONG).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        let e = q.admit(3, Priority::Search, LONG).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::BadInput);
+        assert!(
+            e.message.contains("priority=search") && e.message.contains("--priority-capacity"),
+            "{}",
+            e.message
         );
-        let batch = collect(&rx, 3, Duration::ZERO).unwrap();
-        assert_eq!(batch.iter().map(|j| j.payload).collect::<Vec<_>>(), [3, 4]);
+        drop(s);
+        assert_eq!(q.depth(), 4);
+    }
+
+    #[test]
+    fn admission_refuses_what_would_not_drain_before_the_timeout() {
+        let (q, _rx) = queue(100, 10, 4);
+        // No batch has run: admitted as far as capacity goes, whatever the timeout.
+        let held = q
+            .admit(8, Priority::Ingest, Duration::from_secs(1))
+            .unwrap();
+        // Measured: 0.5 s per input on the one worker (2 inputs/s).
+        q.record(4, Duration::from_secs(2));
+        let budget = Duration::from_secs(10);
+        // 8 queued + 11 = 19 inputs: 9.5 s, within the budget.
+        let more = q.admit(11, Priority::Ingest, budget).unwrap();
+        // 19 queued + 4: 11.5 s, over it: refused now, retry when 1.5 s have drained (→ 2 s).
+        let e = q.admit(4, Priority::Ingest, budget).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::Overloaded);
+        assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
+        assert!(
+            e.message.contains("23 image inputs") && e.message.contains("--request-timeout"),
+            "{}",
+            e.message
+        );
+        // A priority input overtakes the ingest backlog: only its own lane is ahead of it.
+        let s = q.admit(1, Priority::Search, budget).unwrap();
+        // An ingest input waits behind the priority one too: 19 + 1 + 1 = 10.5 s is refused...
+        assert_eq!(
+            q.admit(1, Priority::Ingest, budget).err().unwrap().kind,
+            ErrorKind::Overloaded
+        );
+        // ...and 19 + 1 = 10 s is admitted once the priority input is answered.
+        drop(s);
+        let last = q.admit(1, Priority::Ingest, budget).unwrap();
+        drop((held, more, last));
+        // Two workers drain twice as fast: 36 inputs at 0.25 s each = 9 s.
+        let (q2, _rx2) = Queue::<u32>::new(QueueConfig {
+            modality: "image",
+            capacity: 100,
+            priority_capacity: 10,
+            burst: 4,
+            workers: 2,
+        });
+        q2.record(4, Duration::from_secs(2));
+        assert!(q2.admit(36, Priority::Ingest, budget).is_ok());
+        // Requests without inputs of this modality are never refused by it.
+        assert!(q.admit(0, Priority::Ingest, Duration::ZERO).is_ok());
+    }
+
+    #[test]
+    fn rate_follows_the_last_batches() {
+        let rate = Rate::new();
+        assert_eq!(rate.seconds_per_input(), None);
+        rate.record(0, Duration::from_secs(9));
+        assert_eq!(
+            rate.seconds_per_input(),
+            None,
+            "an empty batch says nothing"
+        );
+        for _ in 0..Rate::WINDOW {
+            rate.record(10, Duration::from_secs(10));
+        }
+        assert_eq!(rate.seconds_per_input(), Some(1.0));
+        // A full window later, the old batches are forgotten.
+        for _ in 0..Rate::WINDOW {
+            rate.record(4, Duration::from_secs(1));
+        }
+        assert_eq!(rate.seconds_per_input(), Some(0.25));
+    }
+
+    #[test]
+    fn collect_takes_what_is_queued_up_to_max_in_order() {
+        let (q, rx) = queue(100, 10, 4);
+        let mut keep = Vec::new();
+        push(&q, 0..5, Priority::Ingest, &mut keep);
+        assert_eq!(ids(collect(&rx, 3, Duration::ZERO)), [0, 1, 2]);
+        assert_eq!(ids(collect(&rx, 3, Duration::ZERO)), [3, 4]);
         drop(q);
         assert!(
             collect(&rx, 3, Duration::ZERO).is_none(),
             "closed queue ends the worker"
         );
+    }
+
+    #[test]
+    fn a_closed_queue_still_hands_out_what_it_holds() {
+        let (q, rx) = queue(100, 10, 4);
+        let mut keep = Vec::new();
+        push(&q, 0..2, Priority::Ingest, &mut keep);
+        drop(q);
+        // Not full and the wait is long, but the queue closed: the batch is due.
+        assert_eq!(ids(collect(&rx, 8, LONG)), [0, 1]);
+        assert!(collect(&rx, 8, LONG).is_none());
+    }
+
+    #[test]
+    fn priority_inputs_go_first_without_waiting_for_company() {
+        let (q, rx) = queue(100, 10, 4);
+        let mut keep = Vec::new();
+        push(&q, 0..3, Priority::Ingest, &mut keep);
+        push(&q, 100..102, Priority::Search, &mut keep);
+        // The ingest batch would wait a minute for a fifth input; the priority one runs now,
+        // alone with its own lane.
+        assert_eq!(ids(collect(&rx, 5, LONG)), [100, 101]);
+        push(&q, 3..5, Priority::Ingest, &mut keep);
+        assert_eq!(ids(collect(&rx, 5, LONG)), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_flood_of_priority_inputs_cannot_starve_ingest() {
+        let burst = 3;
+        let (q, rx) = queue(100, 100, burst);
+        let mut keep = Vec::new();
+        push(&q, 0..4, Priority::Ingest, &mut keep);
+        push(&q, 100..120, Priority::Search, &mut keep);
+        // Batches of 2: three priority batches, then the ingest one owed (not full, but it
+        // runs at once, without its minute of waiting), and so on.
+        let mut lanes = String::new();
+        for _ in 0..10 {
+            let batch = ids(collect(&rx, 2, LONG));
+            lanes.push(if batch[0] >= 100 { 'S' } else { 'I' });
+        }
+        assert_eq!(lanes, "SSSISSSISS");
+        // With ingest drained, searches run back to back and the streak does not build up.
+        let tail = ids(collect(&rx, 2, LONG));
+        assert!(tail.iter().all(|id| *id >= 100), "{tail:?}");
+        push(&q, 4..5, Priority::Ingest, &mut keep);
+        push(&q, 200..202, Priority::Search, &mut keep);
+        assert!(ids(collect(&rx, 2, LONG))[0] >= 100, "the streak restarted");
     }
 
     #[test]
@@ -227,5 +661,13 @@ mod tests {
         assert_eq!(t.live.iter().map(|j| j.payload).collect::<Vec<_>>(), [0]);
         assert_eq!(t.expired.iter().map(|j| j.payload).collect::<Vec<_>>(), [2]);
         assert_eq!(t.abandoned, 1);
+    }
+
+    #[test]
+    fn priority_parameter_values() {
+        assert_eq!("search".parse::<Priority>(), Ok(Priority::Search));
+        assert_eq!("ingest".parse::<Priority>(), Ok(Priority::Ingest));
+        let e = "urgent".parse::<Priority>().unwrap_err();
+        assert!(e.contains("`urgent`"), "{e}");
     }
 }

@@ -2,6 +2,7 @@
 //! builds the same "input[3]: ..." message and every transport maps the kind to its own status.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Classes of failure, each mapped to one status by `http::status` (and to one exit code by the CLI).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -10,7 +11,7 @@ pub enum ErrorKind {
     BadInput,
     /// The image format is recognised but not supported (SVG, HEIC, AVIF).
     Unsupported,
-    /// The queue is full: retry later.
+    /// The queue is full, or would not drain before the request's deadline: retry later.
     Overloaded,
     /// The engine is not running (not loaded yet, shutting down, worker gone).
     NotReady,
@@ -39,6 +40,9 @@ impl ErrorKind {
 pub struct EmbedError {
     pub kind: ErrorKind,
     pub message: String,
+    /// When to retry, where the engine knows better than the status table's default (the
+    /// queue's estimated drain time when admission refused a request).
+    pub retry_after: Option<Duration>,
 }
 
 impl EmbedError {
@@ -46,7 +50,14 @@ impl EmbedError {
         EmbedError {
             kind,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error with a retry hint.
+    pub fn retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
     }
 
     pub fn bad_input(message: impl Into<String>) -> Self {
@@ -90,6 +101,36 @@ impl fmt::Display for InputError {
 }
 
 impl std::error::Error for InputError {}
+
+/// Why a request as a whole failed (`Engine::embed_request`): refused before anything ran, or
+/// one of its inputs failed, which ends the request and drops its remaining work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestFailure {
+    /// Not admitted (queue full or too slow to drain, more inputs than the queue holds).
+    Refused(EmbedError),
+    /// The first input found failing, with its index.
+    Input(InputError),
+}
+
+impl RequestFailure {
+    pub fn error(&self) -> &EmbedError {
+        match self {
+            RequestFailure::Refused(e) => e,
+            RequestFailure::Input(e) => &e.error,
+        }
+    }
+}
+
+impl fmt::Display for RequestFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestFailure::Refused(e) => e.fmt(f),
+            RequestFailure::Input(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RequestFailure {}
 
 #[cfg(test)]
 mod tests {

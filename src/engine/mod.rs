@@ -1,9 +1,13 @@
 //! The embedding engine: the one API every caller (HTTP dialects, CLI) uses.
 //!
-//! [`Engine::embed`] takes the items of one request and returns one result per item, in order.
-//! Images are decoded and preprocessed on a bounded blocking pool, texts are tokenized inline;
-//! both then wait in their modality's queue (`batcher.rs`) for a worker thread (`worker.rs`)
-//! that batches them with other callers' inputs. A bad input fails only itself.
+//! [`Engine::embed`] takes the items of one batch of files and returns one result per item, in
+//! order (a bad file fails only itself); [`Engine::embed_request`] takes an HTTP request's
+//! items, which succeed or fail together, so the first failure ends the request and drops its
+//! remaining work. Images are decoded and preprocessed on a bounded blocking pool, texts are
+//! tokenized inline; both then wait in their modality's queue (`batcher.rs`, in the ingest or
+//! the priority lane) for a worker thread (`worker.rs`) that batches them with other callers'
+//! inputs. The request's deadline is checked between inputs and between stages, so work that
+//! can no longer be answered in time is not started.
 
 mod batcher;
 pub mod bundle;
@@ -18,6 +22,7 @@ pub mod text;
 pub(crate) mod worker;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,13 +30,14 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+pub use batcher::Priority;
 pub use bundle::Bundle;
-pub use error::{EmbedError, ErrorKind, InputError};
+pub use error::{EmbedError, ErrorKind, InputError, RequestFailure};
 pub use info::{MaxBatch, ModelInfo, ServingLimits, Similarity};
 pub use input::{Item, Modality, ModalityHint, UrlFetcher};
 pub use preprocess::DecodeOptions;
 
-use batcher::{Admission, Job, Queue};
+use batcher::{Admission, Job, Queue, QueueConfig};
 use bundle::Preprocess;
 use text::TextTokenizer;
 use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
@@ -54,6 +60,10 @@ pub struct EngineOptions {
     pub text_batch_wait: Duration,
     /// Inputs admitted per modality before callers get "overloaded".
     pub queue_capacity: usize,
+    /// Priority (`?priority=search`) inputs admitted per modality, apart from `queue_capacity`.
+    pub priority_capacity: usize,
+    /// Most priority batches run in a row while ingest inputs wait; then one ingest batch runs.
+    pub priority_burst: usize,
     /// L2-normalise vectors (needed for Elasticsearch's `dot_product`).
     pub normalize: bool,
     pub decode: DecodeOptions,
@@ -78,6 +88,12 @@ impl Default for EngineOptions {
             batch_wait: Duration::from_millis(2),
             text_batch_wait: Duration::ZERO,
             queue_capacity: 2048,
+            // Queries come one input at a time (`query_vector_builder`, `search`): 64 is many
+            // users searching at once, and bounds the lane's memory (64 image tensors, 38 MB).
+            priority_capacity: 64,
+            // Searches are rare beside a bulk ingest; under a flood of them ingest still gets
+            // one batch in five.
+            priority_burst: 4,
             normalize: true,
             decode: DecodeOptions::default(),
             request_timeout: Duration::from_secs(60),
@@ -142,8 +158,16 @@ impl Engine {
             serving: None,
             fingerprint: bundle.fingerprint()?,
         };
-        let (images, image_rx) = Queue::new(opts.queue_capacity);
-        let (texts, text_rx) = Queue::new(opts.queue_capacity);
+        let lanes = Lanes::split(opts.threads, opts.image_lanes);
+        let queue = |modality: Modality, workers| QueueConfig {
+            modality: modality.label(),
+            capacity: opts.queue_capacity,
+            priority_capacity: opts.priority_capacity,
+            burst: opts.priority_burst,
+            workers,
+        };
+        let (images, image_rx) = Queue::new(queue(Modality::Image, lanes.lanes));
+        let (texts, text_rx) = Queue::new(queue(Modality::Text, 1));
         let text_health = Health::new();
         let config = |modality, max_batch: usize, batch_wait| WorkerConfig {
             modality,
@@ -153,12 +177,7 @@ impl Engine {
         };
         let image_cfg = config(Modality::Image, opts.max_batch_image, opts.batch_wait);
         let text_cfg = config(Modality::Text, opts.max_batch_text, opts.text_batch_wait);
-        let image_health = worker::start_image_workers(
-            &bundle,
-            Lanes::split(opts.threads, opts.image_lanes),
-            image_rx,
-            image_cfg,
-        )?;
+        let image_health = worker::start_image_workers(&bundle, lanes, image_rx, image_cfg)?;
         // Decoding runs at the image worker's low priority too, on its own pool.
         let decoders = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.decode_workers.max(1))
@@ -212,37 +231,33 @@ impl Engine {
         }
     }
 
-    /// Embeds one request's items: one result per item, in order, so one bad input fails only
-    /// itself. `Err` means the request as a whole was not taken and nothing ran: the queue is
-    /// full (overloaded), or the request alone holds more inputs than the queue can.
+    /// Feeds `modality`'s rate estimator as if a batch of `inputs` had just run in `elapsed`:
+    /// puts admission (`batcher::Queue::admit`) in a known state without timing real batches.
+    #[doc(hidden)]
+    pub fn observe_batch(&self, modality: Modality, inputs: usize, elapsed: Duration) {
+        match modality {
+            Modality::Image => self.inner.images.record(inputs, elapsed),
+            Modality::Text => self.inner.texts.record(inputs, elapsed),
+        }
+    }
+
+    /// Embeds a batch of separate items (files of `sightline embed`, `ingest --embed-locally`):
+    /// one result per item, in order, so one bad input fails only itself. `Err` means the items
+    /// as a whole were not taken and nothing ran: the queue is full (overloaded), or they alone
+    /// hold more inputs than the queue can.
     pub async fn embed(
         &self,
         items: Vec<Item>,
     ) -> Result<Vec<Result<Embedding, EmbedError>>, EmbedError> {
-        let deadline = Instant::now() + self.inner.opts.request_timeout;
-        let n_images = items.iter().filter(|i| !matches!(i, Item::Text(_))).count();
-        let admissions = self
-            .inner
-            .images
-            .admit(n_images)
-            .and_then(|a| Ok((a, self.inner.texts.admit(items.len() - n_images)?)));
-        let _admissions: (Admission, Admission) = match admissions {
-            Ok(a) => a,
-            Err(e) => {
-                crate::metrics::input_error(e.kind.label());
-                return Err(e);
-            }
+        let ticket = Ticket {
+            deadline: Instant::now() + self.inner.opts.request_timeout,
+            priority: Priority::Ingest,
+            failed: None,
         };
-        // Only a few items per request are decoded ahead of the model, so a request with
-        // hundreds of images never holds hundreds of decoded tensors at once.
-        let lookahead = 2 * self
-            .inner
-            .opts
-            .max_batch_image
-            .max(self.inner.opts.decode_workers);
+        let _admissions = self.admit(&items, Priority::Ingest)?;
         let results: Vec<_> = futures::stream::iter(items)
-            .map(|item| self.embed_one(item, deadline))
-            .buffered(lookahead.max(1))
+            .map(|item| self.embed_one(item, &ticket))
+            .buffered(self.lookahead())
             .collect()
             .await;
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
@@ -251,34 +266,117 @@ impl Engine {
         Ok(results)
     }
 
-    async fn embed_one(&self, item: Item, deadline: Instant) -> Result<Embedding, EmbedError> {
+    /// Embeds one HTTP request's items in `priority`'s lane: all vectors, in order, or the
+    /// failure that ended the request. A request fails whole (every dialect answers one status),
+    /// so the first input found failing ends it at once: its other inputs still being decoded
+    /// or queued are dropped, and any not yet started never start. Dropping the returned
+    /// future (the client hung up) drops the same work.
+    pub async fn embed_request(
+        &self,
+        items: Vec<Item>,
+        priority: Priority,
+    ) -> Result<Vec<Embedding>, RequestFailure> {
+        let failed = Arc::new(AtomicBool::new(false));
+        let ticket = Ticket {
+            deadline: Instant::now() + self.inner.opts.request_timeout,
+            priority,
+            failed: Some(failed.clone()),
+        };
+        let _admissions = self
+            .admit(&items, priority)
+            .map_err(RequestFailure::Refused)?;
+        let mut slots: Vec<Option<Embedding>> = vec![None; items.len()];
+        // Unordered, so a failure is seen as soon as it happens, not after every input before it.
+        let mut results = futures::stream::iter(items.into_iter().enumerate())
+            .map(|(index, item)| {
+                let ticket = &ticket;
+                async move { (index, self.embed_one(item, ticket).await) }
+            })
+            .buffer_unordered(self.lookahead());
+        while let Some((index, result)) = results.next().await {
+            match result {
+                Ok(embedding) => slots[index] = Some(embedding),
+                Err(e) => {
+                    failed.store(true, Ordering::Release);
+                    crate::metrics::input_error(e.kind.label());
+                    return Err(RequestFailure::Input(e.at(index)));
+                }
+            }
+        }
+        slots
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                RequestFailure::Refused(EmbedError::new(
+                    ErrorKind::Internal,
+                    "an input of the request was left without an answer",
+                ))
+            })
+    }
+
+    /// Admits `items` to both modalities' queues in `priority`'s lane, or says why not.
+    fn admit(
+        &self,
+        items: &[Item],
+        priority: Priority,
+    ) -> Result<(Admission, Admission), EmbedError> {
+        let budget = self.inner.opts.request_timeout;
+        let n_images = items.iter().filter(|i| !matches!(i, Item::Text(_))).count();
+        let admitted = self
+            .inner
+            .images
+            .admit(n_images, priority, budget)
+            .and_then(|a| {
+                let texts = self
+                    .inner
+                    .texts
+                    .admit(items.len() - n_images, priority, budget)?;
+                Ok((a, texts))
+            });
+        if let Err(e) = &admitted {
+            crate::metrics::input_error(e.kind.label());
+        }
+        admitted
+    }
+
+    /// Items of one request in flight at once. Only a few are decoded ahead of the model, so a
+    /// request with hundreds of images never holds hundreds of decoded tensors at once.
+    fn lookahead(&self) -> usize {
+        let opts = &self.inner.opts;
+        (2 * opts.max_batch_image.max(opts.decode_workers)).max(1)
+    }
+
+    async fn embed_one(&self, item: Item, ticket: &Ticket) -> Result<Embedding, EmbedError> {
         let inner = &self.inner;
+        let (deadline, priority) = (ticket.deadline, ticket.priority);
+        // Between inputs: one that starts after the deadline is not worked on at all.
+        check_deadline(deadline)?;
         let (modality, truncated, tokens, reply) = match item {
             Item::Text(text) => {
                 let started = Instant::now();
                 let tokens = inner.tokenizer.tokenize(&text)?;
                 crate::metrics::stage_seconds("tokenize", "text", started.elapsed());
                 let n = tokens.ids.len();
-                let reply = enqueue(&inner.texts, tokens.ids, deadline)?;
+                let reply = enqueue(&inner.texts, tokens.ids, deadline, priority)?;
                 (Modality::Text, tokens.truncated, n, reply)
             }
             Item::Image(bytes) => {
-                let tensor = self.preprocess(bytes).await?;
+                let tensor = self.preprocess(bytes, ticket).await?;
                 (
                     Modality::Image,
                     false,
                     0,
-                    enqueue(&inner.images, tensor, deadline)?,
+                    enqueue(&inner.images, tensor, deadline, priority)?,
                 )
             }
             Item::Url(url) => {
                 let bytes = self.fetch(&url, deadline).await?;
-                let tensor = self.preprocess(bytes).await?;
+                let tensor = self.preprocess(bytes, ticket).await?;
                 (
                     Modality::Image,
                     false,
                     0,
-                    enqueue(&inner.images, tensor, deadline)?,
+                    enqueue(&inner.images, tensor, deadline, priority)?,
                 )
             }
         };
@@ -332,38 +430,82 @@ impl Engine {
         Ok(bytes)
     }
 
-    /// Decodes and preprocesses on the decoding pool (`decode_workers` threads).
-    async fn preprocess(&self, bytes: Vec<u8>) -> Result<Vec<f32>, EmbedError> {
+    /// Decodes and preprocesses on the decoding pool (`decode_workers` threads), within the
+    /// request's deadline.
+    async fn preprocess(&self, bytes: Vec<u8>, ticket: &Ticket) -> Result<Vec<f32>, EmbedError> {
         let (reply, tensor) = oneshot::channel();
         let engine = self.clone();
         let started = Instant::now();
+        let (deadline, failed) = (ticket.deadline, ticket.failed.clone());
+        let has_failed =
+            |f: &Option<Arc<AtomicBool>>| f.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         self.inner.decoders.spawn(move || {
+            // A decoding thread may take the image long after it was submitted: by then its
+            // request may have failed, lost its client or run out of time. Then it is skipped
+            // (counted as "disconnected": nobody waits for its vector any more).
+            if reply.is_closed() || has_failed(&failed) {
+                crate::metrics::dropped("image", "disconnected", 1);
+                return;
+            }
+            if Instant::now() >= deadline {
+                crate::metrics::dropped("image", "timeout", 1);
+                let _ = reply.send(Err(batcher::timeout_error()));
+                return;
+            }
             let inner = &engine.inner;
-            let _ = reply.send(preprocess::preprocess(
-                &bytes,
-                &inner.preprocess,
-                &inner.opts.decode,
-            ));
+            let tensor = preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode);
+            // Marked here, on the decoding thread, so the request's next image is skipped even
+            // if this thread takes it before the request has seen this failure.
+            if let (Err(_), Some(failed)) = (&tensor, &failed) {
+                failed.store(true, Ordering::Release);
+            }
+            let _ = reply.send(tensor);
         });
-        let tensor = tensor.await.map_err(|_| {
-            EmbedError::new(ErrorKind::NotReady, "the decoding threads have stopped")
-        })?;
+        let tensor = tokio::time::timeout_at(deadline.into(), tensor)
+            .await
+            .map_err(|_| batcher::timeout_error())?
+            .map_err(|_| {
+                EmbedError::new(ErrorKind::NotReady, "the decoding threads have stopped")
+            })?;
         crate::metrics::stage_seconds("preprocess", "image", started.elapsed());
         tensor
     }
 }
 
+/// What the inputs of one call share.
+struct Ticket {
+    deadline: Instant,
+    priority: Priority,
+    /// Set by the first input that fails, where the inputs succeed or fail together
+    /// (`embed_request`); `None` where each input stands alone (`embed`).
+    failed: Option<Arc<AtomicBool>>,
+}
+
+/// A timeout once `deadline` has passed.
+fn check_deadline(deadline: Instant) -> Result<(), EmbedError> {
+    if Instant::now() >= deadline {
+        return Err(batcher::timeout_error());
+    }
+    Ok(())
+}
+
+/// Queues one prepared input, unless its deadline passed while it was being prepared.
 fn enqueue<P>(
     queue: &Queue<P>,
     payload: P,
     deadline: Instant,
+    priority: Priority,
 ) -> Result<oneshot::Receiver<Result<Vec<f32>, EmbedError>>, EmbedError> {
+    check_deadline(deadline)?;
     let (reply, rx) = oneshot::channel();
-    queue.push(Job {
-        payload,
-        reply,
-        deadline,
-        enqueued: Instant::now(),
-    })?;
+    queue.push(
+        Job {
+            payload,
+            reply,
+            deadline,
+            enqueued: Instant::now(),
+        },
+        priority,
+    )?;
     Ok(rx)
 }

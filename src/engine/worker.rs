@@ -5,7 +5,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -15,7 +14,7 @@ use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::Tensor;
 
-use super::batcher::{collect, timeout_error, triage, Job, Triage};
+use super::batcher::{collect, timeout_error, triage, Receiver, Triage};
 use super::bundle::Bundle;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
@@ -301,7 +300,7 @@ impl Lanes {
 pub(crate) fn start_image_workers(
     bundle: &Bundle,
     lanes: Lanes,
-    rx: Receiver<Job<Vec<f32>>>,
+    rx: Receiver<Vec<f32>>,
     cfg: WorkerConfig,
 ) -> Result<Vec<Arc<Health>>> {
     let healths: Vec<Arc<Health>> = (0..lanes.lanes).map(|_| Health::new()).collect();
@@ -321,15 +320,17 @@ pub(crate) struct WorkerConfig {
     pub normalize: bool,
 }
 
-/// Runs until the queue's senders are gone. Workers sharing a queue take turns assembling
-/// batches (the lock is held while one gathers), so batches stay full.
+/// Runs until the queue is closed and drained. Workers sharing a queue take turns assembling
+/// batches (the lock is held while one gathers), so batches stay full. Each successful run's
+/// duration feeds the queue's rate estimator, which admission reads (`batcher::Queue::admit`).
 pub(crate) fn run<M: BatchModel>(
     mut model: M,
-    rx: &Mutex<Receiver<Job<M::Input>>>,
+    rx: &Mutex<Receiver<M::Input>>,
     cfg: &WorkerConfig,
     health: &Health,
 ) {
     let label = cfg.modality.label();
+    let rate = rx.lock().unwrap_or_else(PoisonError::into_inner).rate();
     loop {
         let jobs = {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
@@ -358,13 +359,15 @@ pub(crate) fn run<M: BatchModel>(
         let inputs: Vec<&M::Input> = live.iter().map(|j| &j.payload).collect();
         let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)));
         health.busy_since.store(u64::MAX, Ordering::Release);
-        metrics::stage_seconds("inference", label, started.elapsed());
+        let elapsed = started.elapsed();
+        metrics::stage_seconds("inference", label, elapsed);
         let outcome = match outcome {
             Ok(result) => result.map_err(|e| format!("{e:#}")),
             Err(_) => Err("ONNX Runtime panicked".to_owned()),
         };
         match outcome {
             Ok(vectors) => {
+                rate.record(live.len(), elapsed);
                 for (job, vector) in live.into_iter().zip(vectors) {
                     let _ = job.reply.send(finish(vector, cfg.normalize));
                 }

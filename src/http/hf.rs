@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{embed_inputs, modality_hint, read_json, AppState, Dialect, RawInput, RequestError};
+use super::{embed_inputs, query_params, read_json, AppState, Dialect, RawInput, RequestError};
 
 /// `{"inputs": string | [string]}`; TEI's other fields (`truncate`, `normalize`) are ignored.
 #[derive(Debug, Deserialize)]
@@ -30,7 +30,7 @@ pub(crate) async fn embed(
     body: Body,
 ) -> Result<Json<Vec<Vec<f32>>>, RequestError> {
     let dialect = Dialect::HuggingFace;
-    let hint = modality_hint(query.as_deref(), dialect)?;
+    let params = query_params(query.as_deref(), dialect)?;
     let request: HfEmbedRequest = read_json(&state, dialect, &headers, body).await?;
     let values = match request.inputs {
         HfInputs::One(s) => vec![s],
@@ -38,9 +38,12 @@ pub(crate) async fn embed(
     };
     let inputs = values
         .into_iter()
-        .map(|value| RawInput { value, hint })
+        .map(|value| RawInput {
+            value,
+            hint: params.hint,
+        })
         .collect();
-    let embeddings = embed_inputs(&state, dialect, inputs).await?;
+    let embeddings = embed_inputs(&state, dialect, inputs, params.priority).await?;
     Ok(Json(embeddings.into_iter().map(|e| e.vector).collect()))
 }
 

@@ -11,7 +11,7 @@ pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
@@ -24,7 +24,9 @@ use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq;
 
-use crate::engine::{EmbedError, Embedding, Engine, ErrorKind, ModalityHint};
+use crate::engine::{
+    EmbedError, Embedding, Engine, ErrorKind, ModalityHint, Priority, RequestFailure,
+};
 use crate::metrics;
 use status::Failure;
 
@@ -101,6 +103,8 @@ struct RequestError {
     failure: Failure,
     message: String,
     dialect: Dialect,
+    /// The engine's retry hint, for `status::Failure::retry_after`.
+    retry_after: Option<Duration>,
 }
 
 impl RequestError {
@@ -108,6 +112,18 @@ impl RequestError {
         RequestError {
             failure: Failure::Input(ErrorKind::BadInput),
             message: message.into(),
+            dialect,
+            retry_after: None,
+        }
+    }
+
+    /// A request the engine refused or failed; a failed input is named by its index.
+    fn engine(dialect: Dialect, failure: RequestFailure) -> RequestError {
+        let e = failure.error();
+        RequestError {
+            failure: Failure::Input(e.kind),
+            retry_after: e.retry_after,
+            message: failure.to_string(),
             dialect,
         }
     }
@@ -121,7 +137,7 @@ impl IntoResponse for RequestError {
             Dialect::HuggingFace => hf::error_body(&self.message),
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if let Some(secs) = self.failure.retry_after() {
+        if let Some(secs) = self.failure.retry_after(self.retry_after) {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, secs.into());
@@ -161,6 +177,7 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
         failure: Failure::Unauthorized,
         message: message.into(),
         dialect,
+        retry_after: None,
     }
     .into_response()
 }
@@ -245,13 +262,14 @@ struct RawInput {
     hint: ModalityHint,
 }
 
-/// Classifies and embeds a request's inputs. An input that cannot be read (bad base64, not an
-/// image) fails the request at once, before any decoding or inference; otherwise the lowest
-/// failing index is named.
+/// Classifies and embeds a request's inputs in `priority`'s lane. An input that cannot be read
+/// (bad base64, not an image) fails the request at once, before any decoding or inference;
+/// otherwise the first input found failing is named, and the request's other work is dropped.
 async fn embed_inputs(
     state: &AppState,
     dialect: Dialect,
     inputs: Vec<RawInput>,
+    priority: Priority,
 ) -> Result<Vec<Embedding>, RequestError> {
     if inputs.is_empty() {
         return Err(RequestError::bad_request(
@@ -269,17 +287,15 @@ async fn embed_inputs(
             ),
         ));
     }
-    let input_failure = |index: usize, e: EmbedError| RequestError {
-        failure: Failure::Input(e.kind),
-        message: e.at(index).to_string(),
-        dialect,
-    };
     let mut items = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let item = state
-            .engine
-            .parse_input(&input.value, input.hint)
-            .map_err(|e| input_failure(index, e))?;
+        let item =
+            state
+                .engine
+                .parse_input(&input.value, input.hint)
+                .map_err(|e: EmbedError| {
+                    RequestError::engine(dialect, RequestFailure::Input(e.at(index)))
+                })?;
         items.push(item);
     }
     let images = items
@@ -288,32 +304,46 @@ async fn embed_inputs(
         .count();
     metrics::inputs("image", images);
     metrics::inputs("text", items.len() - images);
-    // A request-level refusal (queue full, request larger than the queue) names no input.
-    let results = state.engine.embed(items).await.map_err(|e| RequestError {
-        failure: Failure::Input(e.kind),
-        message: e.message,
-        dialect,
-    })?;
-    let mut vectors = Vec::with_capacity(results.len());
-    for (index, result) in results.into_iter().enumerate() {
-        vectors.push(result.map_err(|e| input_failure(index, e))?);
-    }
-    Ok(vectors)
+    // A request-level refusal (queue full or too slow to drain, request larger than the
+    // queue) names no input.
+    state
+        .engine
+        .embed_request(items, priority)
+        .await
+        .map_err(|e| RequestError::engine(dialect, e))
 }
 
-/// Parses the `modality` query parameter (the URL ES calls is configured verbatim).
-fn modality_hint(query: Option<&str>, dialect: Dialect) -> Result<ModalityHint, RequestError> {
-    let Some(query) = query else {
-        return Ok(ModalityHint::Auto);
-    };
-    for pair in query.split('&') {
+/// What the query string of an embedding route says. The URL Elasticsearch calls is configured
+/// verbatim per inference endpoint, so its parameters are how an endpoint marks its inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct QueryParams {
+    /// `modality=image|text|auto`: how to read the inputs.
+    hint: ModalityHint,
+    /// `priority=search`: the endpoint that serves queries, whose inputs overtake ingest.
+    priority: Priority,
+}
+
+/// Parses the query string of `/v1/embeddings` and `/embed`: the first occurrence of each known
+/// parameter counts, other parameters are ignored, a known one with an unknown value is a 400
+/// naming the value.
+fn query_params(query: Option<&str>, dialect: Dialect) -> Result<QueryParams, RequestError> {
+    let (mut hint, mut priority) = (None, None);
+    for pair in query.unwrap_or_default().split('&') {
+        let bad = |e: String| RequestError::bad_request(dialect, e);
         if let Some(value) = pair.strip_prefix("modality=") {
-            return value
-                .parse()
-                .map_err(|e: String| RequestError::bad_request(dialect, e));
+            if hint.is_none() {
+                hint = Some(value.parse().map_err(bad)?);
+            }
+        } else if let Some(value) = pair.strip_prefix("priority=") {
+            if priority.is_none() {
+                priority = Some(value.parse().map_err(bad)?);
+            }
         }
     }
-    Ok(ModalityHint::Auto)
+    Ok(QueryParams {
+        hint: hint.unwrap_or(ModalityHint::Auto),
+        priority: priority.unwrap_or_default(),
+    })
 }
 
 fn not_ready_status(ready: bool) -> StatusCode {
@@ -339,20 +369,36 @@ mod tests {
     }
 
     #[test]
-    fn modality_parameter_is_read_from_the_query() {
+    fn modality_and_priority_parameters_are_read_from_the_query() {
         let d = Dialect::OpenAi;
-        assert_eq!(modality_hint(None, d).unwrap(), ModalityHint::Auto);
+        let params = |q| query_params(q, d).map(|p| (p.hint, p.priority));
         assert_eq!(
-            modality_hint(Some("source=es&modality=image"), d).unwrap(),
-            ModalityHint::Image
+            params(None).unwrap(),
+            (ModalityHint::Auto, Priority::Ingest)
         );
         assert_eq!(
-            modality_hint(Some("modality=text"), d).unwrap(),
-            ModalityHint::Text
+            params(Some("source=es&modality=image")).unwrap(),
+            (ModalityHint::Image, Priority::Ingest)
         );
-        assert!(modality_hint(Some("modality=video"), d)
+        assert_eq!(
+            params(Some("modality=text")).unwrap(),
+            (ModalityHint::Text, Priority::Ingest)
+        );
+        assert_eq!(
+            params(Some("priority=search")).unwrap(),
+            (ModalityHint::Auto, Priority::Search)
+        );
+        assert_eq!(
+            params(Some("priority=search&modality=image&priority=ingest")).unwrap(),
+            (ModalityHint::Image, Priority::Search),
+            "the first occurrence counts"
+        );
+        assert!(params(Some("modality=video"))
             .unwrap_err()
             .message
             .contains("video"));
+        let e = params(Some("modality=image&priority=urgent")).unwrap_err();
+        assert!(e.message.contains("`urgent`"), "{}", e.message);
+        assert_eq!(e.failure, Failure::Input(ErrorKind::BadInput));
     }
 }

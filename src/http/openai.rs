@@ -10,7 +10,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::status::Failure;
-use super::{embed_inputs, modality_hint, read_json, AppState, Dialect, RawInput, RequestError};
+use super::{embed_inputs, query_params, read_json, AppState, Dialect, RawInput, RequestError};
 use crate::engine::ModalityHint;
 
 /// The request body. Unknown fields (`user`, `OpenAI-Organization` extras) are ignored, as
@@ -102,7 +102,7 @@ pub(crate) async fn embeddings(
     body: Body,
 ) -> Result<Response, RequestError> {
     let dialect = Dialect::OpenAi;
-    let hint = modality_hint(query.as_deref(), dialect)?;
+    let params = query_params(query.as_deref(), dialect)?;
     let request: OpenAiRequest = read_json(&state, dialect, &headers, body).await?;
     let dims = state.engine.info().dimensions;
     if let Some(asked) = request.dimensions {
@@ -125,9 +125,9 @@ pub(crate) async fn embeddings(
             ))
         }
     };
-    let inputs =
-        raw_inputs(request.input, hint).map_err(|m| RequestError::bad_request(dialect, m))?;
-    let embeddings = embed_inputs(&state, dialect, inputs).await?;
+    let inputs = raw_inputs(request.input, params.hint)
+        .map_err(|m| RequestError::bad_request(dialect, m))?;
+    let embeddings = embed_inputs(&state, dialect, inputs, params.priority).await?;
     let tokens = embeddings.iter().map(|e| e.tokens).sum();
     let data = embeddings
         .into_iter()

@@ -1,6 +1,11 @@
-//! The one table from error kinds to HTTP statuses. It has no 413 row on purpose: on a 413
-//! Elasticsearch cuts every input to half its length and resends (es-contract §1.4, §5), which
-//! would turn every base64 image into garbage.
+//! The one table from error kinds to HTTP statuses, and which of them carry `Retry-After`. It
+//! has no 413 row on purpose: on a 413 Elasticsearch cuts every input to half its length and
+//! resends (es-contract §1.4, §5), which would turn every base64 image into garbage. And no
+//! retryable failure is a 5xx: the `custom` service retries 429 only and treats every 5xx as
+//! final (es-contract §3.4, `CustomResponseHandler`), so a 503 there sends the document to
+//! `<index>-failed`, and for `semantic_text` it becomes a final 400 on the bulk item.
+
+use std::time::Duration;
 
 use axum::http::StatusCode;
 
@@ -18,11 +23,12 @@ impl Failure {
     pub(super) fn status(self) -> StatusCode {
         match self {
             Failure::Input(ErrorKind::BadInput | ErrorKind::Unsupported) => StatusCode::BAD_REQUEST,
-            // ES retries 429 in every service (es-contract §11 item 13).
-            Failure::Input(ErrorKind::Overloaded) => StatusCode::TOO_MANY_REQUESTS,
-            // 503 is retried by openai and hugging_face: right for transient states.
-            Failure::Input(ErrorKind::NotReady | ErrorKind::Timeout) => {
-                StatusCode::SERVICE_UNAVAILABLE
+            // "Try again later", in all three cases: the queue is full or would not drain in
+            // time, a worker is not ready, or the input waited past `--request-timeout`. 429 is
+            // the one status every service retries (es-contract §11 item 13); `custom` retries
+            // nothing else (§3.4, `CustomResponseHandler`), so these are never a 503.
+            Failure::Input(ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::Timeout) => {
+                StatusCode::TOO_MANY_REQUESTS
             }
             Failure::Input(ErrorKind::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
             Failure::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -40,11 +46,13 @@ impl Failure {
         }
     }
 
-    /// Seconds a client should wait before retrying, for the retryable statuses.
-    pub(super) fn retry_after(self) -> Option<u32> {
+    /// Seconds a client should wait before retrying, for the retryable statuses: the engine's
+    /// `hint` where it has one (admission's drain estimate), rounded up, else 1; never under 1.
+    pub(super) fn retry_after(self, hint: Option<Duration>) -> Option<u64> {
         match self {
             Failure::Input(ErrorKind::Overloaded | ErrorKind::NotReady | ErrorKind::Timeout) => {
-                Some(1)
+                let secs = hint.map_or(1, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                Some(secs.max(1))
             }
             _ => None,
         }
@@ -78,13 +86,13 @@ mod tests {
             ),
             (
                 Failure::Input(ErrorKind::NotReady),
-                503,
+                429,
                 "service_unavailable",
                 Some(1),
             ),
             (
                 Failure::Input(ErrorKind::Timeout),
-                503,
+                429,
                 "service_unavailable",
                 Some(1),
             ),
@@ -100,7 +108,27 @@ mod tests {
             assert_eq!(failure.status().as_u16(), status, "{failure:?}");
             assert_ne!(failure.status().as_u16(), 413);
             assert_eq!(failure.openai_type(), kind);
-            assert_eq!(failure.retry_after(), retry);
+            assert_eq!(failure.retry_after(None), retry);
+            // Whatever is retried is a 429: `custom` would take any 5xx as final.
+            assert_eq!(
+                retry.is_some(),
+                failure.status().as_u16() == 429,
+                "{failure:?}"
+            );
         }
+    }
+
+    #[test]
+    fn retry_after_follows_the_engines_hint_rounded_up() {
+        let overloaded = Failure::Input(ErrorKind::Overloaded);
+        let hint = |ms| Some(Duration::from_millis(ms));
+        assert_eq!(overloaded.retry_after(hint(12_000)), Some(12));
+        assert_eq!(overloaded.retry_after(hint(12_001)), Some(13));
+        assert_eq!(overloaded.retry_after(hint(10)), Some(1), "at least 1 s");
+        assert_eq!(
+            Failure::Input(ErrorKind::BadInput).retry_after(hint(5_000)),
+            None,
+            "a final status never invites a retry"
+        );
     }
 }

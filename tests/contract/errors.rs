@@ -1,7 +1,7 @@
-//! Error paths and the status codes that keep Elasticsearch safe (es-contract §1.4, §5, §11 item
-//! 13): bad input is a final 400 naming the input, overload a 429 with `Retry-After`, nothing is
-//! ever a 413 (checked on every response by `common::send`), and one bad input never fails
-//! another request.
+//! Error paths and the status codes that keep Elasticsearch safe (es-contract §1.4, §3.4, §5,
+//! §11 item 13): bad input is a final 400 naming the input; overload, not ready and timeouts a
+//! 429 with `Retry-After` (the one status the `custom` service retries); nothing is ever a 413
+//! (checked on every response by `common::send`); and one bad input never fails another request.
 
 use std::time::Duration;
 
@@ -292,10 +292,23 @@ async fn bodies_far_above_axum_defaults_are_accepted_within_max_body() {
     assert_same_vector(&v[0], &plain[0], "padded probe");
 }
 
+/// The `Retry-After` header of a reply, in seconds.
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .headers
+        .get(header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("delay-seconds")
+}
+
 #[tokio::test]
-async fn a_request_past_its_deadline_is_503_with_retry_after() {
-    // `--request-timeout` passed: 503 is retried by the openai and hugging_face services
-    // (es-contract §1.4, §2), and it is never a 413 or a 400 that would be final.
+async fn a_request_past_its_deadline_is_429_with_retry_after_in_both_dialects() {
+    // `--request-timeout` passed: "try again later". A 503 would be final under the `custom`
+    // service (es-contract §3.4, `CustomResponseHandler` retries 429 only), so it is a 429, which
+    // every service retries; never a 413 or a 400, which would be final.
     let app = router(
         start_engine(EngineOptions {
             request_timeout: Duration::ZERO,
@@ -303,16 +316,31 @@ async fn a_request_past_its_deadline_is_503_with_retry_after() {
         }),
         http_config(),
     );
-    let reply = send(
-        &app,
-        openai_request("/v1/embeddings", openai_body(&[TEXT], None, None, false)),
-    )
-    .await;
-    reply.assert_status(StatusCode::SERVICE_UNAVAILABLE);
-    assert!(reply.headers.contains_key(header::RETRY_AFTER));
-    let (message, kind) = reply.openai_error();
-    assert_eq!(kind, "service_unavailable");
-    assert!(message.contains("--request-timeout"), "{message}");
+    let png = data_uri("tiny-1x1.png");
+    for inputs in [vec![TEXT], vec![png.as_str()]] {
+        let reply = send(
+            &app,
+            openai_request("/v1/embeddings", openai_body(&inputs, None, None, false)),
+        )
+        .await;
+        reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after(&reply), 1);
+        let (message, kind) = reply.openai_error();
+        assert_eq!(kind, "service_unavailable");
+        assert!(
+            message.starts_with("input[0]: ") && message.contains("--request-timeout"),
+            "{message}"
+        );
+
+        let reply = send(&app, hf_request("/embed", hf_body(&inputs))).await;
+        reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(retry_after(&reply), 1);
+        let message = reply.hf_error();
+        assert!(
+            message.starts_with("input[0]: ") && message.contains("--request-timeout"),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -402,16 +430,7 @@ async fn a_full_queue_is_429_with_retry_after() {
     )
     .await;
     reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
-    let retry_after = reply
-        .headers
-        .get(header::RETRY_AFTER)
-        .expect("a Retry-After header");
-    let seconds: u64 = retry_after
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("delay-seconds");
-    assert!(seconds >= 1, "{seconds}");
+    assert_eq!(retry_after(&reply), 1, "no batch has run: no estimate");
     let (message, kind) = reply.openai_error();
     assert_eq!(kind, "rate_limit_error");
     assert!(message.contains("capacity"), "{message}");
@@ -476,23 +495,53 @@ async fn more_inputs_than_the_queue_holds_is_400_not_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_input_fails_only_its_own_request() {
-    // The two requests' four good images share one inference batch: a batch of 4 that waits an
-    // hour for company runs only once all four are in it. A server process of its own shows, in
-    // its `/metrics`, that exactly that batch ran.
-    let server = ChildServer::start(&["--batch-wait", "1h", "--max-batch", "4"]);
+async fn a_bad_input_fails_only_its_own_request_and_drops_the_rest_of_it() {
+    // A server process of its own (one decoding thread) shows in its `/metrics` what reached the
+    // model. Batches (3 images, 2 texts) wait an hour for company: nothing runs until one is full.
+    let server = ChildServer::start(&[
+        "--batch-wait",
+        "1h",
+        "--max-batch",
+        "3",
+        "--text-batch-wait",
+        "1h",
+        "--max-batch-text",
+        "2",
+    ]);
     let (jpeg, png) = (data_uri("landscape.jpg"), data_uri("small-100x50.png"));
     let truncated = data_uri("broken/truncated.jpg");
-    let (good, bad) = tokio::join!(
-        server.embed(&[jpeg.as_str(), TEXT, png.as_str()]),
-        server.embed(&[png.as_str(), truncated.as_str(), jpeg.as_str()]),
-    );
+    // The bad request's text is queued at once (held by its batch), then its truncated JPEG, the
+    // first image decoded, fails: the request is answered at once, without waiting for the
+    // batch its text sits in; its two other images are never decoded (the decoding thread sees
+    // the failure first), and its text never reaches the model.
+    let bad = server
+        .embed(&[TEXT, truncated.as_str(), png.as_str(), jpeg.as_str()])
+        .await;
     bad.assert_status(StatusCode::BAD_REQUEST);
     let (message, _) = bad.openai_error();
     assert!(message.starts_with("input[1]: "), "{message}");
+    assert_eq!(server.batches("text").await, (0.0, 0.0), "nothing ran yet");
+    let dropped = |modality: &str| {
+        format!(r#"sightline_dropped_total{{modality="{modality}",reason="disconnected"}}"#)
+    };
+    // The decoding thread reaches the two skipped images after the answer may have gone out.
+    let (image_dropped, srv) = (dropped("image"), &server);
+    wait_until(
+        "the bad request's last two images skipped, not decoded",
+        || {
+            let sample = &image_dropped;
+            async move { srv.metric(sample).await == 2.0 }
+        },
+    )
+    .await;
+    // The good request fills both batches: three images, and one text beside the abandoned one,
+    // which is dropped from its batch.
+    let good = server
+        .embed(&[jpeg.as_str(), TEXT, png.as_str(), jpeg.as_str()])
+        .await;
     good.assert_status(StatusCode::OK);
     let v = es_old_openai_parse(&good.body).expect("the old ES parser reads it");
-    assert_eq!(v.len(), 3);
+    assert_eq!(v.len(), 4);
     assert_golden(&v[0], &golden_image("landscape.jpg"), "good request, JPEG");
     assert_golden(&v[1], &golden_text(TEXT), "good request, text");
     assert_golden(
@@ -500,9 +549,11 @@ async fn a_bad_input_fails_only_its_own_request() {
         &golden_image("small-100x50.png"),
         "good request, PNG",
     );
+    assert_eq!(server.batches("image").await, (1.0, 3.0), "(count, sum)");
     assert_eq!(
-        server.batches("image").await,
-        (1.0, 4.0),
-        "one image batch of 4 (count, sum): both requests' good images"
+        server.batches("text").await,
+        (1.0, 1.0),
+        "the bad request's text reached the model"
     );
+    assert_eq!(server.metric(&dropped("text")).await, 1.0);
 }

@@ -74,7 +74,7 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
+async fn an_input_past_request_timeout_is_429_and_never_reaches_the_model() {
     let server = ChildServer::start(&[
         "--text-batch-wait",
         "1h",
@@ -83,9 +83,9 @@ async fn an_input_past_request_timeout_is_503_and_never_reaches_the_model() {
         "--request-timeout",
         "2s",
     ]);
-    // Alone in the batch, the first input waits past its deadline: the client gets a 503.
+    // Alone in the batch, the first input waits past its deadline: the client gets a 429.
     let late = server.embed(&[TEXT]).await;
-    late.assert_status(StatusCode::SERVICE_UNAVAILABLE);
+    late.assert_status(StatusCode::TOO_MANY_REQUESTS);
     let (message, _) = late.openai_error();
     assert!(
         message.starts_with("input[0]: ") && message.contains("--request-timeout"),

@@ -17,5 +17,6 @@ mod model_init;
 mod model_pull;
 mod openai;
 mod ops;
+mod queueing;
 mod tls;
 mod url_inputs;

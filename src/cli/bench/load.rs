@@ -1,5 +1,6 @@
 //! The load generator: request bodies, connections sending them round-robin until a target of
-//! images is embedded, and the text-query probe that runs beside pattern (a).
+//! images is embedded, and the query probes (text, and images with and without the priority
+//! lane) that run beside pattern (a).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub(super) async fn drive(
                         return Ok::<_, anyhow::Error>(samples);
                     }
                     let body = bodies[i % bodies.len()].clone();
-                    samples.push(post(&client, &url, body, per_request).await?);
+                    samples.push(post(&client, &endpoint(&url, ""), body, per_request).await?);
                 }
             })
         })
@@ -81,10 +82,15 @@ pub(super) async fn drive(
     })
 }
 
-/// One request; fails the benchmark on anything but 200 with `expected` vectors.
+/// The OpenAI-dialect endpoint of the server at `url`, with a query string (`""` for none).
+pub(super) fn endpoint(url: &str, query: &str) -> String {
+    format!("{url}/v1/embeddings{query}")
+}
+
+/// One request to `endpoint`; fails the benchmark on anything but 200 with `expected` vectors.
 async fn post(
     client: &reqwest::Client,
-    url: &str,
+    endpoint: &str,
     body: Bytes,
     expected: usize,
 ) -> Result<Duration> {
@@ -94,7 +100,7 @@ async fn post(
     }
     let started = Instant::now();
     let response = client
-        .post(format!("{url}/v1/embeddings"))
+        .post(endpoint)
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -117,19 +123,24 @@ async fn post(
     Ok(elapsed)
 }
 
-/// Text queries every 200 ms until `stop`: a few users searching in Kibana during a bulk
-/// ingest. (A denser probe would itself be a load that steals CPU from the images.)
-pub(super) async fn probe_text(
+/// One query of one input every `every` until `stop`, each waited for before the next: a few
+/// users searching in Kibana during a bulk ingest. Text queries go every 200 ms; image queries,
+/// which cost the model as much as an ingest image, every second. (A denser probe would itself
+/// be a load that steals CPU from the images.) A query slower than `every` delays the next
+/// instead of sending a burst to catch up.
+pub(super) async fn probe(
     client: reqwest::Client,
-    url: String,
+    endpoint: String,
     body: Bytes,
+    every: Duration,
     stop: Arc<AtomicBool>,
 ) -> Result<Vec<Duration>> {
     let mut samples = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !stop.load(Ordering::Acquire) {
         tick.tick().await;
-        samples.push(post(&client, &url, body.clone(), 1).await?);
+        samples.push(post(&client, &endpoint, body.clone(), 1).await?);
     }
     Ok(samples)
 }
@@ -137,6 +148,18 @@ pub(super) async fn probe_text(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_carry_the_query_string() {
+        assert_eq!(
+            endpoint("http://127.0.0.1:9", "?priority=search"),
+            "http://127.0.0.1:9/v1/embeddings?priority=search"
+        );
+        assert_eq!(
+            endpoint("http://127.0.0.1:9", ""),
+            "http://127.0.0.1:9/v1/embeddings"
+        );
+    }
 
     #[test]
     fn percentiles_pick_nearest_ranks() {

@@ -3,8 +3,9 @@
 //! settings, `baseline.rs`), then a real `sightline serve` child process on loopback
 //! (`server.rs`) under the two request patterns Elasticsearch produces (`load.rs`) — (a) many
 //! connections with one image each (ingest processor), (b) requests of ten images (custom
-//! service batches) — plus text-query latency while (a) saturates the machine, and the server's
-//! peak RSS. Ratios are against the model-only number of the same run, so the machine's speed
+//! service batches) — plus text-query latency while (a) saturates the machine, image-query
+//! latency with and without the priority lane (`?priority=search`) during a second run of (a),
+//! and the server's peak RSS. Ratios are against the model-only number of the same run, so the machine's speed
 //! cancels out (`report.rs`). `make bench` prepares the random-weight models, the photos and
 //! the Python peer, then calls it.
 
@@ -24,8 +25,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::engine::bundle::Bundle;
-use load::{body, drive, probe_text, Latency};
-use report::{read_peer, Report};
+use load::{body, drive, endpoint, probe, Latency, Throughput};
+use report::{read_peer, ImageQueries, Report};
 use server::Server;
 
 #[derive(Debug, clap::Args)]
@@ -139,24 +140,33 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     let singles: Vec<Bytes> = uris.iter().map(|u| body(std::slice::from_ref(u))).collect();
     let text = Bytes::from_static(br#"{"input":["eine rote Katze im Schnee"],"model":"bench"}"#);
     let stop = Arc::new(AtomicBool::new(false));
-    let probe = tokio::spawn(probe_text(
+    let text_probe = tokio::spawn(probe(
         client.clone(),
-        server.url.clone(),
+        endpoint(&server.url, ""),
         text,
+        Duration::from_millis(200),
         stop.clone(),
     ));
+    let singles = Arc::new(singles);
     let one_per_request = drive(
         &client,
         &server.url,
-        Arc::new(singles),
+        singles.clone(),
         1,
         target,
         cfg.clients,
     )
     .await?;
     stop.store(true, Ordering::Release);
-    let text_samples = probe.await??;
+    let text_samples = text_probe.await??;
     eprintln!("bench: (a) {:.2} images/s", one_per_request.images_per_s);
+
+    let image_queries = image_queries(cfg, &client, &server.url, singles, &uris[0], target).await?;
+    eprintln!(
+        "bench: image query p99 during (a): {:.0} ms with ?priority=search, {:.0} ms without",
+        image_queries.priority.p99.as_secs_f64() * 1e3,
+        image_queries.plain.p99.as_secs_f64() * 1e3
+    );
 
     let groups: Vec<Bytes> = (0..uris.len())
         .map(|i| {
@@ -193,8 +203,44 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
         batched,
         text_queries: text_samples.len(),
         text_under_load: Latency::of(text_samples),
+        image_queries,
         loaded_rss_mib,
         peak_rss_mib,
         peer,
+    })
+}
+
+/// Pattern (a) again, this time with two image-query probes beside it: one through the priority
+/// lane (`?priority=search`, what the search endpoint `setup` creates sends) and one without
+/// (what every image query got before the lane existed). A run of its own, so the probes' images
+/// do not lower the (a) rate reported above; both probes share it, so the comparison is fair.
+async fn image_queries(
+    cfg: &BenchConfig,
+    client: &reqwest::Client,
+    url: &str,
+    singles: Arc<Vec<Bytes>>,
+    query: &str,
+    target: usize,
+) -> Result<ImageQueries> {
+    let query = body(&[query.to_owned()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spawn_probe = |query_string: &str| {
+        tokio::spawn(probe(
+            client.clone(),
+            endpoint(url, query_string),
+            query.clone(),
+            Duration::from_secs(1),
+            stop.clone(),
+        ))
+    };
+    let (priority, plain) = (spawn_probe("?priority=search"), spawn_probe(""));
+    let during: Throughput = drive(client, url, singles, 1, target, cfg.clients).await?;
+    stop.store(true, Ordering::Release);
+    let (priority, plain) = (priority.await??, plain.await??);
+    Ok(ImageQueries {
+        sent: (priority.len(), plain.len()),
+        priority: Latency::of(priority),
+        plain: Latency::of(plain),
+        ingest_images_per_s: during.images_per_s,
     })
 }

@@ -22,10 +22,22 @@ pub(super) struct Report {
     pub(super) batched: Throughput,
     pub(super) text_under_load: Latency,
     pub(super) text_queries: usize,
+    pub(super) image_queries: ImageQueries,
     /// Server memory once loaded, and its peak while the patterns ran.
     pub(super) loaded_rss_mib: f64,
     pub(super) peak_rss_mib: f64,
     pub(super) peer: Option<PeerResult>,
+}
+
+/// Image-query latency during a second run of pattern (a), with and without the priority lane.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ImageQueries {
+    /// Queries sent: (with `?priority=search`, without).
+    pub(super) sent: (usize, usize),
+    pub(super) priority: Latency,
+    pub(super) plain: Latency,
+    /// Pattern (a)'s rate in that run, beside the probes.
+    pub(super) ingest_images_per_s: f64,
 }
 
 /// What `bench/peer.py` prints.
@@ -107,6 +119,17 @@ impl Report {
             self.loaded_rss_mib,
             self.peak_rss_mib
         );
+        let q = &self.image_queries;
+        out += &format!(
+            "image queries during (a) (a second run, {:.2} images/s beside them): with `?priority=search` {} sent, p50 {} ms, p99 {} ms; without {} sent, p50 {} ms, p99 {} ms\n",
+            q.ingest_images_per_s,
+            q.sent.0,
+            ms(q.priority.p50),
+            ms(q.priority.p99),
+            q.sent.1,
+            ms(q.plain.p50),
+            ms(q.plain.p99)
+        );
         out
     }
 }
@@ -131,6 +154,18 @@ mod tests {
             batched: row,
             text_under_load: Latency::default(),
             text_queries: 0,
+            image_queries: ImageQueries {
+                sent: (30, 29),
+                priority: Latency {
+                    p50: Duration::from_millis(120),
+                    p99: Duration::from_millis(480),
+                },
+                plain: Latency {
+                    p50: Duration::from_millis(2100),
+                    p99: Duration::from_millis(5200),
+                },
+                ingest_images_per_s: 12.5,
+            },
             loaded_rss_mib: 0.0,
             peak_rss_mib: 0.0,
             peer: None,
@@ -140,6 +175,9 @@ mod tests {
         assert!(report.table().contains(
             "| ceiling: model + 25.0 ms decoding per photo on 2 cores | 16.00 | | | 0.80 |"
         ));
+        assert!(report.table().contains(
+            "image queries during (a) (a second run, 12.50 images/s beside them): with `?priority=search` 30 sent, p50 120 ms, p99 480 ms; without 29 sent, p50 2100 ms, p99 5200 ms"
+        ), "{}", report.table());
     }
 
     #[test]
