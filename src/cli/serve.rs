@@ -1,7 +1,8 @@
 //! `sightline serve`: the inference endpoint Elasticsearch calls. Flags have `SIGHTLINE_*`
-//! environment equivalents; SIGTERM/SIGINT stop accepting, finish what is in flight, exit 0,
-//! over HTTP or, with `--tls-cert`/`--tls-key`, HTTPS (`http/tls.rs`). URL inputs are off
-//! unless `--allow-url-hosts` names hosts (`src/url/` holds the rules).
+//! environment equivalents; SIGTERM/SIGINT stop accepting, finish what is in flight within
+//! `--shutdown-grace`, exit 0, over HTTP or, with `--tls-cert`/`--tls-key`, HTTPS
+//! (`http/tls.rs`). Connections are capped and timed by `http/server.rs` (`ConnArgs` below).
+//! URL inputs are off unless `--allow-url-hosts` names hosts (`src/url/` holds the rules).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,9 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::engine_args::EngineArgs;
-use crate::http::tls::{self, TlsListener};
+use crate::http::fdlimit::{self, FD_HEADROOM};
+use crate::http::server::{HandshakeLimits, Server, ServerLimits};
+use crate::http::tls;
 use crate::http::{router, ApiKey, HttpConfig};
 use crate::url::{Fetcher, HostRule, UrlOptions};
 
@@ -62,7 +65,104 @@ pub(super) struct ServeArgs {
     )]
     tls_key: Option<PathBuf>,
     #[command(flatten)]
+    conns: ConnArgs,
+    #[command(flatten)]
     urls: UrlArgs,
+}
+
+/// Connections: how many, how long, and how they end. Every timeout is longer than anything
+/// Elasticsearch does: it sends a request's headers and body in one go, keeps idle pooled
+/// connections up to 60 s, and connects within 5 s (es-contract §1.5).
+#[derive(Debug, clap::Args)]
+struct ConnArgs {
+    /// Connections open at once. At the cap a new connection closes the one idle longest (no
+    /// request in progress); only when all have one is the new one closed at once (an I/O
+    /// error Elasticsearch retries). Default: the open-file limit (raised to its hard limit at
+    /// start) less 256 descriptors kept for model files, logs and outgoing URL fetches, at
+    /// most 4096.
+    #[arg(long, env = "SIGHTLINE_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Longest time from the first byte of a request's headers to their end.
+    #[arg(long, env = "SIGHTLINE_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    header_timeout: Duration,
+    /// Longest wait for more of a request body; the request then fails and its connection closes.
+    #[arg(long, env = "SIGHTLINE_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    body_timeout: Duration,
+    /// How long a connection may stay open without a request (keep-alive); longer than
+    /// Elasticsearch's 60 s idle eviction, so the server does not close a pooled connection first.
+    #[arg(long, env = "SIGHTLINE_IDLE_TIMEOUT", default_value = "90s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// Longest TLS handshake.
+    #[arg(long, env = "SIGHTLINE_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// TLS handshakes in progress at once; a new one beyond this drops the oldest.
+    #[arg(long, env = "SIGHTLINE_MAX_TLS_HANDSHAKES", default_value_t = 256)]
+    max_tls_handshakes: usize,
+    /// After SIGTERM/SIGINT, how long requests in progress may take before their connections
+    /// are closed. Keep it under the orchestrator's kill deadline (Kubernetes'
+    /// `terminationGracePeriodSeconds`, `docker stop -t`).
+    #[arg(long, env = "SIGHTLINE_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: Duration,
+    /// Request-body bytes held at once across all requests, e.g. `512MiB`; a request that
+    /// would go over gets a 429 with `Retry-After`. At least `--max-body`.
+    #[arg(long, env = "SIGHTLINE_MAX_BUFFERED_BODY", default_value = "512MiB", value_parser = parse_bytes)]
+    max_buffered_body: usize,
+    /// Close a connection after this many responses (the last carries `Connection: close`), so
+    /// clients reconnect and a load balancer spreads them over new replicas. Unset: no limit.
+    #[arg(long, env = "SIGHTLINE_MAX_CONNECTION_REQUESTS")]
+    max_connection_requests: Option<u64>,
+    /// Close a connection after its first response past this age (e.g. `5m`). Unset: no limit.
+    #[arg(long, env = "SIGHTLINE_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    max_connection_age: Option<Duration>,
+}
+
+impl ConnArgs {
+    /// The server's limits under a soft open-file limit of `fd_soft`.
+    fn limits(&self, fd_soft: u64) -> anyhow::Result<ServerLimits> {
+        for (flag, d) in [
+            ("--header-timeout", self.header_timeout),
+            ("--body-timeout", self.body_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--tls-handshake-timeout", self.tls_handshake_timeout),
+        ] {
+            anyhow::ensure!(!d.is_zero(), "`{flag}` must be longer than zero");
+        }
+        anyhow::ensure!(
+            self.max_tls_handshakes > 0,
+            "`--max-tls-handshakes` must be more than zero"
+        );
+        anyhow::ensure!(
+            self.max_connection_requests != Some(0),
+            "`--max-connection-requests` must be more than zero"
+        );
+        let max_connections = match self.max_connections {
+            Some(0) => anyhow::bail!("`--max-connections` must be more than zero"),
+            Some(n) => {
+                if (n as u64).saturating_add(FD_HEADROOM) > fd_soft {
+                    tracing::warn!(
+                        max_connections = n,
+                        fd_limit = fd_soft,
+                        "`--max-connections` leaves fewer than {FD_HEADROOM} descriptors of the open-file limit for model files and URL fetches"
+                    );
+                }
+                n
+            }
+            None => fdlimit::default_max_connections(fd_soft),
+        };
+        Ok(ServerLimits {
+            max_connections,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            idle_timeout: self.idle_timeout,
+            handshake: HandshakeLimits {
+                max_concurrent: self.max_tls_handshakes,
+                timeout: self.tls_handshake_timeout,
+            },
+            shutdown_grace: self.shutdown_grace,
+            max_connection_requests: self.max_connection_requests,
+            max_connection_age: self.max_connection_age,
+        })
+    }
 }
 
 /// URL inputs (`http(s)://...` strings): off unless `--allow-url-hosts` is given.
@@ -121,6 +221,35 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.max_inputs,
         args.engine.queue_capacity
     );
+    anyhow::ensure!(
+        args.conns.max_buffered_body >= args.max_body,
+        "`--max-buffered-body` ({}) must be at least `--max-body` ({}): a full-size body could never be admitted",
+        args.conns.max_buffered_body,
+        args.max_body
+    );
+    let fd_soft = match fdlimit::raise() {
+        Ok(limit) => {
+            if limit.soft < limit.hard && limit.soft == limit.soft_before {
+                tracing::warn!(
+                    soft = limit.soft,
+                    hard = limit.hard,
+                    "cannot raise the open-file limit"
+                );
+            }
+            tracing::info!(
+                soft_before = limit.soft_before,
+                soft = limit.soft,
+                hard = limit.hard,
+                "open-file limit"
+            );
+            limit.soft
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let limits = args.conns.limits(fd_soft)?;
     let api_key = match (&args.api_key, &args.api_key_file) {
         (Some(key), _) => ApiKey::new(key.clone()),
         (None, Some(path)) => {
@@ -162,36 +291,28 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             api_key,
             max_body: args.max_body,
             max_inputs: args.max_inputs,
+            max_buffered_body: args.conns.max_buffered_body,
         },
     );
     let listener = tokio::net::TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.addr))?;
     let shutdown = shutdown_signal();
+    let max_connections = limits.max_connections;
+    let server = Server::new(listener, tls, app, limits);
     // The bound address, not the flag: with port 0 the log is the only place the port shows.
-    let bound = listener.local_addr().unwrap_or(args.addr);
+    let bound = server.local_addr().unwrap_or(args.addr);
     tracing::info!(
         addr = %bound,
-        scheme = if tls.is_some() { "https" } else { "http" },
+        scheme = if args.tls_cert.is_some() { "https" } else { "http" },
+        max_connections,
         model = info.name,
         dimensions = info.dimensions,
         similarity = info.similarity.as_str(),
         "serving"
     );
-    // One serve loop for both schemes, so graceful shutdown behaves the same.
-    let served = match tls {
-        Some(config) => {
-            axum::serve(TlsListener::new(listener, config), app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-    };
-    served.context("server error")?;
+    // One serve loop for both schemes, so limits and graceful shutdown behave the same.
+    server.run(shutdown).await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -279,6 +400,78 @@ mod tests {
         let args = parse(&["--tls-cert", "cert.pem", "--tls-key", "key.pem"]).unwrap();
         assert_eq!(args.tls_cert, Some(PathBuf::from("cert.pem")));
         assert!(parse(&[]).unwrap().tls_cert.is_none());
+    }
+
+    #[test]
+    fn connection_limits_have_defaults_longer_than_elasticsearch_waits() {
+        let limits = parse(&[]).unwrap().conns.limits(20_000).unwrap();
+        assert_eq!(limits.max_connections, 4096);
+        assert_eq!(limits.header_timeout, Duration::from_secs(30));
+        assert_eq!(limits.body_timeout, Duration::from_secs(30));
+        // ES evicts idle pooled connections after 60 s: the server must not close them first.
+        assert!(limits.idle_timeout > Duration::from_secs(60));
+        assert_eq!(limits.handshake.timeout, Duration::from_secs(10));
+        assert_eq!(limits.handshake.max_concurrent, 256);
+        assert_eq!(limits.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(limits.max_connection_requests, None);
+        assert_eq!(limits.max_connection_age, None);
+        // Under the common soft limit of 1024, 256 descriptors stay free.
+        assert_eq!(
+            parse(&[])
+                .unwrap()
+                .conns
+                .limits(1024)
+                .unwrap()
+                .max_connections,
+            768
+        );
+
+        let args = parse(&[
+            "--max-connections",
+            "10",
+            "--header-timeout",
+            "1s",
+            "--body-timeout",
+            "2s",
+            "--idle-timeout",
+            "3s",
+            "--tls-handshake-timeout",
+            "4s",
+            "--max-tls-handshakes",
+            "5",
+            "--shutdown-grace",
+            "6s",
+            "--max-connection-requests",
+            "7",
+            "--max-connection-age",
+            "8s",
+        ])
+        .unwrap();
+        let limits = args.conns.limits(20_000).unwrap();
+        assert_eq!(limits.max_connections, 10);
+        assert_eq!(limits.header_timeout, Duration::from_secs(1));
+        assert_eq!(limits.body_timeout, Duration::from_secs(2));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(3));
+        assert_eq!(limits.handshake.timeout, Duration::from_secs(4));
+        assert_eq!(limits.handshake.max_concurrent, 5);
+        assert_eq!(limits.shutdown_grace, Duration::from_secs(6));
+        assert_eq!(limits.max_connection_requests, Some(7));
+        assert_eq!(limits.max_connection_age, Some(Duration::from_secs(8)));
+
+        for bad in [
+            ["--max-connections", "0"],
+            ["--body-timeout", "0s"],
+            ["--max-tls-handshakes", "0"],
+            ["--max-connection-requests", "0"],
+        ] {
+            let e = parse(&bad)
+                .unwrap()
+                .conns
+                .limits(20_000)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(bad[0]), "{e}");
+        }
     }
 
     #[test]

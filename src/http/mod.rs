@@ -1,11 +1,15 @@
 //! The HTTP surface Elasticsearch calls: the router, API-key check, body limit, request logging,
 //! and the one function every dialect uses to turn its inputs into vectors. Dialects own only
 //! their wire types and body shapes (`openai.rs`, `hf.rs`); `ops.rs` serves health and metrics;
-//! `status.rs` is the only place an error becomes a status code.
+//! `status.rs` is the only place an error becomes a status code; `server.rs` accepts and times
+//! connections; `budget.rs` caps the request-body bytes held at once.
 
+mod budget;
+pub mod fdlimit;
 mod hf;
 mod openai;
 mod ops;
+pub mod server;
 mod status;
 pub mod tls;
 
@@ -60,12 +64,27 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Most inputs one request may carry.
     pub max_inputs: usize,
+    /// Request-body bytes held at once across all requests (`budget.rs`); beyond it, a 429.
+    pub max_buffered_body: usize,
+}
+
+impl Default for HttpConfig {
+    /// The CLI's defaults, without a key.
+    fn default() -> Self {
+        HttpConfig {
+            api_key: None,
+            max_body: 64 << 20,
+            max_inputs: 2048,
+            max_buffered_body: 512 << 20,
+        }
+    }
 }
 
 #[derive(Clone)]
 struct AppState {
     engine: Engine,
     cfg: Arc<HttpConfig>,
+    budget: Arc<budget::BodyBudget>,
 }
 
 /// The full application. `/health` and `/ready` stay open for orchestrators; every other
@@ -73,6 +92,7 @@ struct AppState {
 pub fn router(engine: Engine, cfg: HttpConfig) -> Router {
     let state = AppState {
         engine,
+        budget: Arc::new(budget::BodyBudget::new(cfg.max_buffered_body)),
         cfg: Arc::new(cfg),
     };
     let protected = Router::new()
@@ -81,6 +101,11 @@ pub fn router(engine: Engine, cfg: HttpConfig) -> Router {
         .route("/hf/embed", post(hf::embed))
         .route("/info", get(ops::info))
         .route("/metrics", get(ops::metrics))
+        // Inside the key check: a client without the key cannot take the body budget.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            budget::reserve,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(ops::health))
@@ -95,6 +120,17 @@ pub fn router(engine: Engine, cfg: HttpConfig) -> Router {
 enum Dialect {
     OpenAi,
     HuggingFace,
+}
+
+impl Dialect {
+    /// The dialect a refusal made before routing answers in: OpenAI's under `/v1/`.
+    fn of_path(path: &str) -> Dialect {
+        if path.starts_with("/v1/") {
+            Dialect::OpenAi
+        } else {
+            Dialect::HuggingFace
+        }
+    }
 }
 
 /// A failed request: its class and the message the client sees.
@@ -160,26 +196,69 @@ async fn require_key(State(state): State<AppState>, req: Request, next: Next) ->
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if presented.is_some_and(|p| key.matches(p.trim())) {
+        .and_then(bearer_token);
+    if presented.is_some_and(|p| key.matches(p)) {
         return next.run(req).await;
     }
-    let dialect = if req.uri().path().starts_with("/v1/") {
-        Dialect::OpenAi
-    } else {
-        Dialect::HuggingFace
-    };
+    let dialect = Dialect::of_path(req.uri().path());
     let message = match presented {
         None => "missing API key: send `Authorization: Bearer <key>`",
         Some(_) => "invalid API key",
     };
-    RequestError {
+    let refusal = RequestError {
         failure: Failure::Unauthorized,
         message: message.into(),
         dialect,
         retry_after: None,
+    };
+    refuse_after_body(req, state.cfg.max_body, refusal).await
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1): `bearer k` and `BEARER k` carry the key `k`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Answers `refusal` once the request body has been read and dropped (up to `max` bytes), so a
+/// client that writes its whole body before reading, as Elasticsearch does, reads the answer
+/// instead of failing its write on a closed connection. A body larger than `max` is not read:
+/// the answer then closes the connection.
+async fn refuse_after_body(req: Request, max: usize, refusal: RequestError) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut response = refusal.into_response();
+    if declared.is_some_and(|n| n > max as u64) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return response;
     }
-    .into_response()
+    let mut stream = req.into_body().into_data_stream();
+    let mut read = 0u64;
+    loop {
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                read += chunk.len() as u64;
+                if read > max as u64 {
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                    return response;
+                }
+            }
+            Some(Err(_)) | None => return response,
+        }
+    }
 }
 
 /// One info line per request, without payload or credentials.
@@ -366,6 +445,22 @@ mod tests {
         assert!(!key.matches("s3cret2"));
         assert_eq!(format!("{key:?}"), "ApiKey(***)");
         assert!(ApiKey::new("  ".into()).is_none());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for (value, token) in [
+            ("Bearer k", Some("k")),
+            ("bearer k", Some("k")),
+            ("BEARER  k ", Some("k")),
+            ("bEaReR k", Some("k")),
+            ("Basic k", None),
+            ("Bearer", None),
+            ("Bearer  ", None),
+            ("Bearerk", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
+        }
     }
 
     #[test]

@@ -78,6 +78,7 @@ pub fn http_config() -> HttpConfig {
         api_key: ApiKey::new(API_KEY.to_owned()),
         max_body: 64 << 20,
         max_inputs: 2048,
+        ..HttpConfig::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Faults (issue 6, Scope 3): work nobody waits for never reaches the model, broken bundles fail
 //! at start with a message naming the file, an inference failure fails only its own batch, and
-//! SIGTERM lets what is in flight finish while new connections are refused.
+//! SIGTERM lets what is in flight finish while new connections are refused, and cuts what is
+//! stalled when `--shutdown-grace` is over.
 //!
 //! The queue tests run the real binary (`child::ChildServer`), because whether a disconnected
 //! client's job ran is visible only in that process's own `/metrics` (`sightline_batch_items`,
@@ -17,8 +18,11 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use tokio::io::AsyncWriteExt;
+
 use crate::child::{sample_value, ChildServer};
 use crate::common::*;
+use crate::connections::{final_response, post_awaiting_body, until_closed};
 use sightline::engine::{Engine, EngineOptions, Modality};
 use sightline::http::router;
 
@@ -116,16 +120,19 @@ async fn an_input_past_request_timeout_is_429_and_never_reaches_the_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
-    // Batches wait 6 s for company, so every request below is still in flight when SIGTERM comes.
+    // Batches of 9 wait an hour for company: 8 texts and 8 images stay queued until a ninth input
+    // of each fills its batch. The two ninth inputs are requests whose bodies are held back (the
+    // server has asked for them: `Expect: 100-continue`) until after SIGTERM; writing them then
+    // releases everything. No timing: every request is in flight when the signal comes.
     let mut server = ChildServer::start(&[
         "--batch-wait",
-        "6s",
+        "1h",
         "--text-batch-wait",
-        "6s",
+        "1h",
         "--max-batch",
-        "64",
+        "9",
         "--max-batch-text",
-        "64",
+        "9",
     ]);
     let jpeg = data_uri("landscape.jpg");
     let png = data_uri("small-100x50.png");
@@ -137,9 +144,17 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     }
     server.wait_for_depth("text", 8).await;
     server.wait_for_depth("image", 8).await;
+    let held_bodies = [
+        openai_body(&[TEXT], None, None, false),
+        openai_body(&[&jpeg], None, None, false),
+    ];
+    let mut held = Vec::new();
+    for body in &held_bodies {
+        held.push(post_awaiting_body(server.addr, body.len()).await);
+    }
 
     server.terminate();
-    // New connections are refused while the 16 requests are still being served.
+    // New connections are refused while the 18 requests are still being served.
     let addr = server.addr;
     wait_until("connections to be refused after SIGTERM", || async move {
         TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
@@ -154,6 +169,29 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
         "the server exited before finishing its requests"
     );
 
+    // The held bodies fill both batches: all 18 requests complete.
+    for (stream, body) in held.iter_mut().zip(&held_bodies) {
+        stream
+            .write_all(body.as_bytes())
+            .await
+            .expect("the held body");
+    }
+    for (i, (stream, golden)) in held
+        .iter_mut()
+        .zip([golden_text(TEXT), golden_image("landscape.jpg")])
+        .enumerate()
+    {
+        let answer = until_closed(stream, &format!("held request {i}")).await;
+        let (status, body) = final_response(&answer);
+        assert_eq!(
+            status,
+            200,
+            "held request {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
+        let vectors = es_old_openai_parse(&body).expect("the old ES parser reads the answer");
+        assert_golden(&vectors[0], &golden, &format!("held request {i}"));
+    }
     for (i, task) in in_flight.into_iter().enumerate() {
         let reply = task.await.expect("request task");
         assert_eq!(
@@ -176,6 +214,49 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
         status.code(),
         Some(0),
         "exit status; log:\n{}",
+        server.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_stalled_clients_and_exits_after_the_grace() {
+    // Clients stalled mid-headers and mid-body once kept the process alive 40 s after SIGTERM
+    // (issue 16 §5). The header and body timeouts are an hour here: only the shutdown can end them.
+    let mut server = ChildServer::start(&[
+        "--shutdown-grace",
+        "1s",
+        "--header-timeout",
+        "1h",
+        "--body-timeout",
+        "1h",
+    ]);
+    let mut mid_headers = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    mid_headers
+        .write_all(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half the headers");
+    // In progress: the server has asked for its body; it sends 40 of 1000 bytes and stalls.
+    let mut mid_body = post_awaiting_body(server.addr, 1000).await;
+    mid_body.write_all(&[b' '; 40]).await.expect("40 bytes");
+
+    let signalled = std::time::Instant::now();
+    server.terminate();
+    // No request in progress: closed at once.
+    until_closed(&mut mid_headers, "the mid-headers client to be closed").await;
+    // In progress but stalled: cut when the grace is over, and the process exits 0.
+    let answer = until_closed(&mut mid_body, "the mid-body client to be cut").await;
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    let status = server.wait_exit().await;
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(1),
+        "exited before the grace"
+    );
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log());
+    assert!(
+        server.log().contains("shutdown grace"),
+        "the cut is logged:\n{}",
         server.log()
     );
 }
@@ -414,12 +495,16 @@ async fn a_manifest_that_misstates_the_dimensions_is_a_clear_error() {
 /// Sends `body` with its Content-Length on a raw connection, then reads the whole answer.
 /// Returns what the client saw: the status line and body, or the I/O error that ended it.
 fn raw_post(addr: SocketAddr, body: &[u8]) -> Result<String, std::io::Error> {
+    raw_post_with_key(addr, API_KEY, body)
+}
+
+fn raw_post_with_key(addr: SocketAddr, key: &str, body: &[u8]) -> Result<String, std::io::Error> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(PATIENCE))?;
     stream.set_write_timeout(Some(PATIENCE))?;
     let head = format!(
-        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {API_KEY}\r\n\
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
          Content-Type: {OPENAI_CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -448,5 +533,23 @@ async fn a_body_over_max_body_gets_its_400_not_a_reset_connection() {
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("--max-body"), "{answer}");
     // The server is unharmed.
+    server.embed(&[TEXT]).await.assert_status(StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_with_a_20_mb_body_gets_its_401_not_a_broken_pipe() {
+    // The 401 used to be written before the body was read: ES, still writing, hit a closed
+    // connection and retried an I/O error instead of reading the 401 (issue 16 §6).
+    let server = ChildServer::start(&[]);
+    let body = format!(r#"{{"input":["{TEXT}"],"pad":"{}"}}"#, " ".repeat(20 << 20));
+    let addr = server.addr;
+    let answer = tokio::task::spawn_blocking(move || {
+        raw_post_with_key(addr, "not-the-key", body.as_bytes())
+    })
+    .await
+    .expect("join")
+    .unwrap_or_else(|e| panic!("the client could not send its 20 MB body and read the 401: {e}"));
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(answer.contains("invalid API key"), "{answer}");
     server.embed(&[TEXT]).await.assert_status(StatusCode::OK);
 }

@@ -2,6 +2,7 @@
 mod child;
 mod cli_embed;
 mod common;
+mod connections;
 mod errors;
 mod es_docker;
 mod es_e2e;

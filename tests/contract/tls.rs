@@ -1,8 +1,9 @@
 //! HTTPS (`--tls-cert`/`--tls-key`, issue 6 Scope 4): a self-signed certificate made in the
-//! test, served by the same `axum::serve` loop `sightline serve` runs, through
-//! [`TlsListener`] on 127.0.0.1:0; clients trust only that certificate. Covers the routes ES
-//! calls, refusals of plain HTTP and of untrusting clients, graceful shutdown with a request in
-//! flight, the handshake cap and timeout, and the start-up errors for bad files.
+//! test, served by the same accept loop `sightline serve` runs (`http::server::Server`) on
+//! 127.0.0.1:0; clients trust only that certificate. Covers the routes ES calls, refusals of
+//! plain HTTP and of untrusting clients, graceful shutdown with a request in flight, the
+//! handshake cap and timeout under a flood of silent clients, the start-up errors for bad files,
+//! and the container healthcheck's choice of scheme.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,9 +19,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 
-use sightline::http::tls::{load_config, HandshakeLimits, TlsListener};
+use sightline::http::server::{Server, ServerLimits, StatsHandle};
+use sightline::http::tls::{load_config, HandshakeLimits};
 
+use crate::child::ChildServer;
 use crate::common::*;
+use crate::connections::quiet_limits;
 
 /// A certificate for `localhost` and its key, as PEM files in a temporary directory.
 struct CertFiles {
@@ -50,29 +54,36 @@ fn self_signed() -> CertFiles {
 }
 
 /// A running HTTPS server and the means to stop it gracefully.
-struct Server {
+struct Running {
     addr: SocketAddr,
+    stats: StatsHandle,
     stop: oneshot::Sender<()>,
-    done: JoinHandle<std::io::Result<()>>,
+    done: JoinHandle<()>,
 }
 
-async fn serve_tls(app: Router, files: &CertFiles) -> Server {
+async fn serve_tls(app: Router, files: &CertFiles) -> Running {
     serve_tls_with(app, files, HandshakeLimits::default()).await
 }
 
-async fn serve_tls_with(app: Router, files: &CertFiles, limits: HandshakeLimits) -> Server {
+async fn serve_tls_with(app: Router, files: &CertFiles, handshake: HandshakeLimits) -> Running {
     let config = load_config(&files.cert, &files.key).expect("the test certificate loads");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("local address");
+    let limits = ServerLimits {
+        handshake,
+        ..quiet_limits()
+    };
+    let server = Server::new(listener, Some(config), app, limits);
+    let (addr, stats) = (server.local_addr().expect("local address"), server.stats());
     let (stop, stopped) = oneshot::channel::<()>();
-    let done = tokio::spawn(async move {
-        axum::serve(TlsListener::with_limits(listener, config, limits), app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
-    });
-    Server { addr, stop, done }
+    let done = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Running {
+        addr,
+        stats,
+        stop,
+        done,
+    }
 }
 
 /// A client that trusts only the test certificate and finds `localhost` at `addr`.
@@ -192,10 +203,8 @@ async fn graceful_shutdown_finishes_the_request_in_flight_and_stops_accepting() 
         .expect("the in-flight request completes");
     assert_eq!(reply.status(), StatusCode::OK);
     assert_eq!(reply.text().await.expect("body"), "finished");
-    server
-        .done
+    patiently("the server to stop", server.done)
         .await
-        .expect("task")
         .expect("the server stops cleanly");
 }
 
@@ -257,24 +266,101 @@ async fn a_stalled_handshake_blocks_no_one_and_is_closed_after_the_timeout() {
 }
 
 #[tokio::test]
-async fn handshakes_over_the_cap_wait_for_a_free_slot() {
-    // One handshake at a time: a silent client holds the only slot until its timeout, and the
-    // next client is handshaken only then, not refused.
+async fn over_the_handshake_cap_the_oldest_stalled_handshake_makes_room() {
+    // One handshake at a time and an hour to finish it: the silent client holds the only slot,
+    // and the next client's handshake drops it instead of waiting behind it.
     let files = self_signed();
     let limits = HandshakeLimits {
         max_concurrent: 1,
-        timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(3600),
     };
     let server = serve_tls_with(app(), &files, limits).await;
-    let started = Instant::now();
     let stalled = stalled_client(server.addr).await;
+    wait_until("the silent client to be in its handshake", || {
+        std::future::ready(server.stats.snapshot().accepted == 1)
+    })
+    .await;
     assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
-    assert!(
-        started.elapsed() >= limits.timeout,
-        "a second handshake ran beside the first after {:?}",
-        started.elapsed()
-    );
     closed_by_server(stalled, "the stalled handshake").await;
+    let s = server.stats.snapshot();
+    assert_eq!(
+        (s.handshakes_evicted, s.handshake_timeouts),
+        (1, 0),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_silent_tls_clients_does_not_keep_health_from_answering() {
+    let files = self_signed();
+    let limits = HandshakeLimits {
+        max_concurrent: 4,
+        timeout: Duration::from_secs(3600),
+    };
+    let server = serve_tls_with(app(), &files, limits).await;
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        flood.push(stalled_client(server.addr).await);
+    }
+    wait_until("the flood to be accepted", || {
+        std::future::ready(server.stats.snapshot().accepted == 200)
+    })
+    .await;
+    // Answered promptly, and again, while 200 silent clients are connected.
+    for _ in 0..3 {
+        assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
+    }
+    let s = server.stats.snapshot();
+    assert!(s.handshakes_evicted >= 196, "{s:?}");
+    // The 4 newest silent clients still hold the handshake slots, or were displaced by the
+    // /health clients: never more than 4 handshakes at once.
+    assert!(s.open <= 4 + 3, "{s:?}");
+}
+
+/// Runs `docker/healthcheck.sh` (the image's HEALTHCHECK) with `env`.
+fn healthcheck(env: &[(&str, &str)]) -> bool {
+    let mut command = std::process::Command::new("sh");
+    command
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/healthcheck.sh"))
+        .env_remove("SIGHTLINE_TLS_CERT")
+        .env("SIGHTLINE_HEALTHCHECK_TIMEOUT", "20");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("sh and curl run (curl is the image's healthcheck client)")
+        .success()
+}
+
+#[tokio::test]
+async fn the_container_healthcheck_follows_the_configured_scheme() {
+    let files = self_signed();
+    let cert = files.cert.to_str().expect("UTF-8 path");
+    let key = files.key.to_str().expect("UTF-8 path");
+    let https = ChildServer::start(&["--tls-cert", cert, "--tls-key", key]);
+    let addr = https.addr.to_string();
+    let plain = ChildServer::start(&[]);
+    let plain_addr = plain.addr.to_string();
+    let (ok_tls, wrong_scheme, ok_plain) = tokio::task::spawn_blocking(move || {
+        (
+            // Any value will do: the script asks only whether TLS is configured.
+            healthcheck(&[
+                ("SIGHTLINE_ADDR", &addr),
+                ("SIGHTLINE_TLS_CERT", "/run/secrets/tls.crt"),
+            ]),
+            healthcheck(&[("SIGHTLINE_ADDR", &addr)]),
+            healthcheck(&[("SIGHTLINE_ADDR", &plain_addr)]),
+        )
+    })
+    .await
+    .expect("join");
+    // The certificate is for `localhost`, the probe calls 127.0.0.1: it passes only because the
+    // local certificate is not verified.
+    assert!(ok_tls, "the HTTPS server failed its healthcheck");
+    assert!(!wrong_scheme, "plain HTTP against the HTTPS port passed");
+    assert!(ok_plain, "the HTTP server failed its healthcheck");
 }
 
 #[test]
