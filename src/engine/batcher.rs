@@ -454,7 +454,11 @@ mod tests {
         )
     }
 
-    fn queue(capacity: usize, priority_capacity: usize, burst: usize) -> (Queue<u32>, Receiver<u32>) {
+    fn queue(
+        capacity: usize,
+        priority_capacity: usize,
+        burst: usize,
+    ) -> (Queue<u32>, Receiver<u32>) {
         Queue::new(QueueConfig {
             modality: "image",
             capacity,
@@ -522,7 +526,9 @@ mod tests {
     fn admission_refuses_what_would_not_drain_before_the_timeout() {
         let (q, _rx) = queue(100, 10, 4);
         // No batch has run: admitted as far as capacity goes, whatever the timeout.
-        let held = q.admit(8, Priority::Ingest, Duration::from_secs(1)).unwrap();
+        let held = q
+            .admit(8, Priority::Ingest, Duration::from_secs(1))
+            .unwrap();
         // Measured: 0.5 s per input on the one worker (2 inputs/s).
         q.record(4, Duration::from_secs(2));
         let budget = Duration::from_secs(10);
@@ -567,7 +573,11 @@ mod tests {
         let rate = Rate::new();
         assert_eq!(rate.seconds_per_input(), None);
         rate.record(0, Duration::from_secs(9));
-        assert_eq!(rate.seconds_per_input(), None, "an empty batch says nothing");
+        assert_eq!(
+            rate.seconds_per_input(),
+            None,
+            "an empty batch says nothing"
+        );
         for _ in 0..Rate::WINDOW {
             rate.record(10, Duration::from_secs(10));
         }

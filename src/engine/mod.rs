@@ -29,8 +29,8 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
-pub use bundle::Bundle;
 pub use batcher::Priority;
+pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError, RequestFailure};
 pub use input::{Item, Modality, ModalityHint, UrlFetcher};
 pub use preprocess::DecodeOptions;
@@ -318,16 +318,23 @@ impl Engine {
                 }
             }
         }
-        slots.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
-            RequestFailure::Refused(EmbedError::new(
-                ErrorKind::Internal,
-                "an input of the request was left without an answer",
-            ))
-        })
+        slots
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                RequestFailure::Refused(EmbedError::new(
+                    ErrorKind::Internal,
+                    "an input of the request was left without an answer",
+                ))
+            })
     }
 
     /// Admits `items` to both modalities' queues in `priority`'s lane, or says why not.
-    fn admit(&self, items: &[Item], priority: Priority) -> Result<(Admission, Admission), EmbedError> {
+    fn admit(
+        &self,
+        items: &[Item],
+        priority: Priority,
+    ) -> Result<(Admission, Admission), EmbedError> {
         let budget = self.inner.opts.request_timeout;
         let n_images = items.iter().filter(|i| !matches!(i, Item::Text(_))).count();
         let admitted = self
@@ -335,7 +342,10 @@ impl Engine {
             .images
             .admit(n_images, priority, budget)
             .and_then(|a| {
-                let texts = self.inner.texts.admit(items.len() - n_images, priority, budget)?;
+                let texts = self
+                    .inner
+                    .texts
+                    .admit(items.len() - n_images, priority, budget)?;
                 Ok((a, texts))
             });
         if let Err(e) = &admitted {
@@ -442,9 +452,8 @@ impl Engine {
         let engine = self.clone();
         let started = Instant::now();
         let (deadline, failed) = (ticket.deadline, ticket.failed.clone());
-        let has_failed = |f: &Option<Arc<AtomicBool>>| {
-            f.as_ref().is_some_and(|f| f.load(Ordering::Acquire))
-        };
+        let has_failed =
+            |f: &Option<Arc<AtomicBool>>| f.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         self.inner.decoders.spawn(move || {
             // A decoding thread may take the image long after it was submitted: by then its
             // request may have failed, lost its client or run out of time. Then it is skipped

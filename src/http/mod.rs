@@ -289,12 +289,13 @@ async fn embed_inputs(
     }
     let mut items = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let item = state
-            .engine
-            .parse_input(&input.value, input.hint)
-            .map_err(|e: EmbedError| {
-                RequestError::engine(dialect, RequestFailure::Input(e.at(index)))
-            })?;
+        let item =
+            state
+                .engine
+                .parse_input(&input.value, input.hint)
+                .map_err(|e: EmbedError| {
+                    RequestError::engine(dialect, RequestFailure::Input(e.at(index)))
+                })?;
         items.push(item);
     }
     let images = items
@@ -371,7 +372,10 @@ mod tests {
     fn modality_and_priority_parameters_are_read_from_the_query() {
         let d = Dialect::OpenAi;
         let params = |q| query_params(q, d).map(|p| (p.hint, p.priority));
-        assert_eq!(params(None).unwrap(), (ModalityHint::Auto, Priority::Ingest));
+        assert_eq!(
+            params(None).unwrap(),
+            (ModalityHint::Auto, Priority::Ingest)
+        );
         assert_eq!(
             params(Some("source=es&modality=image")).unwrap(),
             (ModalityHint::Image, Priority::Ingest)

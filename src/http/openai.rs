@@ -125,8 +125,8 @@ pub(crate) async fn embeddings(
             ))
         }
     };
-    let inputs =
-        raw_inputs(request.input, params.hint).map_err(|m| RequestError::bad_request(dialect, m))?;
+    let inputs = raw_inputs(request.input, params.hint)
+        .map_err(|m| RequestError::bad_request(dialect, m))?;
     let embeddings = embed_inputs(&state, dialect, inputs, params.priority).await?;
     let tokens = embeddings.iter().map(|e| e.tokens).sum();
     let data = embeddings

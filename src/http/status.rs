@@ -110,7 +110,11 @@ mod tests {
             assert_eq!(failure.openai_type(), kind);
             assert_eq!(failure.retry_after(None), retry);
             // Whatever is retried is a 429: `custom` would take any 5xx as final.
-            assert_eq!(retry.is_some(), failure.status().as_u16() == 429, "{failure:?}");
+            assert_eq!(
+                retry.is_some(),
+                failure.status().as_u16() == 429,
+                "{failure:?}"
+            );
         }
     }
 

@@ -526,10 +526,13 @@ async fn a_bad_input_fails_only_its_own_request_and_drops_the_rest_of_it() {
     };
     // The decoding thread reaches the two skipped images after the answer may have gone out.
     let (image_dropped, srv) = (dropped("image"), &server);
-    wait_until("the bad request's last two images skipped, not decoded", || {
-        let sample = &image_dropped;
-        async move { srv.metric(sample).await == 2.0 }
-    })
+    wait_until(
+        "the bad request's last two images skipped, not decoded",
+        || {
+            let sample = &image_dropped;
+            async move { srv.metric(sample).await == 2.0 }
+        },
+    )
     .await;
     // The good request fills both batches: three images, and one text beside the abandoned one,
     // which is dropped from its batch.

@@ -99,7 +99,10 @@ async fn a_priority_input_is_answered_before_queued_ingest_inputs() {
     reply.assert_status(StatusCode::OK);
     let v = es_hf_parse(&reply.body).expect("the HF parser reads it");
     assert_golden(&v[0], &golden_text(TEXT), "priority text");
-    assert!(!ingest.is_finished(), "the ingest request was not overtaken");
+    assert!(
+        !ingest.is_finished(),
+        "the ingest request was not overtaken"
+    );
     assert_eq!(engine.queue_depth(Modality::Image), 2);
     assert_eq!(engine.queue_depth(Modality::Text), 2);
 
@@ -142,11 +145,7 @@ async fn an_unknown_priority_is_a_400_naming_the_value() {
     let message = reply.hf_error();
     assert!(message.contains("`high`"), "{message}");
     // The default lane by name is accepted.
-    let reply = send(
-        &app,
-        hf_request("/embed?priority=ingest", hf_body(&[TEXT])),
-    )
-    .await;
+    let reply = send(&app, hf_request("/embed?priority=ingest", hf_body(&[TEXT]))).await;
     reply.assert_status(StatusCode::OK);
 }
 
@@ -249,7 +248,11 @@ async fn inputs_not_started_by_the_deadline_are_never_worked_on() {
     let metrics = server.metrics().await;
     assert_eq!(tokenized(&metrics), 17.0, "{metrics}");
     assert_eq!(
-        sample(&metrics, "sightline_batch_items_sum", &[r#"modality="text""#]),
+        sample(
+            &metrics,
+            "sightline_batch_items_sum",
+            &[r#"modality="text""#]
+        ),
         1.0,
         "{metrics}"
     );
@@ -262,4 +265,37 @@ async fn inputs_not_started_by_the_deadline_are_never_worked_on() {
         16.0,
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn the_priority_lane_has_a_capacity_of_its_own() {
+    // A flood of "search" requests can hold at most `--priority-capacity` inputs; a request
+    // that could never fit in the lane is final (400), and the ingest lane is not limited by it.
+    let app = router(
+        start_engine(EngineOptions {
+            priority_capacity: 2,
+            ..test_options()
+        }),
+        http_config(),
+    );
+    let reply = send(
+        &app,
+        openai_request(
+            "/v1/embeddings?priority=search",
+            openai_body(&[TEXT; 3], None, None, false),
+        ),
+    )
+    .await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    let (message, _) = reply.openai_error();
+    assert!(
+        message.contains("priority=search") && message.contains("--priority-capacity"),
+        "{message}"
+    );
+    for uri in ["/v1/embeddings?priority=search", "/v1/embeddings"] {
+        let n = if uri.contains("priority") { 2 } else { 3 };
+        let body = openai_body(&vec![TEXT; n], None, None, false);
+        let v = openai_vectors(&app, uri, body, n).await;
+        assert_golden(&v[n - 1], &golden_text(TEXT), uri);
+    }
 }

@@ -148,7 +148,15 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
         stop.clone(),
     ));
     let singles = Arc::new(singles);
-    let one_per_request = drive(&client, &server.url, singles.clone(), 1, target, cfg.clients).await?;
+    let one_per_request = drive(
+        &client,
+        &server.url,
+        singles.clone(),
+        1,
+        target,
+        cfg.clients,
+    )
+    .await?;
     stop.store(true, Ordering::Release);
     let text_samples = text_probe.await??;
     eprintln!("bench: (a) {:.2} images/s", one_per_request.images_per_s);
