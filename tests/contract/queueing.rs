@@ -266,3 +266,36 @@ async fn inputs_not_started_by_the_deadline_are_never_worked_on() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn the_priority_lane_has_a_capacity_of_its_own() {
+    // A flood of "search" requests can hold at most `--priority-capacity` inputs; a request
+    // that could never fit in the lane is final (400), and the ingest lane is not limited by it.
+    let app = router(
+        start_engine(EngineOptions {
+            priority_capacity: 2,
+            ..test_options()
+        }),
+        http_config(),
+    );
+    let reply = send(
+        &app,
+        openai_request(
+            "/v1/embeddings?priority=search",
+            openai_body(&[TEXT; 3], None, None, false),
+        ),
+    )
+    .await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+    let (message, _) = reply.openai_error();
+    assert!(
+        message.contains("priority=search") && message.contains("--priority-capacity"),
+        "{message}"
+    );
+    for uri in ["/v1/embeddings?priority=search", "/v1/embeddings"] {
+        let n = if uri.contains("priority") { 2 } else { 3 };
+        let body = openai_body(&vec![TEXT; n], None, None, false);
+        let v = openai_vectors(&app, uri, body, n).await;
+        assert_golden(&v[n - 1], &golden_text(TEXT), uri);
+    }
+}
