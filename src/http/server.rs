@@ -853,11 +853,17 @@ mod tests {
             !s.table().conns.contains_key(&b.id),
             "b was the oldest handshake"
         );
-        assert!(s.table().conns.contains_key(&a.id) && s.table().conns.contains_key(&c.id));
+        {
+            // One guard at a time: `table()` locks, and a second lock in the same expression
+            // would wait for the first forever.
+            let table = s.table();
+            assert!(table.conns.contains_key(&a.id) && table.conns.contains_key(&c.id));
+        }
         assert_eq!(s.stats.handshakes_evicted.load(Ordering::Relaxed), 1);
         s.remove(c.id);
         assert_eq!(s.table().handshakes.len(), 1);
-        assert_eq!(s.table().idle.len(), s.table().conns.len());
+        let table = s.table();
+        assert_eq!(table.idle.len(), table.conns.len());
     }
 
     #[test]
