@@ -11,7 +11,8 @@
 //!                                 │
 //!                      engine::worker (ONNX Runtime sessions) → L2-normalised vectors
 //! ```
-//! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `cli/` wires commands to both.
+//! `es/` talks to Elasticsearch (setup, bulk ingest, kNN search); `sidecar` is the HTTP client of a
+//! running `sightline serve` (vectors for the CLI and the gallery); `cli/` wires commands to them.
 
 #![warn(unreachable_pub)]
 
@@ -21,4 +22,5 @@ pub mod es;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod sidecar;
 pub mod url;
