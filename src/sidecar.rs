@@ -56,12 +56,21 @@ pub struct SidecarArgs {
     /// Bearer token the sidecar was started with (`serve --api-key`).
     #[arg(long, env = "SIGHTLINE_SIDECAR_API_KEY", hide_env_values = true)]
     pub sidecar_api_key: Option<String>,
+    /// How long to keep retrying while the sidecar is unreachable, loading (503) or full (429),
+    /// before the images of a batch count as failed.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub sidecar_wait: u64,
 }
 
 impl SidecarArgs {
-    /// Connects with default [`SidecarOptions`].
+    /// Connects, retrying for `--sidecar-wait`.
     pub async fn connect(&self) -> Result<SidecarClient, SidecarError> {
-        SidecarClient::connect(&self.sidecar_url, self.sidecar_api_key.as_deref()).await
+        let options = SidecarOptions {
+            retry_deadline: Duration::from_secs(self.sidecar_wait),
+            ..SidecarOptions::default()
+        };
+        SidecarClient::connect_with(&self.sidecar_url, self.sidecar_api_key.as_deref(), options)
+            .await
     }
 }
 
@@ -592,7 +601,7 @@ mod tests {
         assert!(decode_embeddings(short, 2)
             .unwrap_err()
             .contains("1 embeddings for 2"));
-        let odd = br#"{"data":[{"embedding":"AAAA/w=="}]}"#;
+        let odd = br#"{"data":[{"embedding":"AAAAAAA="}]}"#;
         assert!(decode_embeddings(odd, 1).unwrap_err().contains("5 bytes"));
         let repeated = br#"{"data":[{"index":0,"embedding":[1]},{"index":0,"embedding":[2]}]}"#;
         assert!(decode_embeddings(repeated, 2).is_err());
