@@ -102,7 +102,9 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                 .unwrap_or_else(|| pipeline_name(&args.index)),
         )
     } else {
-        IngestMode::Vectors(Arc::new(SidecarEmbedder::new(args.sidecar.connect().await?)))
+        IngestMode::Vectors(Arc::new(SidecarEmbedder::new(
+            args.sidecar.connect().await?,
+        )))
     };
     let client = args.es.connect()?;
     let config = IngestConfig {
@@ -138,7 +140,10 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             report.failed
         );
         if report.failed > 0 {
-            eprintln!("still failing, with the reasons: {}", args.failures.display());
+            eprintln!(
+                "still failing, with the reasons: {}",
+                args.failures.display()
+            );
             return Ok(ExitCode::from(1));
         }
         return Ok(ExitCode::SUCCESS);

@@ -86,7 +86,9 @@ pub(crate) async fn run(args: SearchArgs) -> Result<ExitCode> {
     let cluster = match (&client, &args.es_version) {
         (Some(client), _) => Some(cluster_info(client).await?),
         (None, Some(version)) => Some(Cluster::new(
-            version.parse::<EsVersion>().context("invalid --es-version")?,
+            version
+                .parse::<EsVersion>()
+                .context("invalid --es-version")?,
         )),
         (None, None) => None,
     };
@@ -105,11 +107,17 @@ pub(crate) async fn run(args: SearchArgs) -> Result<ExitCode> {
     let query = match mode {
         Mode::Pipeline => match &image {
             Some((_, image)) => Query::Image(image.data_uri()),
-            None => Query::Text(args.text.clone().context("give --image FILE or --text TEXT")?),
+            None => Query::Text(
+                args.text
+                    .clone()
+                    .context("give --image FILE or --text TEXT")?,
+            ),
         },
         Mode::Vectors => Query::Vector(embed_query(&args, client.as_ref(), image.as_ref()).await?),
     };
-    let form = cluster.as_ref().map_or(KnnForm::TopLevel, Cluster::knn_form);
+    let form = cluster
+        .as_ref()
+        .map_or(KnnForm::TopLevel, Cluster::knn_form);
     let config = SearchConfig {
         index: args.index.clone(),
         field: args.field.clone(),
@@ -153,7 +161,9 @@ async fn recorded_mode(
     let request = format!("GET {index}/_mapping");
     let indices = [index];
     let namespace = client.indices();
-    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&indices));
+    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
+        &indices,
+    ));
     let recorded = match crate::es::client::call::<serde_json::Value>(&request, get.send()).await {
         Ok(mapping) => mapping.as_object().and_then(|indices| {
             indices.values().find_map(|index| {
@@ -192,7 +202,10 @@ async fn embed_query(
     image: Option<&(PathBuf, PreparedImage)>,
 ) -> Result<Vec<f32>> {
     if args.embed_locally {
-        let dir = args.model_dir.as_ref().context("--embed-locally needs --model-dir DIR")?;
+        let dir = args
+            .model_dir
+            .as_ref()
+            .context("--embed-locally needs --model-dir DIR")?;
         let embedder = EngineEmbedder::start(dir)?;
         if let Some(client) = client {
             let recorded = index_fingerprint(client, &args.index).await?;
@@ -206,7 +219,11 @@ async fn embed_query(
                 .context("the engine returned no vector")?
                 .map_err(|reason| anyhow::anyhow!("cannot embed {}: {reason}", path.display())),
             None => embedder
-                .embed_text(args.text.clone().context("give --image FILE or --text TEXT")?)
+                .embed_text(
+                    args.text
+                        .clone()
+                        .context("give --image FILE or --text TEXT")?,
+                )
                 .await
                 .map_err(|reason| anyhow::anyhow!("cannot embed the query text: {reason}")),
         };
@@ -223,7 +240,10 @@ async fn embed_query(
             .with_context(|| format!("cannot embed {}", path.display()))?,
         None => sidecar
             .embed_texts(
-                &[args.text.clone().context("give --image FILE or --text TEXT")?],
+                &[args
+                    .text
+                    .clone()
+                    .context("give --image FILE or --text TEXT")?],
                 Lane::Search,
             )
             .await

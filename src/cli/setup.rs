@@ -112,7 +112,9 @@ pub(crate) async fn run(args: SetupArgs) -> Result<ExitCode> {
     };
     let mut choice = choose_mode(&cluster, license.as_ref(), requested_mode)?;
     if assumed && requested_mode.is_none() {
-        choice.why.push_str(" (licence assumed for --print: pass --license TYPE or --mode)");
+        choice
+            .why
+            .push_str(" (licence assumed for --print: pass --license TYPE or --mode)");
     }
     let model = match (&args.model_name, args.dimensions, &args.similarity) {
         (Some(name), Some(dimensions), Some(similarity)) => {
@@ -155,16 +157,21 @@ pub(crate) async fn run(args: SetupArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let client = args.es.connect()?;
-    let service = plan
-        .service
-        .map_or_else(|| "no inference endpoint".to_owned(), |s| format!("{s} service"));
+    let service = plan.service.map_or_else(
+        || "no inference endpoint".to_owned(),
+        |s| format!("{s} service"),
+    );
     println!(
         "Elasticsearch {} · {service} · model {} ({} dims, {}, {})",
         cluster.version,
         model.name,
         model.dimensions,
         model.similarity,
-        if model.fingerprint.is_empty() { "no fingerprint" } else { &model.fingerprint }
+        if model.fingerprint.is_empty() {
+            "no fingerprint"
+        } else {
+            &model.fingerprint
+        }
     );
     println!("mode {}: {}", choice.mode, choice.why);
     let outcomes = apply(&client, &plan, &model, &config).await?;

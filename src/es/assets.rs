@@ -356,7 +356,11 @@ mod tests {
             search_inference_id: "sightline-clip-search".to_owned(),
             model: "clip".to_owned(),
             fingerprint: "sha256:ab".to_owned(),
-            mode: if pipeline.is_some() { Mode::Pipeline } else { Mode::Vectors },
+            mode: if pipeline.is_some() {
+                Mode::Pipeline
+            } else {
+                Mode::Vectors
+            },
             dims,
             similarity: Similarity::DotProduct,
         }
@@ -495,7 +499,10 @@ mod tests {
             );
         }
         let ingest = endpoint_body(Service::OpenAi, &endpoint_params(), &cluster("9.1.0")).unwrap();
-        assert_eq!(ingest["service_settings"]["url"], "http://sidecar:8080/v1/embeddings");
+        assert_eq!(
+            ingest["service_settings"]["url"],
+            "http://sidecar:8080/v1/embeddings"
+        );
         assert!(ingest["service_settings"].get("rate_limit").is_none());
     }
 

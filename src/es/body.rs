@@ -254,7 +254,10 @@ mod tests {
         // Shape of a 8.15 basic cluster's answer.
         let basic: LicenseResponse = serde_json::from_str(r#"{"license":{"status":"active","uid":"u","type":"basic","issue_date":"2024-01-01T00:00:00.000Z","issue_date_in_millis":1704067200000,"max_nodes":1000,"max_resource_units":null,"issued_to":"docker-cluster","issuer":"elasticsearch","start_date_in_millis":-1}}"#).unwrap();
         let license = basic.license.unwrap();
-        assert_eq!((license.kind.as_str(), license.status.as_str()), ("basic", "active"));
+        assert_eq!(
+            (license.kind.as_str(), license.status.as_str()),
+            ("basic", "active")
+        );
         let none: LicenseResponse = serde_json::from_str("{}").unwrap();
         assert_eq!(none.license, None);
     }

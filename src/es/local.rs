@@ -128,7 +128,9 @@ impl LocalEmbedder for SidecarEmbedder {
                 .embed_texts(&[text], Lane::Search)
                 .await
                 .map_err(|err| err.to_string())?;
-            vectors.pop().ok_or_else(|| "the sidecar returned no vector".to_owned())
+            vectors
+                .pop()
+                .ok_or_else(|| "the sidecar returned no vector".to_owned())
         }
         .boxed()
     }

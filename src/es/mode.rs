@@ -209,9 +209,12 @@ mod tests {
                 assert_eq!(choice.mode, Mode::Vectors, "{version} {kind}");
                 assert!(choice.why.contains(kind), "{}", choice.why);
             }
-            let expired =
-                choose_mode(&cluster(version), Some(&license("enterprise", "expired")), None)
-                    .unwrap();
+            let expired = choose_mode(
+                &cluster(version),
+                Some(&license("enterprise", "expired")),
+                None,
+            )
+            .unwrap();
             assert_eq!(expired.mode, Mode::Vectors);
             assert!(expired.why.contains("expired"), "{}", expired.why);
         }
@@ -222,22 +225,38 @@ mod tests {
         assert_eq!(oss.mode, Mode::Vectors);
         let mut serverless = cluster("8.11.0");
         serverless.serverless = true;
-        assert_eq!(choose_mode(&serverless, None, None).unwrap().mode, Mode::Pipeline);
+        assert_eq!(
+            choose_mode(&serverless, None, None).unwrap().mode,
+            Mode::Pipeline
+        );
     }
 
     #[test]
     fn asking_for_pipeline_where_it_cannot_work_names_the_licence() {
-        let err = choose_mode(&cluster("9.1.0"), Some(&license("platinum", "active")), Some(Mode::Pipeline))
-            .unwrap_err()
-            .to_string();
+        let err = choose_mode(
+            &cluster("9.1.0"),
+            Some(&license("platinum", "active")),
+            Some(Mode::Pipeline),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("platinum licence (active)"), "{err}");
         assert!(err.contains("--mode vectors"), "{err}");
-        let err = choose_mode(&cluster("8.11.0"), Some(&license("enterprise", "active")), Some(Mode::Pipeline))
-            .unwrap_err()
-            .to_string();
+        let err = choose_mode(
+            &cluster("8.11.0"),
+            Some(&license("enterprise", "active")),
+            Some(Mode::Pipeline),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("8.12"), "{err}");
         // vectors is always allowed
-        let forced = choose_mode(&cluster("9.1.0"), Some(&license("enterprise", "active")), Some(Mode::Vectors)).unwrap();
+        let forced = choose_mode(
+            &cluster("9.1.0"),
+            Some(&license("enterprise", "active")),
+            Some(Mode::Vectors),
+        )
+        .unwrap();
         assert_eq!(forced.mode, Mode::Vectors);
     }
 

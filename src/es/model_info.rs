@@ -48,7 +48,11 @@ pub(crate) fn recorded_fingerprint(mapping: &serde_json::Value) -> Option<String
 /// Refuses to mix vectors of two models in one index: the index recorded `recorded` at setup,
 /// the sidecar (or local engine) serves `serving`. Either unknown (an index from before
 /// fingerprints, a model given by flags) passes.
-pub(crate) fn check_same_model(index: &str, recorded: Option<&str>, serving: &ModelInfo) -> Result<()> {
+pub(crate) fn check_same_model(
+    index: &str,
+    recorded: Option<&str>,
+    serving: &ModelInfo,
+) -> Result<()> {
     match recorded {
         Some(recorded) if !serving.fingerprint.is_empty() && recorded != serving.fingerprint => bail!(
             "index {index} holds vectors of the model with fingerprint {recorded}, but the sidecar serves {} with fingerprint {};              vectors of two models are not comparable: serve the index's model again, or use another --index (and run setup for it)",
@@ -131,11 +135,19 @@ mod tests {
         assert_eq!(recorded.as_deref(), Some("sha256:old"));
         let mut served = info();
         served.fingerprint = "sha256:new".to_owned();
-        let err = check_same_model("photos", recorded.as_deref(), &served).unwrap_err().to_string();
-        assert!(err.contains("sha256:old") && err.contains("sha256:new"), "{err}");
+        let err = check_same_model("photos", recorded.as_deref(), &served)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sha256:old") && err.contains("sha256:new"),
+            "{err}"
+        );
         served.fingerprint = "sha256:old".to_owned();
         check_same_model("photos", recorded.as_deref(), &served).unwrap();
-        assert_eq!(recorded_fingerprint(&serde_json::json!({"photos": {"mappings": {}}})), None);
+        assert_eq!(
+            recorded_fingerprint(&serde_json::json!({"photos": {"mappings": {}}})),
+            None
+        );
     }
 
     #[test]

@@ -291,11 +291,17 @@ mod tests {
         let exact = search_request(&old, &vector).unwrap();
         assert_eq!(exact.path, "photos/_search");
         let script = &exact.body["query"]["script_score"]["script"];
-        assert_eq!(script["source"], "dotProduct(params.query_vector, 'ml.image_vector') + 1.0");
+        assert_eq!(
+            script["source"],
+            "dotProduct(params.query_vector, 'ml.image_vector') + 1.0"
+        );
         assert_eq!(script["params"]["query_vector"], json!([0.6f32, 0.8f32]));
         old.similarity = Similarity::Cosine;
         let cosine = search_request(&old, &vector).unwrap();
-        assert!(cosine.body["query"]["script_score"]["script"]["source"].as_str().unwrap().starts_with("cosineSimilarity"));
+        assert!(cosine.body["query"]["script_score"]["script"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("cosineSimilarity"));
         old.form = KnnForm::Unsupported;
         assert!(search_request(&old, &vector).is_err());
         // text queries go through the builder whatever the form

@@ -27,10 +27,10 @@ use serde_json::{json, Value};
 use crate::engine::{ModelInfo, Similarity};
 
 use super::assets::{self, EndpointParams, IndexParams, PipelineKind};
-use super::mode::{Mode, ModeChoice};
 use super::body::RESOURCE_ALREADY_EXISTS;
 use super::client::call;
 use super::image::data_uri;
+use super::mode::{Mode, ModeChoice};
 use super::model_info;
 use super::version::{Cluster, Service};
 use super::{
@@ -316,9 +316,10 @@ pub(crate) fn plan(
 /// The whole plan for Kibana's dev console, with `#` comments the console accepts.
 pub(crate) fn console_script(plan: &Plan, model: &ModelInfo) -> String {
     let mut out = String::new();
-    let service = plan
-        .service
-        .map_or_else(|| "no inference endpoint".to_owned(), |s| format!("{s} service"));
+    let service = plan.service.map_or_else(
+        || "no inference endpoint".to_owned(),
+        |s| format!("{s} service"),
+    );
     // One comment line: the console (and `parse_console`) takes a request after each.
     let _ = writeln!(
         out,
@@ -682,7 +683,10 @@ mod tests {
         );
         assert_eq!(plan.service, Some(Service::Custom));
         let search_url = plan.steps[1].body().unwrap()["service_settings"]["url"].clone();
-        assert_eq!(search_url, "http://sidecar:8080/v1/embeddings?priority=search");
+        assert_eq!(
+            search_url,
+            "http://sidecar:8080/v1/embeddings?priority=search"
+        );
     }
 
     #[test]
@@ -712,10 +716,20 @@ mod tests {
         };
         for version in ["8.11.0", "8.15.0", "9.3.0", "7.17.0"] {
             let plan = plan(&cluster(version), &model(), &config(), &vectors).unwrap();
-            let paths: Vec<String> = plan.steps.iter().map(|s| format!("{} {}", s.method(), s.path())).collect();
-            assert_eq!(paths, ["PUT _index_template/sightline-photos", "PUT photos"], "{version}");
+            let paths: Vec<String> = plan
+                .steps
+                .iter()
+                .map(|s| format!("{} {}", s.method(), s.path()))
+                .collect();
+            assert_eq!(
+                paths,
+                ["PUT _index_template/sightline-photos", "PUT photos"],
+                "{version}"
+            );
             let template = plan.steps[0].body().unwrap();
-            assert!(template.pointer("/template/settings/index/default_pipeline").is_none());
+            assert!(template
+                .pointer("/template/settings/index/default_pipeline")
+                .is_none());
             assert_eq!(template["template"]["mappings"]["_meta"]["mode"], "vectors");
             assert_eq!(plan.service, None);
         }

@@ -90,11 +90,18 @@ async fn run_mode(es_url: &str, sidecar_url: &str, mode: &str, unique: &str) {
     let outcome = std::panic::AssertUnwindSafe(async {
         let done = sightline_with_env(&setup, &envs_ref).await;
         if mode == "pipeline" && done.code == Some(2) && done.stderr.contains("licence") {
-            eprintln!("\n*** SKIPPED es_e2e pipeline mode: {} ***\n", done.stderr.trim());
+            eprintln!(
+                "\n*** SKIPPED es_e2e pipeline mode: {} ***\n",
+                done.stderr.trim()
+            );
             return;
         }
         done.expect_code(0);
-        assert!(done.stdout.contains(&format!("mode {mode}:")), "{}", done.stdout);
+        assert!(
+            done.stdout.contains(&format!("mode {mode}:")),
+            "{}",
+            done.stdout
+        );
         let (ingest_flag, search_mode) = match mode {
             "pipeline" => ("--via-pipeline", "pipeline"),
             _ => ("", "vectors"),
@@ -108,8 +115,22 @@ async fn run_mode(es_url: &str, sidecar_url: &str, mode: &str, unique: &str) {
         let failures = dir.path().join("failures.jsonl").display().to_string();
         sightline_with_env(
             &[
-                &["ingest", &folder, "--index", &index, "--failures", &failures, "--no-progress", "--sidecar-url", &local_sidecar][..],
-                if ingest_flag == "--via-pipeline" { &["--via-pipeline"][..] } else { &[][..] },
+                &[
+                    "ingest",
+                    &folder,
+                    "--index",
+                    &index,
+                    "--failures",
+                    &failures,
+                    "--no-progress",
+                    "--sidecar-url",
+                    &local_sidecar,
+                ][..],
+                if ingest_flag == "--via-pipeline" {
+                    &["--via-pipeline"][..]
+                } else {
+                    &[][..]
+                },
             ]
             .concat(),
             &envs_ref,
@@ -222,7 +243,10 @@ async fn cleanup(es_url: &str, index: &str, inference_id: &str) {
     for id in [inference_id.to_owned(), format!("{inference_id}-search")] {
         let _ = client
             .inference()
-            .delete(InferenceDeleteParts::TaskTypeInferenceId("text_embedding", &id))
+            .delete(InferenceDeleteParts::TaskTypeInferenceId(
+                "text_embedding",
+                &id,
+            ))
             .force(true)
             .send()
             .await;

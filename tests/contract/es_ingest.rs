@@ -346,7 +346,15 @@ async fn unreachable_cluster_is_an_error_not_a_list_of_failures() {
     .unwrap();
     let folder = dir.path().display().to_string();
     let url = format!("http://{closed}");
-    let run = sightline(&["ingest", &folder, "--es", &url, "--no-progress", "--via-pipeline"]).await;
+    let run = sightline(&[
+        "ingest",
+        &folder,
+        "--es",
+        &url,
+        "--no-progress",
+        "--via-pipeline",
+    ])
+    .await;
     run.expect_code(2);
     assert!(
         run.stderr.contains("no answer from Elasticsearch"),

@@ -167,12 +167,20 @@ async fn print_for_each_version_line_matches_the_contract() {
                     ],
                 );
                 // setup adds the explicit rate limit (README "Rate limit")
-                expected["service_settings"]["rate_limit"] = json!({"requests_per_minute": 500_000});
+                expected["service_settings"]["rate_limit"] =
+                    json!({"requests_per_minute": 500_000});
                 assert_eq!(endpoint, &expected, "{version}: custom body is the asset");
-                let search = find(&requests, "PUT", "_inference/text_embedding/sightline-clip-search");
+                let search = find(
+                    &requests,
+                    "PUT",
+                    "_inference/text_embedding/sightline-clip-search",
+                );
                 expected["service_settings"]["url"] =
                     json!("http://sightline:8080/v1/embeddings?priority=search");
-                assert_eq!(search, &expected, "{version}: the search twin differs only in its URL");
+                assert_eq!(
+                    search, &expected,
+                    "{version}: the search twin differs only in its URL"
+                );
             }
         }
 
@@ -239,10 +247,21 @@ async fn print_for_8_11_is_vectors_mode_template_and_index_only() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = sightline(&args).await;
     run.expect_code(0);
-    assert!(run.stdout.contains("Mode vectors: Elasticsearch 8.11.4 has no Inference API (it needs 8.12+)"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Mode vectors: Elasticsearch 8.11.4 has no Inference API (it needs 8.12+)"),
+        "{}",
+        run.stdout
+    );
     let requests = parse_console(&run.stdout);
-    let lines: Vec<String> = requests.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
-    assert_eq!(lines, ["PUT _index_template/sightline-photos", "PUT photos"]);
+    let lines: Vec<String> = requests
+        .iter()
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["PUT _index_template/sightline-photos", "PUT photos"]
+    );
     // a pipeline asked for on 8.11 names the version
     let mut forced = print_args("8.11.4");
     forced.extend(["--mode".to_owned(), "pipeline".to_owned()]);
@@ -446,7 +465,13 @@ async fn setup_on_8_11_is_vectors_mode_template_and_index_only() {
     assert!(run.stdout.contains("mode vectors:"), "{}", run.stdout);
     assert_eq!(
         fake.es_lines(),
-        ["GET /", "GET /_license", "PUT /_index_template/sightline-photos", "HEAD /photos", "PUT /photos"]
+        [
+            "GET /",
+            "GET /_license",
+            "PUT /_index_template/sightline-photos",
+            "HEAD /photos",
+            "PUT /photos"
+        ]
     );
 }
 

@@ -170,7 +170,11 @@ async fn embed_through(url: &str, request: &Recorded) -> HashMap<String, Vec<f32
     let images: Vec<String> = request
         .ndjson()
         .iter()
-        .filter_map(|line| line.get("image_b64").and_then(Value::as_str).map(str::to_owned))
+        .filter_map(|line| {
+            line.get("image_b64")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect();
     let calls = images.iter().map(|image| {
         let client = client.clone();
@@ -188,7 +192,11 @@ async fn embed_through(url: &str, request: &Recorded) -> HashMap<String, Vec<f32
             Some((image.clone(), vector))
         }
     });
-    futures::future::join_all(calls).await.into_iter().flatten().collect()
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A running fake cluster. Dropping it stops the server.
@@ -381,7 +389,9 @@ pub fn stored_vector(value: &Value) -> Option<Vec<f32>> {
     match value {
         Value::Array(items) => items.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
         Value::String(text) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(text).ok()?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?;
             (bytes.len() % 4 == 0).then(|| {
                 bytes
                     .chunks_exact(4)
@@ -394,7 +404,9 @@ pub fn stored_vector(value: &Value) -> Option<Vec<f32>> {
 }
 
 fn at_least(version: &str, major: u32, minor: u32) -> bool {
-    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
     let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     have >= (major, minor)
 }
@@ -428,8 +440,16 @@ fn license_answer(state: &EsState, request: &Recorded) -> (u16, Value) {
         "max_nodes": 1000, "issued_to": "fake", "issuer": "elasticsearch", "start_date_in_millis": -1
     });
     if kind != "basic" {
-        license["expiry_date"] = json!(if status == "expired" { "2026-02-01T00:00:00.000Z" } else { "2027-01-01T00:00:00.000Z" });
-        license["expiry_date_in_millis"] = json!(if status == "expired" { 1769904000000u64 } else { 1798761600000u64 });
+        license["expiry_date"] = json!(if status == "expired" {
+            "2026-02-01T00:00:00.000Z"
+        } else {
+            "2027-01-01T00:00:00.000Z"
+        });
+        license["expiry_date_in_millis"] = json!(if status == "expired" {
+            1769904000000u64
+        } else {
+            1798761600000u64
+        });
     }
     // Enterprise licences count resource units instead of nodes (7.10+).
     if at_least(&state.version, 7, 10) {
@@ -451,17 +471,31 @@ fn sidecar_embeddings(state: &mut EsState, request: &Recorded) -> (u16, Value) {
             429 => "the image queue is full; retry later",
             _ => "scripted failure",
         };
-        return (status, json!({"error": {"message": message, "type": "server_error"}}));
+        return (
+            status,
+            json!({"error": {"message": message, "type": "server_error"}}),
+        );
     }
     let body = request.json();
     let inputs: Vec<String> = match &body["input"] {
         Value::String(one) => vec![one.clone()],
-        Value::Array(items) => items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect(),
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     for (position, input) in inputs.iter().enumerate() {
-        if state.script.sidecar_bad_inputs.iter().any(|bad| input.contains(bad.as_str())) {
-            return (400, json!({"error": {"message": format!("input[{position}]: cannot decode the image"), "type": "invalid_request_error"}}));
+        if state
+            .script
+            .sidecar_bad_inputs
+            .iter()
+            .any(|bad| input.contains(bad.as_str()))
+        {
+            return (
+                400,
+                json!({"error": {"message": format!("input[{position}]: cannot decode the image"), "type": "invalid_request_error"}}),
+            );
         }
     }
     let base64 = body["encoding_format"] == "base64";
@@ -479,7 +513,10 @@ fn sidecar_embeddings(state: &mut EsState, request: &Recorded) -> (u16, Value) {
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    (200, json!({"object": "list", "data": data, "model": FAKE_MODEL, "usage": {"prompt_tokens": 0, "total_tokens": 0}}))
+    (
+        200,
+        json!({"object": "list", "data": data, "model": FAKE_MODEL, "usage": {"prompt_tokens": 0, "total_tokens": 0}}),
+    )
 }
 
 async fn handle(
@@ -498,7 +535,10 @@ async fn handle(
     };
     let forward = state.lock().unwrap().script.pipeline_sidecar.clone();
     let embedded = match forward {
-        Some(url) if recorded.path.ends_with("/_bulk") && recorded.param("pipeline").is_some_and(|p| p != "_none") => {
+        Some(url)
+            if recorded.path.ends_with("/_bulk")
+                && recorded.param("pipeline").is_some_and(|p| p != "_none") =>
+        {
             embed_through(&url, &recorded).await
         }
         _ => HashMap::new(),
@@ -600,13 +640,22 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         ("POST", [index, "_bulk"]) | ("PUT", [index, "_bulk"]) => bulk(state, index, request),
         ("GET" | "POST", [index, "_refresh"]) => {
             if state.indices.contains_key(*index) {
-                (200, json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}))
+                (
+                    200,
+                    json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}),
+                )
             } else {
-                es_error(404, "index_not_found_exception", &format!("no such index [{index}]"))
+                es_error(
+                    404,
+                    "index_not_found_exception",
+                    &format!("no such index [{index}]"),
+                )
             }
         }
         ("POST" | "GET", [index, "_search"]) => search(state, index, request, false),
-        ("POST" | "GET", [_, "_knn_search"]) if at_least(&state.version, 9, 0) => no_handler(request),
+        ("POST" | "GET", [_, "_knn_search"]) if at_least(&state.version, 9, 0) => {
+            no_handler(request)
+        }
         ("POST" | "GET", [index, "_knn_search"]) => search(state, index, request, true),
         _ => es_error(
             400,
@@ -807,7 +856,10 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                     items.push(item(&target, 400, json!({"error": {"type": "illegal_argument_exception", "reason": format!("pipeline with id [{name}] does not exist")}})));
                     continue;
                 }
-                let image = document.get("image_b64").and_then(Value::as_str).map(str::to_owned);
+                let image = document
+                    .get("image_b64")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
                 let failure = if image.is_none() || state.script.pipeline_fail_ids.contains(&id) {
                     Some("simulated inference failure: the sidecar answered 400".to_owned())
                 } else if !state.license.allows_inference() {
@@ -829,7 +881,11 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                     (None, Some(image)) => {
                         let object = document.as_object_mut().expect("document object");
                         object.remove("image_b64");
-                        let vector = state.embedded.get(&image).cloned().unwrap_or_else(|| fake_vector(&image, state.dims));
+                        let vector = state
+                            .embedded
+                            .get(&image)
+                            .cloned()
+                            .unwrap_or_else(|| fake_vector(&image, state.dims));
                         object.insert(
                             "ml".to_owned(),
                             json!({"image_vector": vector, "model_id": "sightline-clip"}),
@@ -867,9 +923,17 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
         }
         index_entry.docs.insert(id.clone(), document);
         items.push(if exists {
-            item(&destination, 200, json!({"result": "updated", "_version": 2}))
+            item(
+                &destination,
+                200,
+                json!({"result": "updated", "_version": 2}),
+            )
         } else {
-            item(&destination, 201, json!({"result": "created", "_version": 1}))
+            item(
+                &destination,
+                201,
+                json!({"result": "created", "_version": 1}),
+            )
         });
     }
     let errors = items.iter().any(|item| {
@@ -899,7 +963,12 @@ fn query_vector(state: &EsState, body: &Value) -> Result<Option<Vec<f32>>, (u16,
         .and_then(stored_vector))
 }
 
-fn search(state: &mut EsState, index: &str, request: &Recorded, knn_endpoint: bool) -> (u16, Value) {
+fn search(
+    state: &mut EsState,
+    index: &str,
+    request: &Recorded,
+    knn_endpoint: bool,
+) -> (u16, Value) {
     if let Some(hits) = &state.script.search_hits {
         let hits = hits.clone();
         return (
@@ -907,16 +976,28 @@ fn search(state: &mut EsState, index: &str, request: &Recorded, knn_endpoint: bo
             json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),
         );
     }
-    let body = if request.body.is_empty() { json!({}) } else { request.json() };
+    let body = if request.body.is_empty() {
+        json!({})
+    } else {
+        request.json()
+    };
     if body.get("knn").is_some() && !knn_endpoint && !at_least(&state.version, 8, 4) {
-        return es_error(400, "parsing_exception", "Unknown key for a START_OBJECT in [knn].");
+        return es_error(
+            400,
+            "parsing_exception",
+            "Unknown key for a START_OBJECT in [knn].",
+        );
     }
     let vector = match query_vector(state, &body) {
         Ok(vector) => vector,
         Err(refusal) => return refusal,
     };
     let Some(found) = state.indices.get(index) else {
-        return es_error(404, "index_not_found_exception", &format!("no such index [{index}]"));
+        return es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        );
     };
     let mut docs: Vec<(String, Value, f64)> = found
         .docs
@@ -942,9 +1023,17 @@ fn search(state: &mut EsState, index: &str, request: &Recorded, knn_endpoint: bo
             .collect();
         docs.sort_by(|a, b| b.2.total_cmp(&a.2));
     } else if body.pointer("/sort/0/content_hash").is_some() {
-        docs.sort_by(|a, b| a.1["content_hash"].as_str().cmp(&b.1["content_hash"].as_str()));
+        docs.sort_by(|a, b| {
+            a.1["content_hash"]
+                .as_str()
+                .cmp(&b.1["content_hash"].as_str())
+        });
         if let Some(after) = body.pointer("/search_after/0").and_then(Value::as_str) {
-            docs.retain(|(_, source, _)| source["content_hash"].as_str().is_some_and(|hash| hash > after));
+            docs.retain(|(_, source, _)| {
+                source["content_hash"]
+                    .as_str()
+                    .is_some_and(|hash| hash > after)
+            });
         }
     }
     docs.truncate(size);

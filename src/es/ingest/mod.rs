@@ -203,11 +203,16 @@ pub(crate) struct Target {
 
 /// `_meta.model_fingerprint` of `index`'s mapping; `None` when the index does not exist or
 /// records none.
-pub(crate) async fn index_fingerprint(client: &Elasticsearch, index: &str) -> Result<Option<String>> {
+pub(crate) async fn index_fingerprint(
+    client: &Elasticsearch,
+    index: &str,
+) -> Result<Option<String>> {
     let request = format!("GET {index}/_mapping");
     let indices = [index];
     let namespace = client.indices();
-    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&indices));
+    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
+        &indices,
+    ));
     match call::<serde_json::Value>(&request, get.send()).await {
         Ok(mapping) => Ok(super::model_info::recorded_fingerprint(&mapping)),
         Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => Ok(None),

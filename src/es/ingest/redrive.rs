@@ -135,11 +135,20 @@ async fn entries(
     let mut ready = Vec::with_capacity(parked.len());
     let mut images = Vec::new();
     for mut doc in parked {
-        let path = PathBuf::from(doc.source.get("path").and_then(Value::as_str).unwrap_or(&doc.id));
+        let path = PathBuf::from(
+            doc.source
+                .get("path")
+                .and_then(Value::as_str)
+                .unwrap_or(&doc.id),
+        );
         for field in FAILURE_FIELDS {
             doc.source.remove(field);
         }
-        let image = doc.source.get(IMAGE_FIELD).and_then(Value::as_str).and_then(parse_data_uri);
+        let image = doc
+            .source
+            .get(IMAGE_FIELD)
+            .and_then(Value::as_str)
+            .and_then(parse_data_uri);
         match image {
             Some(image) => images.push((path, doc, image)),
             None => context.fail(
@@ -156,7 +165,13 @@ async fn entries(
     match &context.config.mode {
         IngestMode::Pipeline(_) => {
             for (path, doc, _) in images {
-                ready.push(make_entry_as("index", index, &path, &doc.id, Value::Object(doc.source))?);
+                ready.push(make_entry_as(
+                    "index",
+                    index,
+                    &path,
+                    &doc.id,
+                    Value::Object(doc.source),
+                )?);
             }
         }
         IngestMode::Vectors(embedder) => {
@@ -175,23 +190,39 @@ async fn entries(
                         } else {
                             json!(vector)
                         };
-                        doc.source.insert("ml".to_owned(), json!({"image_vector": value, "model_id": model.name}));
+                        doc.source.insert(
+                            "ml".to_owned(),
+                            json!({"image_vector": value, "model_id": model.name}),
+                        );
                         if !model.fingerprint.is_empty() {
-                            doc.source.insert(FINGERPRINT_FIELD.to_owned(), json!(model.fingerprint));
+                            doc.source
+                                .insert(FINGERPRINT_FIELD.to_owned(), json!(model.fingerprint));
                         }
                         doc.source.insert("ingested_at".to_owned(), json!(now_ms));
-                        ready.push(make_entry(index, &path, &doc.id, Value::Object(doc.source))?);
+                        ready.push(make_entry(
+                            index,
+                            &path,
+                            &doc.id,
+                            Value::Object(doc.source),
+                        )?);
                     }
                     Ok(vector) => context.fail(
                         FailureRecord::new(
                             &path,
                             Some(&doc.id),
                             "embed",
-                            format!("the sidecar returned {} dimensions, expected {}", vector.len(), model.dimensions),
+                            format!(
+                                "the sidecar returned {} dimensions, expected {}",
+                                vector.len(),
+                                model.dimensions
+                            ),
                         ),
                         report,
                     )?,
-                    Err(reason) => context.fail(FailureRecord::new(&path, Some(&doc.id), "embed", reason), report)?,
+                    Err(reason) => context.fail(
+                        FailureRecord::new(&path, Some(&doc.id), "embed", reason),
+                        report,
+                    )?,
                 }
             }
         }
@@ -207,7 +238,9 @@ fn parse_data_uri(text: &str) -> Option<(&'static str, Bytes)> {
     let mime = crate::es::image::IMAGE_MIMES
         .iter()
         .find(|known| known.eq_ignore_ascii_case(mime))?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(payload).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload)
+        .ok()?;
     Some((mime, Bytes::from(bytes)))
 }
 
