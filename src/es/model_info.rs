@@ -55,7 +55,7 @@ pub(crate) fn check_same_model(
 ) -> Result<()> {
     match recorded {
         Some(recorded) if !serving.fingerprint.is_empty() && recorded != serving.fingerprint => bail!(
-            "index {index} holds vectors of the model with fingerprint {recorded}, but the sidecar serves {} with fingerprint {};              vectors of two models are not comparable: serve the index's model again, or use another --index (and run setup for it)",
+            "index {index} holds vectors of the model with fingerprint {recorded}, but the sidecar serves {} with fingerprint {}; vectors of two models are not comparable: serve the index's model again, or use another --index (and run setup for it)",
             serving.name,
             serving.fingerprint
         ),

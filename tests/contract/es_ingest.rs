@@ -498,7 +498,7 @@ async fn via_pipeline_on_a_cluster_without_inference_api_says_what_works() {
 /// The ONNX Runtime library the `sightline` child loads, found (and loaded) exactly as the engine
 /// finds it: `ORT_DYLIB_PATH`, the `onnxruntime` Python package, the system paths. Missing, it
 /// fails the test under `CI`; elsewhere the test is skipped, loudly.
-fn ort_library(test: &str) -> Option<String> {
+pub(crate) fn ort_library(test: &str) -> Option<String> {
     match sightline::engine::runtime::init() {
         Ok(path) => Some(path.display().to_string()),
         Err(err) if std::env::var_os("CI").is_some() => {

@@ -831,3 +831,86 @@ async fn via_pipeline_on_a_basic_licence_is_refused_naming_it() {
     );
     assert_eq!(fake.count("POST", "/_bulk"), 0);
 }
+
+/// The real sidecar (tiny-clip, in process) behind vectors mode: the client reads its base64
+/// answers, the index gets its 512-dim unit vectors, and a search by an indexed image finds it.
+#[tokio::test]
+async fn vectors_mode_against_the_real_sidecar() {
+    if crate::es_ingest::ort_library("vectors_mode_against_the_real_sidecar").is_none() {
+        return;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sidecar = format!("http://{}", listener.local_addr().unwrap());
+    let app = crate::common::app();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let key = crate::common::API_KEY;
+    let fake = FakeEs::start_licensed("9.3.0", licensed("basic")).await;
+    sightline(&[
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar,
+        "--sidecar-api-key",
+        key,
+        "--index",
+        INDEX,
+    ])
+    .await
+    .expect_code(0);
+    let dir = tempfile::tempdir().unwrap();
+    for name in &GOOD[..3] {
+        std::fs::copy(fixture_images().join(name), dir.path().join(name)).unwrap();
+    }
+    let failures = dir.path().join("failures.jsonl").display().to_string();
+    let folder = dir.path().display().to_string();
+    let real = |extra: &[&str]| {
+        let mut args = vec![
+            "--es",
+            fake.url.as_str(),
+            "--sidecar-url",
+            sidecar.as_str(),
+            "--sidecar-api-key",
+            key,
+            "--index",
+            INDEX,
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = [
+        vec!["ingest".to_owned(), folder.clone()],
+        real(&["--failures", &failures, "--no-progress"]),
+    ]
+    .concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sightline(&args).await.expect_code(0);
+    let docs = fake.docs(INDEX);
+    assert_eq!(docs.len(), 3);
+    for doc in docs.values() {
+        let vector = stored_vector(&doc["ml"]["image_vector"]).expect("a base64 vector on 9.3");
+        assert_eq!(vector.len(), crate::common::DIMS);
+        crate::common::assert_unit(&vector, "an indexed vector");
+        assert!(doc["model_fingerprint"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"));
+    }
+    let landscape = fixture_images().join("landscape.jpg").display().to_string();
+    let args = [
+        vec!["search".to_owned()],
+        real(&["--json", "--image", &landscape]),
+    ]
+    .concat();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = sightline(&args).await;
+    run.expect_code(0);
+    assert_eq!(
+        hit_ids(&run)[0],
+        id_of(&fixture_images().join("landscape.jpg"))
+    );
+    // the fake sidecar serves another model: refused, naming both fingerprints
+    let other = search(&fake, INDEX, &["--image", &landscape]).await;
+    other.expect_code(2);
+    assert!(other.stderr.contains(FAKE_FINGERPRINT), "{}", other.stderr);
+}
