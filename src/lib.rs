@@ -13,8 +13,9 @@
 //! ```
 //! `url/` fetches URL inputs for the engine (off by default); `model/` inspects, builds and
 //! downloads model bundles; `es/` talks to Elasticsearch (setup, bulk ingest, kNN search);
-//! `cli/` wires commands to all of them. Dependencies point one way: nothing below `cli/`
-//! imports it, and `engine/` imports only `metrics`.
+//! `sidecar` is the HTTP client of a running `sightline serve` (vectors for the CLI and the
+//! gallery); `cli/` wires commands to all of them. Dependencies point one way: nothing below
+//! `cli/` imports it, and `engine/` imports only `metrics`.
 
 #![warn(unreachable_pub)]
 
@@ -24,4 +25,5 @@ pub mod es;
 pub mod http;
 mod metrics;
 pub mod model;
+pub mod sidecar;
 pub mod url;

@@ -1,6 +1,7 @@
-//! `sightline ingest`: flags → [`IngestConfig`] → run → summary and exit code (0 all indexed or
-//! already there, 1 some files failed, 2 the run could not proceed). The work is in
-//! `es/ingest.rs`.
+//! `sightline ingest`: flags → [`IngestConfig`] → run (or `--redrive`) → summary and exit code
+//! (0 all indexed or already there, 1 some files failed, 2 the run could not proceed). Vectors
+//! come from the sidecar by default (`--sidecar-url`), from the ingest pipeline with
+//! `--via-pipeline`, from this process with `--embed-locally`. The work is in `es/ingest/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,23 +13,34 @@ use anyhow::{bail, Result};
 use crate::es::client::EsConnectArgs;
 use crate::es::image::ImageOptions;
 use crate::es::ingest::{self, IngestConfig, IngestMode, RetryPolicy};
-use crate::es::local::EngineEmbedder;
-use crate::es::{pipeline_name, semantic_pipeline_name, DEFAULT_INDEX};
+use crate::es::local::{EngineEmbedder, SidecarEmbedder};
+use crate::es::{failed_index_name, pipeline_name, semantic_pipeline_name, DEFAULT_INDEX};
+use crate::sidecar::SidecarArgs;
 
 #[derive(Debug, clap::Args)]
-pub(super) struct IngestArgs {
+pub(crate) struct IngestArgs {
     /// Files or folders (walked recursively) of images.
-    #[arg(required = true, value_name = "PATH")]
+    #[arg(required_unless_present = "redrive", value_name = "PATH")]
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub es: EsConnectArgs,
+    #[command(flatten)]
+    pub sidecar: SidecarArgs,
+    /// Send each image through the index's ingest pipeline (the cluster calls the sidecar;
+    /// enterprise/trial, 8.12+) instead of sending vectors from the sidecar.
+    #[arg(long, conflicts_with = "embed_locally")]
+    pub via_pipeline: bool,
+    /// Re-send the documents the pipeline parked in <index>-failed (through the sidecar, or the
+    /// pipeline with --via-pipeline), deleting each from there once it is indexed.
+    #[arg(long, conflicts_with = "paths")]
+    pub redrive: bool,
     /// Image index (created by `sightline setup`).
     #[arg(long, env = "SIGHTLINE_INDEX", default_value = DEFAULT_INDEX)]
     pub index: String,
-    /// Ingest pipeline (default: the one setup created for --index).
+    /// Ingest pipeline (implies --via-pipeline; default: the one setup created for --index).
     #[arg(long, conflicts_with = "embed_locally")]
     pub pipeline: Option<String>,
-    /// Use the semantic_text variant of the pipeline (Elasticsearch 8.19+/9.1+).
+    /// Use the semantic_text variant of the pipeline (implies --via-pipeline; 8.19+/9.1+).
     #[arg(long, conflicts_with_all = ["pipeline", "embed_locally"])]
     pub semantic: bool,
     /// Bulk requests in flight at once.
@@ -64,8 +76,7 @@ pub(super) struct IngestArgs {
     /// Do not refresh the index at the end.
     #[arg(long)]
     pub no_refresh: bool,
-    /// Embed in this process and send finished vectors (for clusters without the inference
-    /// API: 7.x, 8.0–8.11).
+    /// Embed in this process and send finished vectors (for machines without a sidecar).
     #[arg(long, requires = "model_dir")]
     pub embed_locally: bool,
     /// Model bundle for --embed-locally.
@@ -73,7 +84,7 @@ pub(super) struct IngestArgs {
     pub model_dir: Option<PathBuf>,
 }
 
-pub(super) async fn run(args: IngestArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if args.concurrency == 0 || args.bulk_size == 0 {
         bail!("--concurrency and --bulk-size must be at least 1");
     }
@@ -81,15 +92,19 @@ pub(super) async fn run(args: IngestArgs) -> Result<ExitCode> {
         let Some(model_dir) = &args.model_dir else {
             bail!("--embed-locally needs --model-dir DIR");
         };
-        IngestMode::Local(Arc::new(EngineEmbedder::start(model_dir)?))
+        IngestMode::Vectors(Arc::new(EngineEmbedder::start(model_dir)?))
     } else if args.semantic {
         IngestMode::Pipeline(semantic_pipeline_name(&args.index))
-    } else {
+    } else if args.via_pipeline || args.pipeline.is_some() {
         IngestMode::Pipeline(
             args.pipeline
                 .clone()
                 .unwrap_or_else(|| pipeline_name(&args.index)),
         )
+    } else {
+        IngestMode::Vectors(Arc::new(SidecarEmbedder::new(
+            args.sidecar.connect().await?,
+        )))
     };
     let client = args.es.connect()?;
     let config = IngestConfig {
@@ -114,6 +129,25 @@ pub(super) async fn run(args: IngestArgs) -> Result<ExitCode> {
         progress: !args.no_progress,
         refresh: !args.no_refresh,
     };
+    if args.redrive {
+        let report = ingest::redrive(client, config).await?;
+        let back = report.indexed + report.already_present;
+        println!(
+            "{} documents in {}: {back} back in {} and removed from there, {} still failing",
+            report.found,
+            failed_index_name(&args.index),
+            args.index,
+            report.failed
+        );
+        if report.failed > 0 {
+            eprintln!(
+                "still failing, with the reasons: {}",
+                args.failures.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = ingest::run(client, config).await?;
     println!(
         "{} images found: {} indexed, {} already in {}, {} duplicates, {} failed",

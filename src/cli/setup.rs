@@ -6,14 +6,16 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 
 use crate::engine::{ModelInfo, Similarity};
+use crate::es::body::LicenseInfo;
 use crate::es::client::{cluster_info, EsConnectArgs};
+use crate::es::mode::{self, choose_mode, consequences, parse_mode_flag};
 use crate::es::model_info;
-use crate::es::setup::{apply, console_script, plan, SetupConfig};
+use crate::es::setup::{apply, console_script, plan, SetupConfig, DEFAULT_RATE_LIMIT};
 use crate::es::version::{Cluster, EsVersion, Service};
 use crate::es::{DEFAULT_INDEX, DEFAULT_INFERENCE_ID};
 
 #[derive(Debug, clap::Args)]
-pub(super) struct SetupArgs {
+pub(crate) struct SetupArgs {
     #[command(flatten)]
     pub es: EsConnectArgs,
     /// The sidecar's base URL as Elasticsearch reaches it (e.g. http://sightline:8080 inside
@@ -33,6 +35,19 @@ pub(super) struct SetupArgs {
     /// Id of the inference endpoint to create.
     #[arg(long, env = "SIGHTLINE_INFERENCE_ID", default_value = DEFAULT_INFERENCE_ID)]
     pub inference_id: String,
+    /// auto: `pipeline` on an active enterprise or trial licence and 8.12+ (the cluster calls
+    /// the sidecar through inference endpoints), else `vectors` (index template and index only;
+    /// `ingest` and `search` get vectors from the sidecar themselves).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pipeline", "vectors"])]
+    pub mode: String,
+    /// Licence to assume with --print --es-version (no cluster to ask): basic, gold, platinum,
+    /// enterprise or trial. Without it, --print assumes one that has the Inference API.
+    #[arg(long, requires = "es_version", value_name = "TYPE")]
+    pub license: Option<String>,
+    /// Requests per minute Elasticsearch may send to the sidecar per node and endpoint
+    /// (service_settings.rate_limit); the sidecar answers 429 itself when full.
+    #[arg(long, default_value_t = DEFAULT_RATE_LIMIT, value_name = "N")]
+    pub rate_limit: u64,
     /// Inference service: auto (custom on 8.19+/9.1+, else openai), openai, custom or
     /// hugging_face.
     #[arg(long, default_value = "auto")]
@@ -61,22 +76,46 @@ pub(super) struct SetupArgs {
     pub similarity: Option<String>,
 }
 
-pub(super) async fn run(args: SetupArgs) -> Result<ExitCode> {
+pub(crate) async fn run(args: SetupArgs) -> Result<ExitCode> {
     let service = match args.service.as_str() {
         "auto" => None,
         other => Some(other.parse::<Service>()?),
     };
-    let cluster = match &args.es_version {
-        Some(version) => Cluster::new(
-            version
-                .parse::<EsVersion>()
-                .context("invalid --es-version")?,
-        ),
+    let requested_mode = parse_mode_flag(&args.mode)?;
+    if args.rate_limit == 0 {
+        bail!("--rate-limit must be at least 1");
+    }
+    // (cluster, licence, whether the licence was assumed rather than read)
+    let (cluster, license, assumed) = match &args.es_version {
+        Some(version) => {
+            let cluster = Cluster::new(
+                version
+                    .parse::<EsVersion>()
+                    .context("invalid --es-version")?,
+            );
+            let (license, assumed) = match &args.license {
+                Some(kind) => (kind.to_ascii_lowercase(), false),
+                None => ("enterprise".to_owned(), true),
+            };
+            let license = LicenseInfo {
+                kind: license,
+                status: "active".to_owned(),
+            };
+            (cluster, Some(license), assumed)
+        }
         None => {
             let client = args.es.connect()?;
-            cluster_info(&client).await?
+            let cluster = cluster_info(&client).await?;
+            let license = mode::read_license(&client).await?;
+            (cluster, license, false)
         }
     };
+    let mut choice = choose_mode(&cluster, license.as_ref(), requested_mode)?;
+    if assumed && requested_mode.is_none() {
+        choice
+            .why
+            .push_str(" (licence assumed for --print: pass --license TYPE or --mode)");
+    }
     let model = match (&args.model_name, args.dimensions, &args.similarity) {
         (Some(name), Some(dimensions), Some(similarity)) => {
             let similarity = similarity
@@ -110,24 +149,38 @@ pub(super) async fn run(args: SetupArgs) -> Result<ExitCode> {
         service,
         recreate_endpoint: args.recreate_endpoint,
         verify: !args.no_verify,
+        rate_limit: args.rate_limit,
     };
-    let plan = plan(&cluster, &model, &config)?;
+    let plan = plan(&cluster, &model, &config, &choice)?;
     if args.print {
         print!("{}", console_script(&plan, &model));
         return Ok(ExitCode::SUCCESS);
     }
     let client = args.es.connect()?;
-    println!(
-        "Elasticsearch {} · {} service · model {} ({} dims, {})",
-        cluster.version, plan.service, model.name, model.dimensions, model.similarity
+    let service = plan.service.map_or_else(
+        || "no inference endpoint".to_owned(),
+        |s| format!("{s} service"),
     );
+    println!(
+        "Elasticsearch {} · {service} · model {} ({} dims, {}, {})",
+        cluster.version,
+        model.name,
+        model.dimensions,
+        model.similarity,
+        if model.fingerprint.is_empty() {
+            "no fingerprint"
+        } else {
+            &model.fingerprint
+        }
+    );
+    println!("mode {}: {}", choice.mode, choice.why);
     let outcomes = apply(&client, &plan, &model, &config).await?;
     for outcome in outcomes {
         println!("  {:<48} {}", outcome.what, outcome.action);
     }
-    println!(
-        "ready: sightline ingest PATH --index {} · sightline search --index {} --text \"...\"",
-        config.index, config.index
-    );
+    println!("ready:");
+    for line in consequences(choice.mode, &cluster, &config.index) {
+        println!("  sightline {line}");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -13,9 +13,11 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 
+use super::mode::Mode;
 use super::version::{Cluster, Service};
 use super::{SEMANTIC_FIELD, VECTOR_FIELD};
 use crate::engine::Similarity;
+use crate::sidecar::Lane;
 
 /// One compiled-in asset: its path (for messages) and its text.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +124,12 @@ pub(crate) struct EndpointParams {
     pub(crate) model: String,
     pub(crate) dims: usize,
     pub(crate) similarity: Similarity,
+    /// Which sidecar queue the endpoint's requests join (`?priority=search` for the search
+    /// endpoint; the URL is sent verbatim, query string included, contract §1.2).
+    pub(crate) lane: Lane,
+    /// `service_settings.rate_limit.requests_per_minute`; `None` leaves ES's default (3 000
+    /// for openai/hugging_face, 10 000 for custom, contract §12 #6).
+    pub(crate) rate_limit: Option<u64>,
 }
 
 /// The `PUT _inference/text_embedding/<id>` body for `service` on `cluster`.
@@ -144,10 +152,20 @@ pub(crate) fn endpoint_body(
         ("model", json!(params.model)),
         ("dims", json!(params.dims)),
         ("similarity", json!(params.similarity)),
+        ("lane", json!(params.lane.query())),
     ]
     .into_iter()
     .collect();
     let mut body = render(asset, &values)?;
+    if let Some(requests_per_minute) = params.rate_limit {
+        body.get_mut("service_settings")
+            .and_then(Value::as_object_mut)
+            .context("endpoint body has no service_settings")?
+            .insert(
+                "rate_limit".to_owned(),
+                json!({ "requests_per_minute": requests_per_minute }),
+            );
+    }
     if service == Service::OpenAi && !cluster.openai_model_in_service_settings() {
         move_openai_model_to_task_settings(&mut body)?;
     }
@@ -192,7 +210,14 @@ pub(crate) struct IndexParams {
     /// arrive with their vector.
     pub(crate) pipeline: Option<String>,
     pub(crate) inference_id: String,
+    /// The endpoint queries go through (the priority lane); the `semantic_text` field's
+    /// `search_inference_id`.
+    pub(crate) search_inference_id: String,
     pub(crate) model: String,
+    /// The sidecar's `/info` fingerprint, recorded in the mapping's `_meta` so vectors of two
+    /// models are never mixed in one index.
+    pub(crate) fingerprint: String,
+    pub(crate) mode: Mode,
     pub(crate) dims: usize,
     pub(crate) similarity: Similarity,
 }
@@ -204,6 +229,8 @@ impl IndexParams {
             ("pipeline", json!(self.pipeline.clone().unwrap_or_default())),
             ("inference_id", json!(self.inference_id)),
             ("model", json!(self.model)),
+            ("fingerprint", json!(self.fingerprint)),
+            ("mode", json!(self.mode.as_str())),
             ("dims", json!(self.dims)),
             ("similarity", json!(self.similarity)),
             ("index_options", Value::Null),
@@ -267,7 +294,8 @@ fn adjust_index_body(template: &mut Value, params: &IndexParams, cluster: &Clust
             .context("index template has no mappings.properties")?;
         properties.insert(
             SEMANTIC_FIELD.to_owned(),
-            json!({"type": "semantic_text", "inference_id": params.inference_id}),
+            json!({"type": "semantic_text", "inference_id": params.inference_id,
+                   "search_inference_id": params.search_inference_id}),
         );
     }
     Ok(())
@@ -315,6 +343,8 @@ mod tests {
             model: "clip-ViT-B-32-multilingual-v1".to_owned(),
             dims: 512,
             similarity: Similarity::DotProduct,
+            lane: Lane::Ingest,
+            rate_limit: None,
         }
     }
 
@@ -323,7 +353,14 @@ mod tests {
             index: "photos".to_owned(),
             pipeline: pipeline.map(str::to_owned),
             inference_id: "sightline-clip".to_owned(),
+            search_inference_id: "sightline-clip-search".to_owned(),
             model: "clip".to_owned(),
+            fingerprint: "sha256:ab".to_owned(),
+            mode: if pipeline.is_some() {
+                Mode::Pipeline
+            } else {
+                Mode::Vectors
+            },
             dims,
             similarity: Similarity::DotProduct,
         }
@@ -340,6 +377,9 @@ mod tests {
             "index_options",
             "sidecar_url",
             "sidecar_api_key",
+            "lane",
+            "fingerprint",
+            "mode",
         ]
         .into_iter()
         .map(|name| (name, json!(1)))
@@ -445,6 +485,41 @@ mod tests {
     }
 
     #[test]
+    fn search_endpoint_carries_the_priority_lane_and_rate_limit_is_explicit() {
+        let mut params = endpoint_params();
+        params.lane = Lane::Search;
+        params.rate_limit = Some(500_000);
+        for service in [Service::OpenAi, Service::Custom, Service::HuggingFace] {
+            let body = endpoint_body(service, &params, &cluster("9.1.0")).unwrap();
+            let url = body["service_settings"]["url"].as_str().unwrap();
+            assert!(url.ends_with("?priority=search"), "{service}: {url}");
+            assert_eq!(
+                body["service_settings"]["rate_limit"]["requests_per_minute"],
+                500_000
+            );
+        }
+        let ingest = endpoint_body(Service::OpenAi, &endpoint_params(), &cluster("9.1.0")).unwrap();
+        assert_eq!(
+            ingest["service_settings"]["url"],
+            "http://sidecar:8080/v1/embeddings"
+        );
+        assert!(ingest["service_settings"].get("rate_limit").is_none());
+    }
+
+    #[test]
+    fn index_mapping_records_mode_model_and_fingerprint() {
+        let body = index_template_body(&index_params(None, 512), &cluster("8.11.0")).unwrap();
+        let meta = &body["template"]["mappings"]["_meta"];
+        assert_eq!(meta["mode"], "vectors");
+        assert_eq!(meta["model_fingerprint"], "sha256:ab");
+        assert_eq!(meta["dims"], 512);
+        assert_eq!(
+            body["template"]["mappings"]["properties"]["model_fingerprint"]["type"],
+            "keyword"
+        );
+    }
+
+    #[test]
     fn hugging_face_endpoint_points_at_embed_and_chunks_none_on_9_1() {
         let body =
             endpoint_body(Service::HuggingFace, &endpoint_params(), &cluster("9.1.0")).unwrap();
@@ -487,6 +562,10 @@ mod tests {
         let properties = &body["template"]["mappings"]["properties"];
         assert_eq!(properties[SEMANTIC_FIELD]["type"], "semantic_text");
         assert_eq!(properties[SEMANTIC_FIELD]["inference_id"], "sightline-clip");
+        assert_eq!(
+            properties[SEMANTIC_FIELD]["search_inference_id"],
+            "sightline-clip-search"
+        );
         assert_eq!(
             properties["ml"]["properties"]["image_vector"]["index_options"]["type"],
             "bbq_hnsw"

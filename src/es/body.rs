@@ -103,6 +103,23 @@ pub(crate) struct RootVersion {
     pub(crate) build_flavor: Option<String>,
 }
 
+/// `GET _license` (x-pack `GetLicenseResponse`): `{"license": {"status": "active", "type":
+/// "basic", "uid": …, "issue_date": …, …}}`. Only `type` and `status` decide anything.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct LicenseResponse {
+    pub(crate) license: Option<LicenseInfo>,
+}
+
+/// `license` of `GET _license`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub(crate) struct LicenseInfo {
+    /// `basic`, `trial`, `standard`, `gold`, `platinum`, `enterprise`.
+    #[serde(rename = "type")]
+    pub(crate) kind: String,
+    /// `active`, `expired` or `invalid`.
+    pub(crate) status: String,
+}
+
 /// A `_bulk` answer. A missing `items` reads as none, which the caller reports as a count
 /// mismatch.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -230,6 +247,19 @@ mod tests {
             .and_then(|error| error.message.as_deref());
         assert_eq!(message, Some("cannot decode"));
         assert!(!answer.docs[1].found && !answer.docs[2].found);
+    }
+
+    #[test]
+    fn license_reads_type_and_status() {
+        // Shape of a 8.15 basic cluster's answer.
+        let basic: LicenseResponse = serde_json::from_str(r#"{"license":{"status":"active","uid":"u","type":"basic","issue_date":"2024-01-01T00:00:00.000Z","issue_date_in_millis":1704067200000,"max_nodes":1000,"max_resource_units":null,"issued_to":"docker-cluster","issuer":"elasticsearch","start_date_in_millis":-1}}"#).unwrap();
+        let license = basic.license.unwrap();
+        assert_eq!(
+            (license.kind.as_str(), license.status.as_str()),
+            ("basic", "active")
+        );
+        let none: LicenseResponse = serde_json::from_str("{}").unwrap();
+        assert_eq!(none.license, None);
     }
 
     #[test]

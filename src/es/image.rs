@@ -72,6 +72,11 @@ impl PreparedImage {
     }
 }
 
+/// Media types a payload is sent as ([`prepare`] passes JPEG, PNG and WebP through and
+/// re-encodes everything else to JPEG); `ingest --redrive` reads them back from parked
+/// documents.
+pub(crate) const IMAGE_MIMES: [&str; 3] = ["image/jpeg", "image/png", "image/webp"];
+
 /// `data:<mime>;base64,<bytes>`.
 pub(crate) fn data_uri(mime: &str, bytes: &[u8]) -> String {
     format!("data:{mime};base64,{}", BASE64.encode(bytes))

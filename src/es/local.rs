@@ -1,8 +1,9 @@
-//! `--embed-locally`: vectors computed in the CLI with the engine instead of by the cluster, for
-//! clusters without the inference API (7.x, 8.0–8.11) or when the sidecar is out of reach.
+//! Vectors computed outside the cluster (`vectors` mode): by the running sidecar over HTTP
+//! ([`SidecarEmbedder`], the default), or by the engine in this process (`--embed-locally`,
+//! [`EngineEmbedder`], for machines without a sidecar).
 //!
-//! `ingest` and `search` see only the [`LocalEmbedder`] trait, so the Elasticsearch code does not
-//! depend on how the engine starts, and the contract tests substitute a deterministic fake.
+//! `ingest` sees only the [`LocalEmbedder`] trait, so the Elasticsearch code does not depend on
+//! where vectors come from, and the unit tests substitute a deterministic fake.
 
 use std::path::Path;
 
@@ -12,13 +13,17 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::engine::{Engine, EngineOptions, Item, ModelInfo};
+use crate::sidecar::{ImageBytes, Lane, SidecarClient};
 
-/// Embeds in this process.
+/// An image to embed: media type and bytes.
+pub(crate) type Payload = (&'static str, Bytes);
+
+/// Embeds outside the cluster.
 pub(crate) trait LocalEmbedder: Send + Sync {
-    /// The model, for the index mapping and the documents' `ml.model_id`.
+    /// The model, for the index mapping, the documents' `ml.model_id` and `model_fingerprint`.
     fn model(&self) -> &ModelInfo;
     /// One result per image, in order; an error is the reason that image failed.
-    fn embed_images(&self, images: Vec<Bytes>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>>;
+    fn embed_images(&self, images: Vec<Payload>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>>;
     /// The vector of one query text.
     fn embed_text(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>>;
 }
@@ -42,12 +47,12 @@ impl LocalEmbedder for EngineEmbedder {
         self.engine.info()
     }
 
-    fn embed_images(&self, images: Vec<Bytes>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>> {
+    fn embed_images(&self, images: Vec<Payload>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>> {
         async move {
             let count = images.len();
             let items = images
                 .into_iter()
-                .map(|bytes| Item::Image(bytes.to_vec()))
+                .map(|(_, bytes)| Item::Image(bytes.to_vec()))
                 .collect();
             let results = match self.engine.embed(items).await {
                 Ok(results) => results,
@@ -78,6 +83,54 @@ impl LocalEmbedder for EngineEmbedder {
                     .map_err(|err| err.to_string()),
                 None => Err("the engine returned no result".to_owned()),
             }
+        }
+        .boxed()
+    }
+}
+
+/// The running sidecar behind [`LocalEmbedder`]: ingest images on the ingest lane, query texts
+/// on the priority lane.
+pub(crate) struct SidecarEmbedder {
+    client: SidecarClient,
+}
+
+impl SidecarEmbedder {
+    pub(crate) fn new(client: SidecarClient) -> Self {
+        SidecarEmbedder { client }
+    }
+}
+
+impl LocalEmbedder for SidecarEmbedder {
+    fn model(&self) -> &ModelInfo {
+        self.client.model()
+    }
+
+    fn embed_images(&self, images: Vec<Payload>) -> BoxFuture<'_, Vec<Result<Vec<f32>, String>>> {
+        async move {
+            let views: Vec<ImageBytes<'_>> = images
+                .iter()
+                .map(|(mime, bytes)| ImageBytes { mime, bytes })
+                .collect();
+            self.client
+                .embed_images_each(&views, Lane::Ingest)
+                .await
+                .into_iter()
+                .map(|result| result.map_err(|err| err.to_string()))
+                .collect()
+        }
+        .boxed()
+    }
+
+    fn embed_text(&self, text: String) -> BoxFuture<'_, Result<Vec<f32>, String>> {
+        async move {
+            let mut vectors = self
+                .client
+                .embed_texts(&[text], Lane::Search)
+                .await
+                .map_err(|err| err.to_string())?;
+            vectors
+                .pop()
+                .ok_or_else(|| "the sidecar returned no vector".to_owned())
         }
         .boxed()
     }

@@ -11,6 +11,8 @@
 //!   their templating with the model's dimensions, similarity and the chosen ids;
 //! - `model_info.rs`: fetching and checking the sidecar's `GET /info` (the engine's
 //!   `ModelInfo`), which says what to put in those bodies;
+//! - `mode.rs`: `GET _license` and the choice between `pipeline` (the cluster calls the sidecar)
+//!   and `vectors` (the CLI sends finished vectors), per licence and version;
 //! - `setup.rs`: the idempotent plan (endpoint, pipelines, templates, index, verification) that
 //!   `setup` applies or prints for the Kibana console;
 //! - `image.rs`: reading an image file into what Elasticsearch receives (payload, thumbnail, size);
@@ -21,11 +23,12 @@
 //! The numbers in comments such as "contract §7" refer to `shared/es-contract.md`.
 
 pub(crate) mod assets;
-mod body;
+pub(crate) mod body;
 pub mod client;
 pub(crate) mod image;
 pub(crate) mod ingest;
 pub(crate) mod local;
+pub(crate) mod mode;
 pub(crate) mod model_info;
 pub(crate) mod search;
 pub(crate) mod setup;
@@ -33,6 +36,15 @@ pub(crate) mod version;
 
 /// Default id of the inference endpoint `setup` creates and `search` queries through.
 pub(crate) const DEFAULT_INFERENCE_ID: &str = "sightline-clip";
+/// Id of the endpoint queries go through: the same sidecar, on its priority lane.
+pub(crate) fn search_inference_id(inference_id: &str) -> String {
+    format!("{inference_id}-search")
+}
+
+/// Keyword field holding the sidecar's model fingerprint in every document, and the key of the
+/// same value in the mapping's `_meta`.
+pub(crate) const FINGERPRINT_FIELD: &str = "model_fingerprint";
+
 /// Default name of the image index.
 pub(crate) const DEFAULT_INDEX: &str = "images";
 /// Field that holds the image vector; dotted so that the `model_id` the inference processor

@@ -34,6 +34,35 @@ pub(crate) fn validate(info: &ModelInfo) -> Result<()> {
     Ok(())
 }
 
+/// `_meta.model_fingerprint` of each index in a `GET <index>/_mapping` answer that records one.
+pub(crate) fn recorded_fingerprint(mapping: &serde_json::Value) -> Option<String> {
+    mapping.as_object()?.values().find_map(|index| {
+        index
+            .pointer(&format!("/mappings/_meta/{}", crate::es::FINGERPRINT_FIELD))
+            .and_then(serde_json::Value::as_str)
+            .filter(|fp| !fp.is_empty())
+            .map(str::to_owned)
+    })
+}
+
+/// Refuses to mix vectors of two models in one index: the index recorded `recorded` at setup,
+/// the sidecar (or local engine) serves `serving`. Either unknown (an index from before
+/// fingerprints, a model given by flags) passes.
+pub(crate) fn check_same_model(
+    index: &str,
+    recorded: Option<&str>,
+    serving: &ModelInfo,
+) -> Result<()> {
+    match recorded {
+        Some(recorded) if !serving.fingerprint.is_empty() && recorded != serving.fingerprint => bail!(
+            "index {index} holds vectors of the model with fingerprint {recorded}, but the sidecar serves {} with fingerprint {}; vectors of two models are not comparable: serve the index's model again, or use another --index (and run setup for it)",
+            serving.name,
+            serving.fingerprint
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// `<sidecar>/info`.
 pub(crate) fn info_url(sidecar_url: &str) -> String {
     format!("{}/info", sidecar_url.trim_end_matches('/'))
@@ -97,6 +126,28 @@ mod tests {
         let mut text_only = info();
         text_only.modalities = vec!["text".to_owned()];
         assert!(validate(&text_only).is_err());
+    }
+
+    #[test]
+    fn two_models_in_one_index_are_refused_naming_both() {
+        let mapping = serde_json::json!({"photos": {"mappings": {"_meta": {"model_fingerprint": "sha256:old"}}}});
+        let recorded = recorded_fingerprint(&mapping);
+        assert_eq!(recorded.as_deref(), Some("sha256:old"));
+        let mut served = info();
+        served.fingerprint = "sha256:new".to_owned();
+        let err = check_same_model("photos", recorded.as_deref(), &served)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sha256:old") && err.contains("sha256:new"),
+            "{err}"
+        );
+        served.fingerprint = "sha256:old".to_owned();
+        check_same_model("photos", recorded.as_deref(), &served).unwrap();
+        assert_eq!(
+            recorded_fingerprint(&serde_json::json!({"photos": {"mappings": {}}})),
+            None
+        );
     }
 
     #[test]

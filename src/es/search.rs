@@ -1,18 +1,25 @@
-//! `sightline search`: a kNN search on the image index by text or by image. The query vector is
-//! built by the cluster itself with `query_vector_builder.text_embedding` (contract §8), which
-//! calls the sidecar through the same endpoint that embedded the images; an image query travels
-//! as a `data:` URI in `model_text`, which the sidecar recognises as an image. Only
-//! `--embed-locally` computes the vector here and sends `query_vector`.
+//! `sightline search`: a kNN search on the image index by text or by image, in either mode:
+//! - `pipeline`: the cluster builds the query vector with `query_vector_builder.text_embedding`
+//!   (contract §8) through the `<id>-search` endpoint, the sidecar's priority lane; an image query
+//!   travels as a `data:` URI in `model_text`, which the sidecar recognises as an image;
+//! - `vectors`: the CLI embeds the query through the sidecar (or `--embed-locally`) and sends the
+//!   finished vector in the request form the version has ([`KnnForm`]): top-level `knn` (8.4+),
+//!   `_knn_search` (8.0–8.3), or an exact `script_score` (7.6–7.17).
 
 use std::fmt::Write as _;
 
 use anyhow::{bail, Context, Result};
-use elasticsearch::{Elasticsearch, SearchParts};
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::request::JsonBody;
+use elasticsearch::http::Method;
+use elasticsearch::Elasticsearch;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::client::call;
+use super::version::KnnForm;
 use super::SEMANTIC_FIELD;
+use crate::engine::Similarity;
 
 /// What to search with.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,6 +41,19 @@ pub(crate) struct SearchConfig {
     pub(crate) num_candidates: usize,
     /// Query the `semantic_text` field with a `semantic` query instead of kNN.
     pub(crate) semantic: bool,
+    /// How a finished vector is sent ([`Query::Vector`]).
+    pub(crate) form: KnnForm,
+    /// The index's similarity, for the 7.x `script_score` function.
+    pub(crate) similarity: Similarity,
+}
+
+/// One search request: where it goes and its body.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct SearchRequest {
+    pub(crate) method: &'static str,
+    /// Without a leading slash, as Kibana's console writes it.
+    pub(crate) path: String,
+    pub(crate) body: Value,
 }
 
 /// Fields returned per hit; the thumbnail is left out because a terminal cannot show it.
@@ -50,6 +70,54 @@ const SOURCE_FIELDS: [&str; 6] = [
 /// good recall at little cost on image-sized indices.
 pub(crate) fn default_num_candidates(k: usize) -> usize {
     k.saturating_mul(10).clamp(100, 10_000).max(k)
+}
+
+/// The request for `query`: `_search` with `knn` (builder or vector), `_knn_search` on 8.0–8.3,
+/// or `script_score` on 7.x.
+pub(crate) fn search_request(config: &SearchConfig, query: &Query) -> Result<SearchRequest> {
+    // GET, as Elastic's docs and Kibana write searches (the request is sent as POST).
+    let search = |body| SearchRequest {
+        method: "GET",
+        path: format!("{}/_search", config.index),
+        body,
+    };
+    let Query::Vector(vector) = query else {
+        return Ok(search(search_body(config, query)?));
+    };
+    match config.form {
+        KnnForm::TopLevel => Ok(search(search_body(config, query)?)),
+        KnnForm::KnnSearchEndpoint => {
+            let mut body = search_body(config, query)?;
+            if let Some(object) = body.as_object_mut() {
+                // `_knn_search` takes k inside knn and no `size`.
+                object.remove("size");
+            }
+            Ok(SearchRequest {
+                method: "GET",
+                path: format!("{}/_knn_search", config.index),
+                body,
+            })
+        }
+        KnnForm::ScriptScore => {
+            // The 7.x recipe: exact scoring of every document; scores must not be negative.
+            let source = match config.similarity {
+                Similarity::DotProduct => format!("dotProduct(params.query_vector, '{}') + 1.0", config.field),
+                Similarity::Cosine => format!("cosineSimilarity(params.query_vector, '{}') + 1.0", config.field),
+                Similarity::L2Norm => format!("1 / (1 + l2norm(params.query_vector, '{}'))", config.field),
+            };
+            Ok(search(json!({
+                "size": config.k,
+                "query": {"script_score": {
+                    "query": {"match_all": {}},
+                    "script": {"source": source, "params": {"query_vector": vector}}
+                }},
+                "_source": SOURCE_FIELDS,
+            })))
+        }
+        KnnForm::Unsupported => bail!(
+            "this Elasticsearch is older than 7.6, whose vector functions Sightline does not use; upgrade to 7.6+ (exact search) or 8.0+ (kNN)"
+        ),
+    }
 }
 
 /// The `_search` body.
@@ -100,13 +168,15 @@ pub(crate) fn search_body(config: &SearchConfig, query: &Query) -> Result<Value>
     }))
 }
 
-/// The request in Kibana dev-console syntax.
+/// The request in Kibana dev-console syntax, complete (a vector query has its vector filled
+/// in), ready to paste.
 pub(crate) fn console(config: &SearchConfig, query: &Query) -> Result<String> {
-    let body = search_body(config, query)?;
+    let request = search_request(config, query)?;
     Ok(format!(
-        "GET {}/_search\n{}\n",
-        config.index,
-        serde_json::to_string_pretty(&body).context("cannot print the search body")?
+        "{} {}\n{}\n",
+        request.method,
+        request.path,
+        serde_json::to_string_pretty(&request.body).context("cannot print the search body")?
     ))
 }
 
@@ -126,11 +196,18 @@ pub(crate) async fn search(
     config: &SearchConfig,
     query: &Query,
 ) -> Result<Vec<Hit>> {
-    let body = search_body(config, query)?;
-    let request = format!("GET {}/_search", config.index);
-    let index = [config.index.as_str()];
-    let search = client.search(SearchParts::Index(&index)).body(body);
-    let answer: Value = call(&request, search.send()).await?;
+    let request = search_request(config, query)?;
+    let name = format!("{} {}", request.method, request.path);
+    let path = format!("/{}", request.path);
+    let sent = client.send(
+        Method::Post,
+        &path,
+        HeaderMap::new(),
+        Option::<&()>::None,
+        Some(JsonBody::new(request.body)),
+        None,
+    );
+    let answer: Value = call(&name, sent).await?;
     Ok(parse_hits(&answer))
 }
 
@@ -193,7 +270,52 @@ mod tests {
             k: 5,
             num_candidates: 50,
             semantic: false,
+            form: KnnForm::TopLevel,
+            similarity: Similarity::DotProduct,
         }
+    }
+
+    #[test]
+    fn vector_queries_take_the_form_of_the_version_line() {
+        let vector = Query::Vector(vec![0.6, 0.8]);
+        let top = search_request(&config(), &vector).unwrap();
+        assert_eq!((top.method, top.path.as_str()), ("GET", "photos/_search"));
+        assert_eq!(top.body["knn"]["query_vector"], json!([0.6f32, 0.8f32]));
+        let mut old = config();
+        old.form = KnnForm::KnnSearchEndpoint;
+        let knn_search = search_request(&old, &vector).unwrap();
+        assert_eq!(knn_search.path, "photos/_knn_search");
+        assert_eq!(knn_search.body["knn"]["k"], 5);
+        assert!(knn_search.body.get("size").is_none());
+        old.form = KnnForm::ScriptScore;
+        let exact = search_request(&old, &vector).unwrap();
+        assert_eq!(exact.path, "photos/_search");
+        let script = &exact.body["query"]["script_score"]["script"];
+        assert_eq!(
+            script["source"],
+            "dotProduct(params.query_vector, 'ml.image_vector') + 1.0"
+        );
+        assert_eq!(script["params"]["query_vector"], json!([0.6f32, 0.8f32]));
+        old.similarity = Similarity::Cosine;
+        let cosine = search_request(&old, &vector).unwrap();
+        assert!(cosine.body["query"]["script_score"]["script"]["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("cosineSimilarity"));
+        old.form = KnnForm::Unsupported;
+        assert!(search_request(&old, &vector).is_err());
+        // text queries go through the builder whatever the form
+        let text = search_request(&old, &Query::Text("cat".to_owned())).unwrap();
+        assert_eq!(text.path, "photos/_search");
+    }
+
+    #[test]
+    fn printed_vector_query_is_complete() {
+        let printed = console(&config(), &Query::Vector(vec![0.5, 0.5])).unwrap();
+        let (line, body) = printed.split_once('\n').unwrap();
+        assert_eq!(line, "GET photos/_search");
+        let body: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(body["knn"]["query_vector"], json!([0.5, 0.5]));
     }
 
     #[test]

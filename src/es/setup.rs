@@ -30,13 +30,15 @@ use super::assets::{self, EndpointParams, IndexParams, PipelineKind};
 use super::body::RESOURCE_ALREADY_EXISTS;
 use super::client::call;
 use super::image::data_uri;
+use super::mode::{Mode, ModeChoice};
 use super::model_info;
 use super::version::{Cluster, Service};
 use super::{
-    failed_index_name, failed_template_name, pipeline_name, semantic_pipeline_name, template_name,
-    VECTOR_FIELD,
+    failed_index_name, failed_template_name, pipeline_name, search_inference_id,
+    semantic_pipeline_name, template_name, VECTOR_FIELD,
 };
 use crate::engine::format::sample_jpeg;
+use crate::sidecar::Lane;
 
 /// The only task type Sightline's endpoints use (contract §10: `embedding` is not available to
 /// the services that can point at a self-hosted URL).
@@ -64,6 +66,21 @@ pub(crate) struct SetupConfig {
     pub(crate) recreate_endpoint: bool,
     /// Send one image and one text through the endpoint at the end.
     pub(crate) verify: bool,
+    /// `service_settings.rate_limit.requests_per_minute` of both endpoints.
+    pub(crate) rate_limit: u64,
+}
+
+/// Default of `setup --rate-limit`: far above what one sidecar answers (≈ 8 300 requests/s per
+/// node and endpoint), so Elasticsearch's client-side limiter never throttles a big machine;
+/// the sidecar itself answers 429 when it is full, which ES retries (README "Rate limit").
+pub(crate) const DEFAULT_RATE_LIMIT: u64 = 500_000;
+
+/// The vector field an existing index must have, and the model it must have been made with.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct VectorSpec {
+    pub(crate) dims: usize,
+    pub(crate) similarity: Similarity,
+    pub(crate) model: ModelInfo,
 }
 
 /// One request of the plan.
@@ -86,7 +103,7 @@ pub(crate) enum Step {
     /// field with those dimensions.
     CreateIndex {
         name: String,
-        vector: Option<(usize, Similarity)>,
+        vector: Option<Box<VectorSpec>>,
     },
     Verify {
         id: String,
@@ -152,34 +169,85 @@ impl Step {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     pub(crate) cluster: Cluster,
-    pub(crate) service: Service,
+    pub(crate) mode: ModeChoice,
+    /// `None` in vectors mode (no endpoint).
+    pub(crate) service: Option<Service>,
     pub(crate) steps: Vec<Step>,
 }
 
-/// Lays out every request for `cluster`, `model` and `config`.
-pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -> Result<Plan> {
+/// Lays out every request for `cluster`, `model` and `config` in the chosen mode.
+pub(crate) fn plan(
+    cluster: &Cluster,
+    model: &ModelInfo,
+    config: &SetupConfig,
+    mode: &ModeChoice,
+) -> Result<Plan> {
     model_info::validate(model)?;
-    let service = cluster.choose_service(config.service)?;
-    let endpoint = assets::endpoint_body(
-        service,
-        &EndpointParams {
-            sidecar_url: config.sidecar_url.clone(),
-            sidecar_api_key: config
-                .sidecar_api_key
-                .clone()
-                .unwrap_or_else(|| NO_SIDECAR_KEY.to_owned()),
+    let index_vector = Some(Box::new(VectorSpec {
+        dims: model.dimensions,
+        similarity: model.similarity,
+        model: model.clone(),
+    }));
+    if mode.mode == Mode::Vectors {
+        // Composable index templates exist from 7.8.
+        if !cluster.version.at_least(7, 8) && !cluster.serverless {
+            bail!(
+                "Elasticsearch {} has no composable index templates (7.8+); `sightline ingest` creates the index itself there",
+                cluster.version
+            );
+        }
+        let index_params = IndexParams {
+            index: config.index.clone(),
+            pipeline: None,
+            inference_id: String::new(),
+            search_inference_id: String::new(),
             model: model.name.clone(),
+            fingerprint: model.fingerprint.clone(),
+            mode: Mode::Vectors,
             dims: model.dimensions,
             similarity: model.similarity,
-        },
-        cluster,
-    )?;
+        };
+        return Ok(Plan {
+            cluster: cluster.clone(),
+            mode: mode.clone(),
+            service: None,
+            steps: vec![
+                Step::PutIndexTemplate {
+                    name: template_name(&config.index),
+                    body: assets::index_template_body(&index_params, cluster)?,
+                },
+                Step::CreateIndex {
+                    name: config.index.clone(),
+                    vector: index_vector,
+                },
+            ],
+        });
+    }
+    let service = cluster.choose_service(config.service)?;
+    let search_id = search_inference_id(&config.inference_id);
+    let endpoint_params = |lane| EndpointParams {
+        sidecar_url: config.sidecar_url.clone(),
+        sidecar_api_key: config
+            .sidecar_api_key
+            .clone()
+            .unwrap_or_else(|| NO_SIDECAR_KEY.to_owned()),
+        model: model.name.clone(),
+        dims: model.dimensions,
+        similarity: model.similarity,
+        lane,
+        rate_limit: Some(config.rate_limit),
+    };
+    let endpoint = assets::endpoint_body(service, &endpoint_params(Lane::Ingest), cluster)?;
+    let search_endpoint = assets::endpoint_body(service, &endpoint_params(Lane::Search), cluster)?;
     let pipeline = pipeline_name(&config.index);
     let index_params = IndexParams {
         index: config.index.clone(),
         pipeline: Some(pipeline.clone()),
         inference_id: config.inference_id.clone(),
+        search_inference_id: search_id.clone(),
         model: model.name.clone(),
+        fingerprint: model.fingerprint.clone(),
+        mode: Mode::Pipeline,
         dims: model.dimensions,
         similarity: model.similarity,
     };
@@ -189,6 +257,11 @@ pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -
             id: config.inference_id.clone(),
             service,
             body: endpoint,
+        },
+        Step::PutEndpoint {
+            id: search_id.clone(),
+            service,
+            body: search_endpoint,
         },
         Step::PutPipeline {
             id: pipeline,
@@ -212,7 +285,7 @@ pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -
         },
         Step::CreateIndex {
             name: config.index.clone(),
-            vector: Some((model.dimensions, model.similarity)),
+            vector: index_vector,
         },
         Step::CreateIndex {
             name: failed_index_name(&config.index),
@@ -227,14 +300,15 @@ pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -
             body: json!({ "input": [image] }),
         });
         steps.push(Step::Verify {
-            id: config.inference_id.clone(),
+            id: search_id,
             what: "text",
             body: json!({ "input": [VERIFY_TEXT] }),
         });
     }
     Ok(Plan {
         cluster: cluster.clone(),
-        service,
+        mode: mode.clone(),
+        service: Some(service),
         steps,
     })
 }
@@ -242,10 +316,20 @@ pub(crate) fn plan(cluster: &Cluster, model: &ModelInfo, config: &SetupConfig) -
 /// The whole plan for Kibana's dev console, with `#` comments the console accepts.
 pub(crate) fn console_script(plan: &Plan, model: &ModelInfo) -> String {
     let mut out = String::new();
+    let service = plan.service.map_or_else(
+        || "no inference endpoint".to_owned(),
+        |s| format!("{s} service"),
+    );
+    // One comment line: the console (and `parse_console`) takes a request after each.
     let _ = writeln!(
         out,
-        "# Sightline setup for Elasticsearch {} ({} service), model {} ({} dims, {})",
-        plan.cluster.version, plan.service, model.name, model.dimensions, model.similarity
+        "# Sightline setup for Elasticsearch {} ({service}), model {} ({} dims, {}). Mode {}: {}",
+        plan.cluster.version,
+        model.name,
+        model.dimensions,
+        model.similarity,
+        plan.mode.mode,
+        plan.mode.why
     );
     for (number, step) in plan.steps.iter().enumerate() {
         let _ = writeln!(out, "\n# {}. {}", number + 1, step.comment());
@@ -292,7 +376,7 @@ pub(crate) async fn apply(
                 "created or updated".to_owned()
             }
             Step::CreateIndex { name, vector } => {
-                ensure_index(client, name, vector.as_ref()).await?
+                ensure_index(client, name, vector.as_deref()).await?
             }
             Step::Verify { id, what, body } => verify(client, id, what, body, model).await?,
         };
@@ -410,7 +494,7 @@ pub(crate) fn endpoint_difference(existing: &Value, desired: &Value) -> Option<S
 async fn ensure_index(
     client: &Elasticsearch,
     name: &str,
-    vector: Option<&(usize, Similarity)>,
+    vector: Option<&VectorSpec>,
 ) -> Result<String> {
     let exists_request = format!("HEAD {name}");
     let index = [name];
@@ -418,11 +502,17 @@ async fn ensure_index(
     let exists = indices.exists(IndicesExistsParts::Index(&index));
     match call::<()>(&exists_request, exists.send()).await {
         Ok(()) => {
-            if let Some((dims, similarity)) = vector {
+            if let Some(spec) = vector {
                 let mapping_request = format!("GET {name}/_mapping");
                 let get = indices.get_mapping(IndicesGetMappingParts::Index(&index));
                 let mapping: Value = call(&mapping_request, get.send()).await?;
-                check_vector_mapping(&mapping, name, *dims, *similarity)?;
+                // The model first: the more specific reason when both differ.
+                model_info::check_same_model(
+                    name,
+                    model_info::recorded_fingerprint(&mapping).as_deref(),
+                    &spec.model,
+                )?;
+                check_vector_mapping(&mapping, name, spec.dims, spec.similarity)?;
             }
             return Ok("exists, kept".to_owned());
         }
@@ -553,6 +643,14 @@ mod tests {
             service: None,
             recreate_endpoint: false,
             verify: true,
+            rate_limit: DEFAULT_RATE_LIMIT,
+        }
+    }
+
+    fn pipeline_mode() -> ModeChoice {
+        ModeChoice {
+            mode: Mode::Pipeline,
+            why: "test".to_owned(),
         }
     }
 
@@ -562,7 +660,7 @@ mod tests {
 
     #[test]
     fn plan_orders_endpoint_before_users_of_it() {
-        let plan = plan(&cluster("9.1.0"), &model(), &config()).unwrap();
+        let plan = plan(&cluster("9.1.0"), &model(), &config(), &pipeline_mode()).unwrap();
         let paths: Vec<String> = plan
             .steps
             .iter()
@@ -572,6 +670,7 @@ mod tests {
             paths,
             [
                 "PUT _inference/text_embedding/sightline-clip",
+                "PUT _inference/text_embedding/sightline-clip-search",
                 "PUT _ingest/pipeline/sightline-photos",
                 "PUT _ingest/pipeline/sightline-photos-semantic",
                 "PUT _index_template/sightline-photos",
@@ -579,17 +678,22 @@ mod tests {
                 "PUT photos",
                 "PUT photos-failed",
                 "POST _inference/text_embedding/sightline-clip",
-                "POST _inference/text_embedding/sightline-clip",
+                "POST _inference/text_embedding/sightline-clip-search",
             ]
         );
-        assert_eq!(plan.service, Service::Custom);
+        assert_eq!(plan.service, Some(Service::Custom));
+        let search_url = plan.steps[1].body().unwrap()["service_settings"]["url"].clone();
+        assert_eq!(
+            search_url,
+            "http://sidecar:8080/v1/embeddings?priority=search"
+        );
     }
 
     #[test]
     fn plan_without_semantic_variant_before_8_19() {
-        let plan = plan(&cluster("8.15.0"), &model(), &config()).unwrap();
+        let plan = plan(&cluster("8.15.0"), &model(), &config(), &pipeline_mode()).unwrap();
         assert!(!plan.steps.iter().any(|s| s.path().ends_with("-semantic")));
-        assert_eq!(plan.service, Service::OpenAi);
+        assert_eq!(plan.service, Some(Service::OpenAi));
         assert_eq!(
             plan.steps[0].body().unwrap()["service_settings"]["api_key"],
             NO_SIDECAR_KEY
@@ -598,15 +702,43 @@ mod tests {
 
     #[test]
     fn plan_refuses_8_11() {
-        let err = plan(&cluster("8.11.0"), &model(), &config())
+        let err = plan(&cluster("8.11.0"), &model(), &config(), &pipeline_mode())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("ingest --embed-locally"), "{err}");
+        assert!(err.contains("--mode vectors"), "{err}");
+    }
+
+    #[test]
+    fn vectors_mode_plans_template_and_index_only() {
+        let vectors = ModeChoice {
+            mode: Mode::Vectors,
+            why: "basic licence (active)".to_owned(),
+        };
+        for version in ["8.11.0", "8.15.0", "9.3.0", "7.17.0"] {
+            let plan = plan(&cluster(version), &model(), &config(), &vectors).unwrap();
+            let paths: Vec<String> = plan
+                .steps
+                .iter()
+                .map(|s| format!("{} {}", s.method(), s.path()))
+                .collect();
+            assert_eq!(
+                paths,
+                ["PUT _index_template/sightline-photos", "PUT photos"],
+                "{version}"
+            );
+            let template = plan.steps[0].body().unwrap();
+            assert!(template
+                .pointer("/template/settings/index/default_pipeline")
+                .is_none());
+            assert_eq!(template["template"]["mappings"]["_meta"]["mode"], "vectors");
+            assert_eq!(plan.service, None);
+        }
+        assert!(plan(&cluster("7.7.0"), &model(), &config(), &vectors).is_err());
     }
 
     #[test]
     fn console_script_is_pasteable() {
-        let plan = plan(&cluster("8.15.0"), &model(), &config()).unwrap();
+        let plan = plan(&cluster("8.15.0"), &model(), &config(), &pipeline_mode()).unwrap();
         let script = console_script(&plan, &model());
         assert!(script.contains("\nPUT _inference/text_embedding/sightline-clip\n{\n"));
         assert!(script.contains("\nPUT photos\n"));

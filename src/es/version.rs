@@ -149,10 +149,35 @@ impl Cluster {
         self.effective().at_least(8, 15)
     }
 
+    /// `dense_vector` values may be sent as a base64 string from 9.3 (es#137072: Rally indexing
+    /// 1 518 → 10 175 docs/s). The encoding is IEEE-754 float32, **big-endian** (Java's
+    /// `ByteBuffer` default; stated by Elastic's own client tracking issue
+    /// elastic/elasticsearch-js#3080) — unlike the sidecar's OpenAI answer, which is
+    /// little-endian as OpenAI defines it.
+    pub(crate) fn accepts_base64_vectors(&self) -> bool {
+        self.effective().at_least(9, 3)
+    }
+
+    /// How a kNN search with a finished vector is sent on this line.
+    pub(crate) fn knn_form(&self) -> KnnForm {
+        let version = self.effective();
+        if version.at_least(8, 4) {
+            KnnForm::TopLevel
+        } else if version.at_least(8, 0) {
+            KnnForm::KnnSearchEndpoint
+        } else if version.at_least(7, 6) {
+            KnnForm::ScriptScore
+        } else {
+            KnnForm::Unsupported
+        }
+    }
+
     /// The `index_options` the vector field gets. Chosen explicitly rather than left to the
     /// default, so that an index keeps the same structure whatever version created it:
     /// - 8.0–8.11: `hnsw` (the only indexed type);
-    /// - 8.12–9.0: `int8_hnsw` (8.12 added it; the default from 8.14): 4× less memory with
+    /// - 8.12.0: `hnsw`, because `int8_hnsw` on exactly 8.12.0 fails segment merges (issue
+    ///   #104617, fixed in 8.12.1; contract §12 #9);
+    /// - 8.12.1–9.0: `int8_hnsw` (8.12 added it; the default from 8.14): 4× less memory with
     ///   unit-length CLIP vectors losing almost no recall;
     /// - 9.1+: `bbq_hnsw` with rescoring for dims ≥ 384, as 9.1's own default, else `int8_hnsw`.
     ///
@@ -162,7 +187,7 @@ impl Cluster {
         if !version.at_least(8, 0) {
             return None;
         }
-        if !version.at_least(8, 12) {
+        if !version.at_least(8, 12) || version == EsVersion::new(8, 12, 0) {
             return Some(json!({"type": "hnsw", "m": 16, "ef_construction": 100}));
         }
         if version.at_least(9, 1) && dims >= 384 {
@@ -178,7 +203,7 @@ impl Cluster {
         if !self.has_inference_api() {
             bail!(
                 "Elasticsearch {} has no inference API (it needs 8.12 or later), so the cluster cannot call the sidecar; \
-                 index with `sightline ingest --embed-locally --model-dir DIR` instead, which embeds in the CLI and sends finished vectors",
+                 use `sightline setup --mode vectors` (what auto picks there): `ingest` and `search` then embed through the sidecar and send finished vectors",
                 self.version
             );
         }
@@ -190,6 +215,31 @@ impl Cluster {
                 self.version
             ),
             Some(service) => Ok(service),
+        }
+    }
+}
+
+/// The request that carries a finished query vector (contract §12 #13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KnnForm {
+    /// `_search` with a top-level `knn` (8.4+).
+    TopLevel,
+    /// The `_knn_search` endpoint (8.0–8.3; removed in 9.0).
+    KnnSearchEndpoint,
+    /// Exact search: `script_score` with `dotProduct`/`cosineSimilarity` (7.6–7.17, where
+    /// `dense_vector` is not indexed; every document is scored, fine up to ~10⁵ images).
+    ScriptScore,
+    /// Before 7.6 the vector functions took another form; Sightline does not search there.
+    Unsupported,
+}
+
+impl KnnForm {
+    pub(crate) fn describe(self) -> &'static str {
+        match self {
+            KnnForm::TopLevel => "top-level knn with query_vector",
+            KnnForm::KnnSearchEndpoint => "the _knn_search endpoint with query_vector",
+            KnnForm::ScriptScore => "an exact script_score search (7.x)",
+            KnnForm::Unsupported => "no vector search (before 7.6)",
         }
     }
 }
@@ -301,7 +351,7 @@ mod tests {
             .choose_service(None)
             .unwrap_err()
             .to_string();
-        assert!(below.contains("--embed-locally"), "{below}");
+        assert!(below.contains("--mode vectors"), "{below}");
         assert_eq!(
             cluster("8.12.0").choose_service(None).unwrap(),
             Service::OpenAi
@@ -353,8 +403,13 @@ mod tests {
             cluster("8.11.0").vector_index_options(512).unwrap()["type"],
             "hnsw"
         );
+        // 8.12.0's int8_hnsw merge bug (#104617): hnsw on exactly that release
         assert_eq!(
             cluster("8.12.0").vector_index_options(512).unwrap()["type"],
+            "hnsw"
+        );
+        assert_eq!(
+            cluster("8.12.1").vector_index_options(512).unwrap()["type"],
             "int8_hnsw"
         );
         assert_eq!(
@@ -370,6 +425,17 @@ mod tests {
             cluster("9.1.0").vector_index_options(32).unwrap()["type"],
             "int8_hnsw"
         );
+    }
+
+    #[test]
+    fn knn_form_and_base64_vectors_per_line() {
+        assert_eq!(cluster("7.5.0").knn_form(), KnnForm::Unsupported);
+        assert_eq!(cluster("7.17.9").knn_form(), KnnForm::ScriptScore);
+        assert_eq!(cluster("8.0.0").knn_form(), KnnForm::KnnSearchEndpoint);
+        assert_eq!(cluster("8.3.3").knn_form(), KnnForm::KnnSearchEndpoint);
+        assert_eq!(cluster("8.4.0").knn_form(), KnnForm::TopLevel);
+        assert!(!cluster("9.2.4").accepts_base64_vectors());
+        assert!(cluster("9.3.0").accepts_base64_vectors());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `sightline ingest` against the fake cluster: every good image indexed exactly once under its
 //! content hash, broken ones in the failures file, nothing new sent on a second run, retries on
-//! 429 (whole request and single items), pipeline redirects and item errors reported, and
-//! `--embed-locally` on a cluster without the inference API.
+//! 429 (whole request and single items), pipeline redirects and item errors reported (all with
+//! `--via-pipeline`), and `--embed-locally` on a cluster without the inference API. Vectors mode
+//! (the default, through the sidecar) and `--redrive` are in `es_modes.rs`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,7 +17,7 @@ const INDEX: &str = "photos";
 const PIPELINE: &str = "sightline-photos";
 
 /// Good fixture images used as the sample folder (a mix of formats and sizes).
-const GOOD: [&str; 6] = [
+pub(crate) const GOOD: [&str; 6] = [
     "landscape.jpg",
     "portrait.png",
     "image.webp",
@@ -25,13 +26,13 @@ const GOOD: [&str; 6] = [
     "exif-rot90.jpg",
 ];
 
-fn id_of(path: &Path) -> String {
+pub(crate) fn id_of(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
 /// A folder with the good images, a duplicate of one under another name in a subfolder, every
 /// broken fixture, and a text file that must be ignored.
-fn sample_folder() -> (tempfile::TempDir, Vec<PathBuf>, Vec<PathBuf>) {
+pub(crate) fn sample_folder() -> (tempfile::TempDir, Vec<PathBuf>, Vec<PathBuf>) {
     let dir = tempfile::tempdir().unwrap();
     let fixtures = fixture_images();
     let mut good = Vec::new();
@@ -104,11 +105,15 @@ async fn ingest(fake: &FakeEs, folder: &Path, failures: &Path, extra: &[&str]) -
         "--retry-max-delay-ms",
         "5",
     ];
+    // These tests are about the pipeline path; vectors mode has its own in es_modes.rs.
+    if !extra.contains(&"--embed-locally") && !extra.contains(&"--semantic") {
+        args.push("--via-pipeline");
+    }
     args.extend_from_slice(extra);
     sightline(&args).await
 }
 
-fn failure_lines(path: &Path) -> Vec<Value> {
+pub(crate) fn failure_lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
@@ -341,7 +346,15 @@ async fn unreachable_cluster_is_an_error_not_a_list_of_failures() {
     .unwrap();
     let folder = dir.path().display().to_string();
     let url = format!("http://{closed}");
-    let run = sightline(&["ingest", &folder, "--es", &url, "--no-progress"]).await;
+    let run = sightline(&[
+        "ingest",
+        &folder,
+        "--es",
+        &url,
+        "--no-progress",
+        "--via-pipeline",
+    ])
+    .await;
     run.expect_code(2);
     assert!(
         run.stderr.contains("no answer from Elasticsearch"),
@@ -472,19 +485,20 @@ async fn bad_credentials_stop_the_run() {
 }
 
 #[tokio::test]
-async fn cluster_without_inference_api_needs_embed_locally() {
+async fn via_pipeline_on_a_cluster_without_inference_api_says_what_works() {
     let fake = FakeEs::start("8.11.0").await;
     let dir = tempfile::tempdir().unwrap();
     let failures = dir.path().join("failures.jsonl");
     let run = ingest(&fake, &fixture_images(), &failures, &[]).await;
     run.expect_code(2);
+    assert!(run.stderr.contains("drop --via-pipeline"), "{}", run.stderr);
     assert!(run.stderr.contains("--embed-locally"), "{}", run.stderr);
 }
 
 /// The ONNX Runtime library the `sightline` child loads, found (and loaded) exactly as the engine
 /// finds it: `ORT_DYLIB_PATH`, the `onnxruntime` Python package, the system paths. Missing, it
 /// fails the test under `CI`; elsewhere the test is skipped, loudly.
-fn ort_library(test: &str) -> Option<String> {
+pub(crate) fn ort_library(test: &str) -> Option<String> {
     match sightline::engine::runtime::init() {
         Ok(path) => Some(path.display().to_string()),
         Err(err) if std::env::var_os("CI").is_some() => {

@@ -1,5 +1,6 @@
-//! `sightline search`: the kNN request with `query_vector_builder` (contract §8) for text and
-//! image queries, `--print` for Kibana, and the printed hits.
+//! `sightline search` in pipeline mode: the kNN request with `query_vector_builder` (contract §8)
+//! through the `-search` endpoint for text and image queries, `--print` for Kibana, and the
+//! printed hits. Vectors mode is in `es_modes.rs`.
 
 use serde_json::json;
 
@@ -27,7 +28,7 @@ async fn print_text_query_is_knn_with_query_vector_builder() {
     assert_eq!(
         body["knn"],
         json!({"field": "ml.image_vector", "k": 5, "num_candidates": 100,
-               "query_vector_builder": {"text_embedding": {"model_id": "sightline-clip", "model_text": "ein rotes Fahrrad"}}})
+               "query_vector_builder": {"text_embedding": {"model_id": "sightline-clip-search", "model_text": "ein rotes Fahrrad"}}})
     );
     assert_eq!(body["size"], 5);
 }
@@ -35,6 +36,7 @@ async fn print_text_query_is_knn_with_query_vector_builder() {
 #[tokio::test]
 async fn image_query_sends_the_image_as_a_data_uri() {
     let fake = FakeEs::start("8.15.0").await;
+    fake.seed_index("photos", json!({}));
     let image = fixture_images().join("landscape.jpg");
     let image_arg = image.display().to_string();
     let run = sightline(&[

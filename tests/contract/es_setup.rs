@@ -155,7 +155,7 @@ async fn print_for_each_version_line_matches_the_contract() {
                     endpoint["service_settings"]["secret_parameters"]["api_key"],
                     "side-key"
                 );
-                let expected = rendered_asset(
+                let mut expected = rendered_asset(
                     "es-config/inference-custom.json",
                     &[
                         ("sidecar_url", json!("http://sightline:8080")),
@@ -163,9 +163,24 @@ async fn print_for_each_version_line_matches_the_contract() {
                         ("model", json!(FAKE_MODEL)),
                         ("dims", json!(512)),
                         ("similarity", json!("dot_product")),
+                        ("lane", json!("")),
                     ],
                 );
+                // setup adds the explicit rate limit (README "Rate limit")
+                expected["service_settings"]["rate_limit"] =
+                    json!({"requests_per_minute": 500_000});
                 assert_eq!(endpoint, &expected, "{version}: custom body is the asset");
+                let search = find(
+                    &requests,
+                    "PUT",
+                    "_inference/text_embedding/sightline-clip-search",
+                );
+                expected["service_settings"]["url"] =
+                    json!("http://sightline:8080/v1/embeddings?priority=search");
+                assert_eq!(
+                    search, &expected,
+                    "{version}: the search twin differs only in its URL"
+                );
             }
         }
 
@@ -207,7 +222,11 @@ async fn print_for_each_version_line_matches_the_contract() {
 
         let verifications: Vec<&Value> = requests
             .iter()
-            .filter(|(m, p, _)| m == "POST" && p == "_inference/text_embedding/sightline-clip")
+            .filter(|(m, p, _)| {
+                m == "POST"
+                    && (p == "_inference/text_embedding/sightline-clip"
+                        || p == "_inference/text_embedding/sightline-clip-search")
+            })
             .filter_map(|(_, _, b)| b.as_ref())
             .collect();
         assert_eq!(verifications.len(), 2, "{version}: one image and one text");
@@ -223,17 +242,45 @@ async fn print_for_each_version_line_matches_the_contract() {
 }
 
 #[tokio::test]
-async fn print_refuses_8_11_and_points_to_embed_locally() {
+async fn print_for_8_11_is_vectors_mode_template_and_index_only() {
     let args = print_args("8.11.4");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let run = sightline(&args).await;
-    run.expect_code(2);
+    run.expect_code(0);
     assert!(
-        run.stderr.contains("ingest --embed-locally"),
+        run.stdout
+            .contains("Mode vectors: Elasticsearch 8.11.4 has no Inference API (it needs 8.12+)"),
         "{}",
-        run.stderr
+        run.stdout
     );
+    let requests = parse_console(&run.stdout);
+    let lines: Vec<String> = requests
+        .iter()
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect();
+    assert_eq!(
+        lines,
+        ["PUT _index_template/sightline-photos", "PUT photos"]
+    );
+    // a pipeline asked for on 8.11 names the version
+    let mut forced = print_args("8.11.4");
+    forced.extend(["--mode".to_owned(), "pipeline".to_owned()]);
+    let forced: Vec<&str> = forced.iter().map(String::as_str).collect();
+    let run = sightline(&forced).await;
+    run.expect_code(2);
+    assert!(run.stderr.contains("8.12"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "nothing printed: {}", run.stdout);
+}
+
+#[tokio::test]
+async fn print_with_a_basic_licence_is_vectors_mode() {
+    let mut args = print_args("9.1.0");
+    args.extend(["--license".to_owned(), "basic".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = sightline(&args).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("Mode vectors:"), "{}", run.stdout);
+    assert!(!run.stdout.contains("_inference"), "{}", run.stdout);
 }
 
 fn setup_args(fake: &FakeEs, extra: &[&str]) -> Vec<String> {
@@ -268,8 +315,11 @@ async fn setup_creates_everything_in_order_and_sends_what_print_shows() {
         fake.es_lines(),
         [
             "GET /",
+            "GET /_license",
             "GET /_inference/text_embedding/sightline-clip",
             "PUT /_inference/text_embedding/sightline-clip",
+            "GET /_inference/text_embedding/sightline-clip-search",
+            "PUT /_inference/text_embedding/sightline-clip-search",
             "PUT /_ingest/pipeline/sightline-photos",
             "PUT /_index_template/sightline-photos",
             "PUT /_index_template/sightline-photos-failed",
@@ -278,7 +328,7 @@ async fn setup_creates_everything_in_order_and_sends_what_print_shows() {
             "HEAD /photos-failed",
             "PUT /photos-failed",
             "POST /_inference/text_embedding/sightline-clip",
-            "POST /_inference/text_embedding/sightline-clip",
+            "POST /_inference/text_embedding/sightline-clip-search",
         ]
     );
     // the sidecar's /info decided dims and model
@@ -408,12 +458,21 @@ async fn verification_catches_wrong_vector_length() {
 }
 
 #[tokio::test]
-async fn setup_on_8_11_sends_nothing_but_get_root() {
+async fn setup_on_8_11_is_vectors_mode_template_and_index_only() {
     let fake = FakeEs::start("8.11.1").await;
     let run = setup(&fake, &[]).await;
-    run.expect_code(2);
-    assert!(run.stderr.contains("--embed-locally"), "{}", run.stderr);
-    assert_eq!(fake.es_lines(), ["GET /"]);
+    run.expect_code(0);
+    assert!(run.stdout.contains("mode vectors:"), "{}", run.stdout);
+    assert_eq!(
+        fake.es_lines(),
+        [
+            "GET /",
+            "GET /_license",
+            "PUT /_index_template/sightline-photos",
+            "HEAD /photos",
+            "PUT /photos"
+        ]
+    );
 }
 
 #[tokio::test]

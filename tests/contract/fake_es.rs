@@ -5,11 +5,21 @@
 //! way ES does for what Sightline sends: `GET /` with a chosen version, `_inference` PUT / GET /
 //! DELETE / POST, ingest pipelines, index templates, index HEAD / PUT / `_mapping`, `_mget`,
 //! `_bulk` (with a simulated embedding pipeline whose `on_failure` redirects to `<index>-failed`,
-//! `create` conflicts, and dims checks), `_refresh` and `_search`. It also serves the sidecar's
-//! `/info` under `/sidecar`. Tests script failures through [`Script`]: whole-request statuses
-//! for the next N matching requests, one-off item-level 429s, ids the pipeline fails, a wrong
-//! vector length from `POST _inference`. Nothing here sleeps: a test waits only on the child
-//! process it started.
+//! `create`/`index`/`delete`, conflicts, dims checks, base64 `dense_vector` values from 9.3),
+//! `_refresh`, `_search` (kNN by `query_vector` or `query_vector_builder`, `script_score`,
+//! `search_after` paging) and `_knn_search` (8.x). `GET _license` answers like the licence the
+//! test chose (basic, gold, platinum, trial, enterprise, expired; none for a 7.x OSS build), and
+//! the Inference API refuses non-enterprise licences as ES does.
+//!
+//! It also plays the sidecar under `/sidecar`: `/info`, and `/v1/embeddings` with deterministic
+//! vectors (SHA-256 of the input string), answered as base64 or floats, and scriptable "not
+//! ready" answers (503/429 with `Retry-After`). The simulated pipeline and the query builder use
+//! the same vectors, so a search by an indexed image finds that image first in either mode.
+//!
+//! Tests script failures through [`Script`]: whole-request statuses for the next N matching
+//! requests, one-off item-level 429s, ids the pipeline fails, a pipeline outage, sidecar
+//! refusals, a wrong vector length from `POST _inference`. Nothing here sleeps: a test waits only
+//! on the child process it started.
 
 #![allow(dead_code)]
 
@@ -24,7 +34,9 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use base64::Engine as _;
 use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
 
 /// One request as received.
 #[derive(Debug, Clone)]
@@ -48,6 +60,14 @@ impl Recorded {
             .lines()
             .filter(|line| !line.trim().is_empty())
             .map(|line| serde_json::from_str(line).expect("bulk line is not JSON"))
+            .collect()
+    }
+
+    /// The JSON lines of a body, skipping any line that is not JSON (for scanning every request).
+    pub fn ndjson_or_empty(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.body)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
             .collect()
     }
 
@@ -90,8 +110,36 @@ pub struct Script {
     pub pipeline_fail_ids: HashSet<String>,
     /// Vector length `POST _inference` answers with (default: the model's).
     pub inference_dims: Option<usize>,
-    /// `_search` answers these hits (default: every document of the index, score 1.0).
+    /// `_search` answers these hits (default: the documents of the index, scored by the query).
     pub search_hits: Option<Vec<Value>>,
+    /// The next this-many documents through the pipeline fail as if the sidecar were down
+    /// (the `custom` service's final 503), and go to `<index>-failed`.
+    pub pipeline_outage: usize,
+    /// Statuses the fake sidecar's `/v1/embeddings` answers, in order, before it answers
+    /// normally (503 and 429 with `Retry-After: 0`, or any other status with an error body).
+    pub sidecar_refusals: Vec<u16>,
+    /// Inputs (data URIs containing this text) the fake sidecar refuses with 400, as it would an
+    /// image it cannot decode.
+    pub sidecar_bad_inputs: Vec<String>,
+    /// A real sidecar the simulated pipeline calls for each document, one image per request
+    /// and every document of a `_bulk` at once, as the `inference` processor does (for the
+    /// ingest measurement); `None`: vectors from [`fake_vector`].
+    pub pipeline_sidecar: Option<String>,
+}
+
+/// What `GET _license` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum License {
+    /// `type` and `status` (`active`, `expired`).
+    Licensed(&'static str, &'static str),
+    /// A 7.x OSS build: no licence API.
+    Oss,
+}
+
+impl License {
+    fn allows_inference(&self) -> bool {
+        matches!(self, License::Licensed("enterprise" | "trial", "active"))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -101,9 +149,10 @@ struct Index {
     docs: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct EsState {
     version: String,
+    license: License,
     dims: usize,
     requests: Vec<Recorded>,
     endpoints: BTreeMap<String, Value>,
@@ -111,6 +160,43 @@ struct EsState {
     templates: BTreeMap<String, Value>,
     indices: BTreeMap<String, Index>,
     script: Script,
+    /// Vectors a real sidecar computed for the `_bulk` being answered, by image data URI.
+    embedded: HashMap<String, Vec<f32>>,
+}
+
+/// Each `image_b64` of a `_bulk` embedded by the sidecar at `url`, one per request, all at once.
+async fn embed_through(url: &str, request: &Recorded) -> HashMap<String, Vec<f32>> {
+    let client = reqwest::Client::new();
+    let images: Vec<String> = request
+        .ndjson()
+        .iter()
+        .filter_map(|line| {
+            line.get("image_b64")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect();
+    let calls = images.iter().map(|image| {
+        let client = client.clone();
+        async move {
+            let answer: Value = client
+                .post(format!("{url}/v1/embeddings"))
+                .json(&json!({"input": [image], "model": FAKE_MODEL}))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let vector = stored_vector(answer.pointer("/data/0/embedding")?)?;
+            Some((image.clone(), vector))
+        }
+    });
+    futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// A running fake cluster. Dropping it stops the server.
@@ -129,14 +215,29 @@ impl Drop for FakeEs {
 /// Model dimensions the fake sidecar `/info` reports.
 pub const FAKE_DIMS: usize = 8;
 pub const FAKE_MODEL: &str = "clip-ViT-B-32-multilingual-v1";
+/// The fake sidecar's `/info` fingerprint.
+pub const FAKE_FINGERPRINT: &str = "sha256:fake";
 
 impl FakeEs {
-    /// Starts a fake cluster that reports `version`.
+    /// Starts a fake cluster that reports `version`, with an active enterprise licence (what
+    /// the pipeline path needs).
     pub async fn start(version: &str) -> FakeEs {
+        FakeEs::start_licensed(version, License::Licensed("enterprise", "active")).await
+    }
+
+    /// Starts a fake cluster that reports `version` and `license`.
+    pub async fn start_licensed(version: &str, license: License) -> FakeEs {
         let state = Arc::new(Mutex::new(EsState {
             version: version.to_owned(),
+            license,
             dims: FAKE_DIMS,
-            ..EsState::default()
+            requests: Vec::new(),
+            endpoints: BTreeMap::new(),
+            pipelines: BTreeMap::new(),
+            templates: BTreeMap::new(),
+            indices: BTreeMap::new(),
+            script: Script::default(),
+            embedded: HashMap::new(),
         }));
         let app = Router::new()
             .fallback(handle)
@@ -158,9 +259,17 @@ impl FakeEs {
         }
     }
 
-    /// Base URL of the fake sidecar (`/info` only).
+    /// Base URL of the fake sidecar (`/info`, `/v1/embeddings`).
     pub fn sidecar_url(&self) -> String {
         format!("{}/sidecar", self.url)
+    }
+
+    /// Requests the fake sidecar's `/v1/embeddings` received.
+    pub fn sidecar_embeddings(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == "/sidecar/v1/embeddings")
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
@@ -263,6 +372,153 @@ fn unit_vector(dims: usize) -> Vec<f64> {
     vec![value; dims]
 }
 
+/// The fake model: a unit vector derived from the SHA-256 of the input string. The same string
+/// (a data URI, a text) always gets the same vector, different strings almost surely different
+/// ones, whether the sidecar, the simulated pipeline or the query builder computes it.
+pub fn fake_vector(input: &str, dims: usize) -> Vec<f32> {
+    let digest = Sha256::digest(input.as_bytes());
+    let raw: Vec<f32> = (0..dims)
+        .map(|i| f32::from(digest[i % 32]) - 127.5 + i as f32 * 0.25)
+        .collect();
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+    raw.iter().map(|x| x / norm).collect()
+}
+
+/// A stored `dense_vector` value: a float array, or (9.3+) base64 of big-endian float32.
+pub fn stored_vector(value: &Value) -> Option<Vec<f32>> {
+    match value {
+        Value::Array(items) => items.iter().map(|v| v.as_f64().map(|f| f as f32)).collect(),
+        Value::String(text) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()?;
+            (bytes.len() % 4 == 0).then(|| {
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect()
+            })
+        }
+        _ => None,
+    }
+}
+
+fn at_least(version: &str, major: u32, minor: u32) -> bool {
+    let mut parts = version
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
+fn licence_refusal() -> (u16, Value) {
+    let cause = json!({"type": "security_exception", "reason": "current license is non-compliant for [inference]", "license.expired.feature": "inference"});
+    let mut error = cause.clone();
+    error["root_cause"] = json!([cause]);
+    (403, json!({"error": error, "status": 403}))
+}
+
+fn no_handler(request: &Recorded) -> (u16, Value) {
+    es_error(
+        400,
+        "illegal_argument_exception",
+        &format!(
+            "no handler found for uri [{}] and method [{}]",
+            request.path, request.method
+        ),
+    )
+}
+
+/// `GET _license` as Elasticsearch answers it for the licence and version.
+fn license_answer(state: &EsState, request: &Recorded) -> (u16, Value) {
+    let License::Licensed(kind, status) = state.license.clone() else {
+        return no_handler(request);
+    };
+    let mut license = json!({
+        "status": status, "uid": "893361dc-9749-4997-93cb-802e3d7fa4xx", "type": kind,
+        "issue_date": "2026-01-01T00:00:00.000Z", "issue_date_in_millis": 1767225600000u64,
+        "max_nodes": 1000, "issued_to": "fake", "issuer": "elasticsearch", "start_date_in_millis": -1
+    });
+    if kind != "basic" {
+        license["expiry_date"] = json!(if status == "expired" {
+            "2026-02-01T00:00:00.000Z"
+        } else {
+            "2027-01-01T00:00:00.000Z"
+        });
+        license["expiry_date_in_millis"] = json!(if status == "expired" {
+            1769904000000u64
+        } else {
+            1798761600000u64
+        });
+    }
+    // Enterprise licences count resource units instead of nodes (7.10+).
+    if at_least(&state.version, 7, 10) {
+        license["max_resource_units"] = Value::Null;
+        if kind == "enterprise" {
+            license["max_nodes"] = Value::Null;
+            license["max_resource_units"] = json!(100);
+        }
+    }
+    (200, json!({ "license": license }))
+}
+
+/// `POST /sidecar/v1/embeddings`: the OpenAI dialect as `sightline serve` answers it.
+fn sidecar_embeddings(state: &mut EsState, request: &Recorded) -> (u16, Value) {
+    if !state.script.sidecar_refusals.is_empty() {
+        let status = state.script.sidecar_refusals.remove(0);
+        let message = match status {
+            503 => "the model is not ready yet",
+            429 => "the image queue is full; retry later",
+            _ => "scripted failure",
+        };
+        return (
+            status,
+            json!({"error": {"message": message, "type": "server_error"}}),
+        );
+    }
+    let body = request.json();
+    let inputs: Vec<String> = match &body["input"] {
+        Value::String(one) => vec![one.clone()],
+        Value::Array(items) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    for (position, input) in inputs.iter().enumerate() {
+        if state
+            .script
+            .sidecar_bad_inputs
+            .iter()
+            .any(|bad| input.contains(bad.as_str()))
+        {
+            return (
+                400,
+                json!({"error": {"message": format!("input[{position}]: cannot decode the image"), "type": "invalid_request_error"}}),
+            );
+        }
+    }
+    let base64 = body["encoding_format"] == "base64";
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = fake_vector(input, state.dims);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    (
+        200,
+        json!({"object": "list", "data": data, "model": FAKE_MODEL, "usage": {"prompt_tokens": 0, "total_tokens": 0}}),
+    )
+}
+
 async fn handle(
     State(state): State<Arc<Mutex<EsState>>>,
     method: Method,
@@ -277,8 +533,19 @@ async fn handle(
         headers,
         body: body.to_vec(),
     };
+    let forward = state.lock().unwrap().script.pipeline_sidecar.clone();
+    let embedded = match forward {
+        Some(url)
+            if recorded.path.ends_with("/_bulk")
+                && recorded.param("pipeline").is_some_and(|p| p != "_none") =>
+        {
+            embed_through(&url, &recorded).await
+        }
+        _ => HashMap::new(),
+    };
     let mut state = state.lock().unwrap();
     state.requests.push(recorded.clone());
+    state.embedded = embedded;
     let (status, answer) = answer(&mut state, &recorded);
     drop(state);
     if status == DROP_CONNECTION {
@@ -297,6 +564,12 @@ async fn handle(
     } else {
         (status, axum::Json(answer)).into_response()
     };
+    if recorded.path.starts_with("/sidecar/") && matches!(status.as_u16(), 429 | 503) {
+        // As `sightline serve` does; 0 so the tests do not wait.
+        response
+            .headers_mut()
+            .insert("retry-after", "0".parse().unwrap());
+    }
     response
         .headers_mut()
         .insert("x-elastic-product", "Elasticsearch".parse().unwrap());
@@ -325,8 +598,14 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         ("GET", ["sidecar", "info"]) => (
             200,
             json!({"model": FAKE_MODEL, "dimensions": state.dims, "normalized": true, "similarity": "dot_product",
-                   "modalities": ["image", "text"], "max_seq_len": 128, "version": "0.1.0", "fingerprint": "sha256:fake"}),
+                   "modalities": ["image", "text"], "max_seq_len": 128,
+                   "max_inputs": 2048, "max_body_bytes": 67108864, "max_batch": {"image": 4, "text": 32},
+                   "max_pixels": 100000000, "jpeg_prescale": true, "version": "0.1.0", "fingerprint": FAKE_FINGERPRINT}),
         ),
+        ("POST", ["sidecar", "v1", "embeddings"]) => sidecar_embeddings(state, request),
+        ("GET", ["_license"]) => license_answer(state, request),
+        (_, ["_inference", ..]) if !at_least(&state.version, 8, 12) => no_handler(request),
+        (_, ["_inference", ..]) if !state.license.allows_inference() => licence_refusal(),
         (method, ["_inference", task, id]) => inference(state, method, task, id, request),
         ("PUT", ["_ingest", "pipeline", id]) => {
             state.pipelines.insert((*id).to_owned(), request.json());
@@ -359,11 +638,25 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         },
         ("POST", [index, "_mget"]) | ("GET", [index, "_mget"]) => mget(state, index, request),
         ("POST", [index, "_bulk"]) | ("PUT", [index, "_bulk"]) => bulk(state, index, request),
-        ("GET" | "POST", [_, "_refresh"]) => (
-            200,
-            json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}),
-        ),
-        ("POST", [index, "_search"]) | ("GET", [index, "_search"]) => search(state, index),
+        ("GET" | "POST", [index, "_refresh"]) => {
+            if state.indices.contains_key(*index) {
+                (
+                    200,
+                    json!({"_shards": {"total": 1, "successful": 1, "failed": 0}}),
+                )
+            } else {
+                es_error(
+                    404,
+                    "index_not_found_exception",
+                    &format!("no such index [{index}]"),
+                )
+            }
+        }
+        ("POST" | "GET", [index, "_search"]) => search(state, index, request, false),
+        ("POST" | "GET", [_, "_knn_search"]) if at_least(&state.version, 9, 0) => {
+            no_handler(request)
+        }
+        ("POST" | "GET", [index, "_knn_search"]) => search(state, index, request, true),
         _ => es_error(
             400,
             "illegal_argument_exception",
@@ -503,20 +796,14 @@ fn mget(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
 }
 
 fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
-    let lines = request.ndjson();
+    let mut lines = request.ndjson().into_iter();
     let pipeline = request.param("pipeline");
     let mut items = Vec::new();
-    for pair in lines.chunks(2) {
-        let [action, source] = pair else {
-            return es_error(
-                400,
-                "illegal_argument_exception",
-                "The bulk request must be terminated by a newline [\\n]",
-            );
-        };
+    while let Some(action) = lines.next() {
         let (op, meta) = action
             .as_object()
             .and_then(|a| a.iter().next())
+            .map(|(op, meta)| (op.clone(), meta.clone()))
             .expect("bulk action");
         let target = meta["_index"].as_str().unwrap_or(index).to_owned();
         let id = meta["_id"].as_str().unwrap_or_default().to_owned();
@@ -526,6 +813,24 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                 result.extend(extra.clone());
             }
             json!({ op.as_str(): result })
+        };
+        if op == "delete" {
+            let removed = state
+                .indices
+                .get_mut(&target)
+                .and_then(|found| found.docs.remove(&id));
+            items.push(match removed {
+                Some(_) => item(&target, 200, json!({"result": "deleted"})),
+                None => item(&target, 404, json!({"result": "not_found"})),
+            });
+            continue;
+        }
+        let Some(source) = lines.next() else {
+            return es_error(
+                400,
+                "illegal_argument_exception",
+                "The bulk request must be terminated by a newline [\\n]",
+            );
         };
         if let Some(remaining) = state.script.item_429.get_mut(&id) {
             if *remaining > 0 {
@@ -551,49 +856,85 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                     items.push(item(&target, 400, json!({"error": {"type": "illegal_argument_exception", "reason": format!("pipeline with id [{name}] does not exist")}})));
                     continue;
                 }
-                let has_image = document.get("image_b64").is_some_and(Value::is_string);
-                if !has_image || state.script.pipeline_fail_ids.contains(&id) {
-                    // on_failure: record the error, redirect to <index>-failed
-                    document["error"] = json!({"message": "simulated inference failure: the sidecar answered 400", "processor_type": "inference", "original_index": target});
-                    destination = format!("{target}-failed");
+                let image = document
+                    .get("image_b64")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                let failure = if image.is_none() || state.script.pipeline_fail_ids.contains(&id) {
+                    Some("simulated inference failure: the sidecar answered 400".to_owned())
+                } else if !state.license.allows_inference() {
+                    Some("current license is non-compliant for [inference]".to_owned())
+                } else if state.script.pipeline_outage > 0 {
+                    state.script.pipeline_outage -= 1;
+                    Some("Received an unsuccessful status code for request from inference entity id [sightline-clip] status [503]".to_owned())
                 } else {
-                    let object = document.as_object_mut().expect("document object");
-                    object.remove("image_b64");
-                    object.insert(
-                        "ml".to_owned(),
-                        json!({"image_vector": unit_vector(state.dims), "model_id": "fake"}),
-                    );
+                    None
+                };
+                match (failure, image) {
+                    (failure @ Some(_), _) | (failure @ None, None) => {
+                        let message = failure.unwrap_or_default();
+                        // on_failure: record the error, redirect to <index>-failed
+                        document["error"] = json!({"message": message, "processor_type": "inference", "original_index": target});
+                        document["failed_at"] = json!("2026-12-02T00:00:00.000Z");
+                        destination = format!("{target}-failed");
+                    }
+                    (None, Some(image)) => {
+                        let object = document.as_object_mut().expect("document object");
+                        object.remove("image_b64");
+                        let vector = state
+                            .embedded
+                            .get(&image)
+                            .cloned()
+                            .unwrap_or_else(|| fake_vector(&image, state.dims));
+                        object.insert(
+                            "ml".to_owned(),
+                            json!({"image_vector": vector, "model_id": "sightline-clip"}),
+                        );
+                    }
                 }
             }
         }
+        let base64_allowed = at_least(&state.version, 9, 3);
         let index_entry = state.indices.entry(destination.clone()).or_default();
-        if let Some(expected) = index_entry
-            .mappings
-            .pointer("/properties/ml/properties/image_vector/dims")
-            .and_then(Value::as_u64)
-        {
-            let got = document
-                .pointer("/ml/image_vector")
-                .and_then(Value::as_array)
-                .map(Vec::len);
-            if let Some(got) = got {
-                if got as u64 != expected {
+        if let Some(value) = document.pointer("/ml/image_vector") {
+            if value.is_string() && !base64_allowed {
+                items.push(item(&destination, 400, json!({"error": {"type": "document_parsing_exception",
+                    "reason": format!("[1:1] failed to parse field [ml.image_vector] of type [dense_vector] in document with id '{id}'. Preview of field's value: 'AAAA'"),
+                    "caused_by": {"type": "parsing_exception", "reason": "Failed to parse object: expecting token of type [START_ARRAY] but found [VALUE_STRING]"}}})));
+                continue;
+            }
+            let expected = index_entry
+                .mappings
+                .pointer("/properties/ml/properties/image_vector/dims")
+                .and_then(Value::as_u64);
+            let got = stored_vector(value).map(|v| v.len() as u64);
+            if let Some(expected) = expected {
+                if got != Some(expected) {
                     items.push(item(&destination, 400, json!({"error": {"type": "document_parsing_exception",
-                        "reason": format!("The [dense_vector] field [ml.image_vector] in doc [{id}] has a different number of dimensions [{got}] than defined in the mapping [{expected}]")}})));
+                        "reason": format!("The [dense_vector] field [ml.image_vector] in doc [{id}] has a different number of dimensions [{}] than defined in the mapping [{expected}]", got.unwrap_or(0))}})));
                     continue;
                 }
             }
         }
-        if op == "create" && index_entry.docs.contains_key(&id) {
+        let exists = index_entry.docs.contains_key(&id);
+        if op == "create" && exists {
             items.push(item(&destination, 409, json!({"error": {"type": "version_conflict_engine_exception", "reason": format!("[{id}]: version conflict, document already exists (current version [1])")}})));
             continue;
         }
         index_entry.docs.insert(id.clone(), document);
-        items.push(item(
-            &destination,
-            201,
-            json!({"result": "created", "_version": 1}),
-        ));
+        items.push(if exists {
+            item(
+                &destination,
+                200,
+                json!({"result": "updated", "_version": 2}),
+            )
+        } else {
+            item(
+                &destination,
+                201,
+                json!({"result": "created", "_version": 1}),
+            )
+        });
     }
     let errors = items.iter().any(|item| {
         item.as_object()
@@ -604,21 +945,105 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
     (200, json!({"took": 1, "errors": errors, "items": items}))
 }
 
-fn search(state: &mut EsState, index: &str) -> (u16, Value) {
-    let hits = match &state.script.search_hits {
-        Some(hits) => hits.clone(),
-        None => state
-            .indices
-            .get(index)
-            .map(|found| {
-                found
-                    .docs
-                    .iter()
-                    .map(|(id, source)| json!({"_index": index, "_id": id, "_score": 1.0, "_source": source}))
-                    .collect()
-            })
-            .unwrap_or_default(),
+/// The query vector of a search body, or the error ES gives for it.
+fn query_vector(state: &EsState, body: &Value) -> Result<Option<Vec<f32>>, (u16, Value)> {
+    if let Some(vector) = body.pointer("/knn/query_vector") {
+        return Ok(stored_vector(vector));
+    }
+    if let Some(builder) = body.pointer("/knn/query_vector_builder/text_embedding") {
+        if !state.license.allows_inference() {
+            return Err(licence_refusal());
+        }
+        // The endpoint is not looked up: tests assert the `model_id` they expect.
+        let text = builder["model_text"].as_str().unwrap_or_default();
+        return Ok(Some(fake_vector(text, state.dims)));
+    }
+    Ok(body
+        .pointer("/query/script_score/script/params/query_vector")
+        .and_then(stored_vector))
+}
+
+fn search(
+    state: &mut EsState,
+    index: &str,
+    request: &Recorded,
+    knn_endpoint: bool,
+) -> (u16, Value) {
+    if let Some(hits) = &state.script.search_hits {
+        let hits = hits.clone();
+        return (
+            200,
+            json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),
+        );
+    }
+    let body = if request.body.is_empty() {
+        json!({})
+    } else {
+        request.json()
     };
+    if body.get("knn").is_some() && !knn_endpoint && !at_least(&state.version, 8, 4) {
+        return es_error(
+            400,
+            "parsing_exception",
+            "Unknown key for a START_OBJECT in [knn].",
+        );
+    }
+    let vector = match query_vector(state, &body) {
+        Ok(vector) => vector,
+        Err(refusal) => return refusal,
+    };
+    let Some(found) = state.indices.get(index) else {
+        return es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        );
+    };
+    let mut docs: Vec<(String, Value, f64)> = found
+        .docs
+        .iter()
+        .map(|(id, source)| (id.clone(), source.clone(), 1.0))
+        .collect();
+    if let Some(field) = body.pointer("/query/exists/field").and_then(Value::as_str) {
+        docs.retain(|(_, source, _)| source.get(field).is_some());
+    }
+    let size = body
+        .pointer("/knn/k")
+        .or_else(|| body.get("size"))
+        .and_then(Value::as_u64)
+        .unwrap_or(10) as usize;
+    if let Some(vector) = vector {
+        docs = docs
+            .into_iter()
+            .filter_map(|(id, source, _)| {
+                let stored = source.pointer("/ml/image_vector").and_then(stored_vector)?;
+                let score: f32 = stored.iter().zip(&vector).map(|(a, b)| a * b).sum();
+                Some((id, source, f64::from(score)))
+            })
+            .collect();
+        docs.sort_by(|a, b| b.2.total_cmp(&a.2));
+    } else if body.pointer("/sort/0/content_hash").is_some() {
+        docs.sort_by(|a, b| {
+            a.1["content_hash"]
+                .as_str()
+                .cmp(&b.1["content_hash"].as_str())
+        });
+        if let Some(after) = body.pointer("/search_after/0").and_then(Value::as_str) {
+            docs.retain(|(_, source, _)| {
+                source["content_hash"]
+                    .as_str()
+                    .is_some_and(|hash| hash > after)
+            });
+        }
+    }
+    docs.truncate(size);
+    let hits: Vec<Value> = docs
+        .into_iter()
+        .map(|(id, source, score)| {
+            let sort = source["content_hash"].clone();
+            json!({"_index": index, "_id": id, "_score": score, "_source": source, "sort": [sort]})
+        })
+        .collect();
     (
         200,
         json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),

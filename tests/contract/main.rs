@@ -7,6 +7,7 @@ mod errors;
 mod es_docker;
 mod es_e2e;
 mod es_ingest;
+mod es_modes;
 mod es_search;
 mod es_setup;
 mod fake_es;

@@ -30,7 +30,7 @@ async fn body_builder_reproduces_recordings() {
     );
     assert_eq!(
         openai_body(&["how big"], None, None, true).as_bytes(),
-        recorded("openai-9.5-probe-base64.json")
+        recorded("openai-9.6-probe-base64.json")
     );
     assert_eq!(
         openai_body(&[&tiny], Some("es-ingest"), None, false).as_bytes(),
@@ -38,7 +38,7 @@ async fn body_builder_reproduces_recordings() {
     );
     assert_eq!(
         openai_body(&[TEXT, &tiny], Some("es-ingest"), Some(512), true).as_bytes(),
-        recorded("openai-9.5-all-fields.json")
+        recorded("openai-9.6-all-fields.json")
     );
     assert_eq!(hf_body(&["how big"]).as_bytes(), recorded("hf-probe.json"));
     assert_eq!(
@@ -78,7 +78,7 @@ async fn endpoint_creation_probe_gets_one_unit_vector_in_every_version() {
 
     let reply = send(
         &app,
-        openai_request("/v1/embeddings", recorded("openai-9.5-probe-base64.json")),
+        openai_request("/v1/embeddings", recorded("openai-9.6-probe-base64.json")),
     )
     .await;
     reply.assert_status(StatusCode::OK);
@@ -206,7 +206,7 @@ async fn newest_body_with_every_field_is_answered_in_base64() {
     let app = app();
     let reply = send(
         &app,
-        openai_request("/v1/embeddings", recorded("openai-9.5-all-fields.json")),
+        openai_request("/v1/embeddings", recorded("openai-9.6-all-fields.json")),
     )
     .await;
     reply.assert_status(StatusCode::OK);
@@ -432,11 +432,12 @@ async fn content_objects_of_the_embedding_task_are_inputs() {
         "image content object without the data: prefix",
     );
 
-    // The 9.4 `embedding` probe: the text "text" and a 28×28 black JPEG.
+    // Content objects (the text "text" and a 28×28 black JPEG): a shape no ES release sends to a
+    // configurable URL (contract §12 #8), accepted anyway.
     let probe = openai_vectors(
         &app,
         "/v1/embeddings",
-        recorded("embedding-9.4-probe-content-objects.json"),
+        recorded("content-objects-not-sent-by-es.json"),
         2,
     )
     .await;

@@ -100,7 +100,19 @@ enum RequestError {
 
 pub(super) fn make_entry(index: &str, path: &Path, id: &str, document: Value) -> Result<Entry> {
     // `create` so that a document is never overwritten: an id already there is a 409.
-    let action = json!({"create": {"_index": index, "_id": id}});
+    make_entry_as("create", index, path, id, document)
+}
+
+/// [`make_entry`] with another bulk action (`index` for a redrive through the pipeline, so a
+/// document that fails again replaces its copy in `<index>-failed` with the fresh reason).
+pub(super) fn make_entry_as(
+    op: &str,
+    index: &str,
+    path: &Path,
+    id: &str,
+    document: Value,
+) -> Result<Entry> {
+    let action = json!({ op: {"_index": index, "_id": id} });
     Ok(Entry {
         path: path.to_path_buf(),
         id: id.to_owned(),
@@ -154,11 +166,14 @@ pub(crate) fn found_ids(answer: &MgetResponse) -> HashSet<String> {
         .collect()
 }
 
+/// Sends `entries` with retries; every entry ends counted in `report` or in the failures file.
+/// Returns the ids now in the index (indexed, or already there).
 pub(super) async fn send_with_retries(
     context: &RunState,
     entries: Vec<Entry>,
     report: &mut IngestReport,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let mut done = Vec::new();
     let mut pending = entries;
     let mut attempt: u32 = 1;
     loop {
@@ -174,10 +189,12 @@ pub(super) async fn send_with_retries(
                         ItemOutcome::Indexed => {
                             report.indexed += 1;
                             context.progress.inc(1);
+                            done.push(entry.id);
                         }
                         ItemOutcome::AlreadyPresent => {
                             report.already_present += 1;
                             context.progress.inc(1);
+                            done.push(entry.id);
                         }
                         ItemOutcome::Redirected { index } => redirected.push((entry, index)),
                         ItemOutcome::Retry { status, reason } => {
@@ -214,11 +231,11 @@ pub(super) async fn send_with_retries(
                     record.attempts = attempt;
                     context.fail(record, report)?;
                 }
-                return Ok(());
+                return Ok(done);
             }
         }
         if retry.is_empty() {
-            return Ok(());
+            return Ok(done);
         }
         if attempt > context.config.retry.max_retries {
             for entry in retry {
@@ -232,7 +249,7 @@ pub(super) async fn send_with_retries(
                 record.attempts = attempt;
                 context.fail(record, report)?;
             }
-            return Ok(());
+            return Ok(done);
         }
         tokio::time::sleep(context.config.retry.delay(attempt)).await;
         attempt += 1;
@@ -255,7 +272,7 @@ async fn send_bulk(
     let pipeline = match &context.config.mode {
         IngestMode::Pipeline(name) => name.as_str(),
         // The index's default pipeline would try to embed a document that has no image.
-        IngestMode::Local(_) => "_none",
+        IngestMode::Vectors(_) => "_none",
     };
     let bulk = context
         .client

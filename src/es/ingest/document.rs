@@ -6,8 +6,10 @@ use std::path::Path;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use base64::Engine as _;
+
 use crate::es::image::PreparedImage;
-use crate::es::IMAGE_FIELD;
+use crate::es::{FINGERPRINT_FIELD, IMAGE_FIELD};
 
 /// Hex SHA-256 of the file content: the document `_id`.
 pub(crate) fn content_id(bytes: &[u8]) -> String {
@@ -16,14 +18,25 @@ pub(crate) fn content_id(bytes: &[u8]) -> String {
 
 /// Where the vector comes from, for [`build_document`].
 pub(crate) enum DocumentVector<'a> {
-    /// The pipeline embeds `image_b64`.
-    Pipeline,
-    /// A finished vector (`--embed-locally`).
+    /// The pipeline embeds `image_b64`; `fingerprint` is the one the index recorded at setup.
+    Pipeline { fingerprint: &'a str },
+    /// A finished vector (vectors mode: from the sidecar or `--embed-locally`).
     Local {
         vector: &'a [f32],
         model: &'a str,
+        fingerprint: &'a str,
+        /// Send the vector as a base64 string (9.3+) instead of a float array.
+        base64: bool,
         ingested_at_ms: u64,
     },
+}
+
+/// A `dense_vector` value as 9.3+ accepts it in a document: base64 of IEEE-754 float32,
+/// big-endian (see `Cluster::accepts_base64_vectors`). 512 floats: 2 732 characters instead of
+/// ≈ 5 700 as JSON numbers.
+pub(crate) fn base64_vector(vector: &[f32]) -> String {
+    let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_be_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 /// The document for one image. Field names follow `es-config/index-template.json`.
@@ -50,18 +63,31 @@ pub(crate) fn build_document(
     });
     if let Some(object) = document.as_object_mut() {
         match vector {
-            DocumentVector::Pipeline => {
+            DocumentVector::Pipeline { fingerprint } => {
                 object.insert(IMAGE_FIELD.to_owned(), Value::String(image.data_uri()));
+                if !fingerprint.is_empty() {
+                    object.insert(FINGERPRINT_FIELD.to_owned(), json!(fingerprint));
+                }
             }
             DocumentVector::Local {
                 vector,
                 model,
+                fingerprint,
+                base64,
                 ingested_at_ms,
             } => {
+                let value = if base64 {
+                    json!(base64_vector(vector))
+                } else {
+                    json!(vector)
+                };
                 object.insert(
                     "ml".to_owned(),
-                    json!({"image_vector": vector, "model_id": model}),
+                    json!({"image_vector": value, "model_id": model}),
                 );
+                if !fingerprint.is_empty() {
+                    object.insert(FINGERPRINT_FIELD.to_owned(), json!(fingerprint));
+                }
                 object.insert("ingested_at".to_owned(), json!(ingested_at_ms));
             }
         }
@@ -93,7 +119,7 @@ mod tests {
             &id,
             bytes.len(),
             &image,
-            DocumentVector::Pipeline,
+            DocumentVector::Pipeline { fingerprint: "" },
         );
         assert_eq!(document["content_hash"], id.as_str());
         assert_eq!(document["file_name"], "cat.png");
@@ -123,6 +149,8 @@ mod tests {
             DocumentVector::Local {
                 vector: &vector,
                 model: "clip",
+                fingerprint: "sha256:ab",
+                base64: false,
                 ingested_at_ms: 42,
             },
         );
@@ -130,5 +158,29 @@ mod tests {
         assert_eq!(document["ml"]["model_id"], "clip");
         assert_eq!(document["ml"]["image_vector"].as_array().unwrap().len(), 2);
         assert_eq!(document["ingested_at"], 42);
+        assert_eq!(document[FINGERPRINT_FIELD], "sha256:ab");
+    }
+
+    #[test]
+    fn base64_vectors_are_big_endian_float32() {
+        // 1.0f32 = 0x3F800000, 2.0 = 0x40000000: big-endian bytes 3F 80 00 00 40 00 00 00.
+        assert_eq!(base64_vector(&[1.0, 2.0]), "P4AAAEAAAAA=");
+        let bytes = png_bytes(7);
+        let image = prepare(&bytes, ImageOptions::default()).unwrap();
+        let document = build_document(
+            Path::new("x.png"),
+            "id",
+            bytes.len(),
+            &image,
+            DocumentVector::Local {
+                vector: &[1.0, 2.0],
+                model: "clip",
+                fingerprint: "",
+                base64: true,
+                ingested_at_ms: 1,
+            },
+        );
+        assert_eq!(document["ml"]["image_vector"], "P4AAAEAAAAA=");
+        assert!(document.get(FINGERPRINT_FIELD).is_none());
     }
 }

@@ -5,8 +5,9 @@
 //!    document however often or under whatever name it is ingested;
 //! 2. ask `_mget` which ids the index already has, and drop those: a second run over the same
 //!    folder sends no `_bulk` at all, and an interrupted run resumes where it stopped;
-//! 3. decode the rest and build documents (base64 payload, metadata, thumbnail; with
-//!    `--embed-locally`, the vector instead of the payload);
+//! 3. decode the rest and build documents (metadata, thumbnail, and in vectors mode — the
+//!    default — the vector from the sidecar or `--embed-locally`: base64 on 9.3+, floats before;
+//!    with `--via-pipeline`, the base64 image the pipeline embeds);
 //! 4. `_bulk` them with `create` through the pipeline. The whole request is retried with
 //!    exponential backoff on 429/502/503/504 and on connection errors, and items that come back
 //!    429/502/503/504 are retried on their own. A 409 on the index means another run got there
@@ -17,11 +18,13 @@
 //!
 //! This file owns the configuration and that flow; each step's details live beside it:
 //! `walk.rs` (finding files), `document.rs` (`_id` and fields), `bulk.rs` (the requests and
-//! their answers), `retry.rs` (backoff), `failures.rs` (the failures file).
+//! their answers), `retry.rs` (backoff), `failures.rs` (the failures file), `redrive.rs`
+//! (`ingest --redrive`: the documents the pipeline parked in `<index>-failed`, sent again).
 
 mod bulk;
 mod document;
 mod failures;
+mod redrive;
 mod retry;
 mod walk;
 
@@ -47,23 +50,25 @@ use super::semantic_pipeline_name;
 use bulk::{existing_ids, make_entry, send_with_retries, Entry};
 use document::{build_document, content_id, DocumentVector};
 use failures::{FailureLog, FailureRecord};
+pub(crate) use redrive::redrive;
 pub(crate) use retry::RetryPolicy;
 use walk::walk;
 
 /// Where vectors come from.
 #[derive(Clone)]
 pub(crate) enum IngestMode {
-    /// The cluster embeds through this pipeline (8.12+).
+    /// The cluster embeds through this pipeline (8.12+, enterprise/trial).
     Pipeline(String),
-    /// The CLI embeds and sends finished vectors (any version).
-    Local(Arc<dyn LocalEmbedder>),
+    /// The CLI gets vectors (sidecar or local engine) and sends them finished (any version or
+    /// licence).
+    Vectors(Arc<dyn LocalEmbedder>),
 }
 
 impl std::fmt::Debug for IngestMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             IngestMode::Pipeline(name) => write!(f, "Pipeline({name})"),
-            IngestMode::Local(embedder) => write!(f, "Local({})", embedder.model().name),
+            IngestMode::Vectors(embedder) => write!(f, "Vectors({})", embedder.model().name),
         }
     }
 }
@@ -111,6 +116,8 @@ impl IngestReport {
 struct RunState {
     client: Elasticsearch,
     config: IngestConfig,
+    /// What preflight learnt about the cluster and the index.
+    target: Target,
     seen: Mutex<HashSet<String>>,
     failures: FailureLog,
     progress: ProgressBar,
@@ -131,7 +138,7 @@ impl RunState {
 /// Runs the whole ingest. `Err` only for problems that stop everything (cluster unreachable,
 /// bad credentials, missing pipeline); per-file problems are counted and logged.
 pub(crate) async fn run(client: Elasticsearch, config: IngestConfig) -> Result<IngestReport> {
-    preflight(&client, &config).await?;
+    let target = preflight(&client, &config).await?;
     let failures = FailureLog::create(&config.failures_path)?;
     let (files, walk_failures) = walk(&config.paths);
     let mut report = IngestReport {
@@ -153,6 +160,7 @@ pub(crate) async fn run(client: Elasticsearch, config: IngestConfig) -> Result<I
     };
     let context = Arc::new(RunState {
         client,
+        target,
         seen: Mutex::new(HashSet::new()),
         failures,
         progress,
@@ -184,15 +192,62 @@ pub(crate) async fn run(client: Elasticsearch, config: IngestConfig) -> Result<I
     Ok(report)
 }
 
+/// What the documents of a run depend on.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    /// Vectors go as base64 strings (9.3+).
+    pub(crate) base64_vectors: bool,
+    /// The fingerprint the index recorded at setup (`_meta`), if any.
+    pub(crate) recorded_fingerprint: Option<String>,
+}
+
+/// `_meta.model_fingerprint` of `index`'s mapping; `None` when the index does not exist or
+/// records none.
+pub(crate) async fn index_fingerprint(
+    client: &Elasticsearch,
+    index: &str,
+) -> Result<Option<String>> {
+    let request = format!("GET {index}/_mapping");
+    let indices = [index];
+    let namespace = client.indices();
+    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
+        &indices,
+    ));
+    match call::<serde_json::Value>(&request, get.send()).await {
+        Ok(mapping) => Ok(super::model_info::recorded_fingerprint(&mapping)),
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
+        Err(err) => Err(err.into()),
+    }
+}
+
 /// Fails early, with a fix, on what would otherwise fail every document.
-async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<()> {
+async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<Target> {
     let cluster = cluster_info(client).await?;
+    let recorded_fingerprint = index_fingerprint(client, &config.index).await?;
+    if let IngestMode::Vectors(embedder) = &config.mode {
+        super::model_info::check_same_model(
+            &config.index,
+            recorded_fingerprint.as_deref(),
+            embedder.model(),
+        )?;
+    }
+    let target = Target {
+        base64_vectors: cluster.accepts_base64_vectors(),
+        recorded_fingerprint,
+    };
     match &config.mode {
         IngestMode::Pipeline(pipeline) => {
             if !cluster.has_inference_api() {
                 bail!(
-                    "Elasticsearch {} cannot call the sidecar (the inference API needs 8.12+); use --embed-locally --model-dir DIR",
+                    "Elasticsearch {} cannot call the sidecar (the inference API needs 8.12+); drop --via-pipeline (ingest then sends vectors from the sidecar) or use --embed-locally --model-dir DIR",
                     cluster.version
+                );
+            }
+            let license = super::mode::read_license(client).await?;
+            if !cluster.serverless && !super::mode::license_allows_inference(license.as_ref()) {
+                bail!(
+                    "--via-pipeline needs the Inference API, which the cluster's {} does not cover (it needs an active enterprise or trial licence); drop --via-pipeline: ingest then sends vectors from the sidecar",
+                    super::mode::describe_license(license.as_ref())
                 );
             }
             let request = format!("GET _ingest/pipeline/{pipeline}");
@@ -214,7 +269,7 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<()> 
                 Err(err) => return Err(err.into()),
             }
         }
-        IngestMode::Local(embedder) => {
+        IngestMode::Vectors(embedder) => {
             let request = format!("HEAD {}", config.index);
             let index = [config.index.as_str()];
             let indices = client.indices();
@@ -229,7 +284,10 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<()> 
                         index: config.index.clone(),
                         pipeline: None,
                         inference_id: String::new(),
+                        search_inference_id: String::new(),
                         model: model.name.clone(),
+                        fingerprint: model.fingerprint.clone(),
+                        mode: super::mode::Mode::Vectors,
                         dims: model.dimensions,
                         similarity: model.similarity,
                     };
@@ -244,7 +302,7 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<()> 
             }
         }
     }
-    Ok(())
+    Ok(target)
 }
 
 /// A file read and hashed.
@@ -352,14 +410,26 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
                     &context.config.index,
                     path,
                     id,
-                    build_document(path, id, *size, image, DocumentVector::Pipeline),
+                    build_document(
+                        path,
+                        id,
+                        *size,
+                        image,
+                        DocumentVector::Pipeline {
+                            fingerprint: context
+                                .target
+                                .recorded_fingerprint
+                                .as_deref()
+                                .unwrap_or(""),
+                        },
+                    ),
                 )
             })
             .collect::<Result<Vec<_>>>()?,
-        IngestMode::Local(embedder) => {
+        IngestMode::Vectors(embedder) => {
             let payloads = images
                 .iter()
-                .map(|(_, _, _, image)| image.payload.clone())
+                .map(|(_, _, _, image)| (image.payload_mime, image.payload.clone()))
                 .collect();
             let vectors = embedder.embed_images(payloads).await;
             let model = embedder.model();
@@ -378,6 +448,8 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
                             DocumentVector::Local {
                                 vector: &vector,
                                 model: &model.name,
+                                fingerprint: &model.fingerprint,
+                                base64: context.target.base64_vectors,
                                 ingested_at_ms: now_ms,
                             },
                         );
@@ -407,20 +479,31 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
     };
 
     // 5. bulk, split by size
+    send_entries(&context, entries, &mut report).await?;
+    Ok(report)
+}
+
+/// `_bulk` in requests of at most `--bulk-max-bytes`; returns the ids now in the index.
+async fn send_entries(
+    context: &RunState,
+    entries: Vec<Entry>,
+    report: &mut IngestReport,
+) -> Result<Vec<String>> {
+    let mut done = Vec::new();
     let mut request: Vec<Entry> = Vec::new();
     let mut request_bytes = 0;
     for entry in entries {
         if !request.is_empty() && request_bytes + entry.size() > context.config.bulk_max_bytes {
-            send_with_retries(&context, std::mem::take(&mut request), &mut report).await?;
+            done.extend(send_with_retries(context, std::mem::take(&mut request), report).await?);
             request_bytes = 0;
         }
         request_bytes += entry.size();
         request.push(entry);
     }
     if !request.is_empty() {
-        send_with_retries(&context, request, &mut report).await?;
+        done.extend(send_with_retries(context, request, report).await?);
     }
-    Ok(report)
+    Ok(done)
 }
 
 /// Small images for the unit tests of this module's files.
