@@ -42,7 +42,9 @@ enum OpenAiInput {
 #[serde(untagged)]
 enum OpenAiItem {
     Text(String),
-    /// ES's multimodal content object (`embedding` task, es-contract §10).
+    /// The multimodal content-object form (es-contract §10). No Elasticsearch release sends it
+    /// to a configurable URL (9.5's `openai` `embedding` task is text-only); accepted so the day
+    /// one does needs no change.
     Content {
         content: ContentObject,
     },
