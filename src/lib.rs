@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod engine;
 pub mod es;
+pub mod gallery;
 pub mod http;
 pub mod metrics;
 pub mod model;
