@@ -45,7 +45,7 @@ async fn gallery_ui_in_headless_chromium() {
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let gallery = app(config(&fake, &sidecar)).unwrap();
     let server = tokio::spawn(axum::serve(listener, gallery).into_future());
-    let browser = Browser::start(&driver, &chromium, 1280, 900).await;
+    let browser = Browser::start(&driver, &chromium, 1280, 1000).await;
     browser.goto(&url).await;
     browser
         .wait_for(

@@ -4,7 +4,7 @@
 //! endpoints are all the test needs, and the project's own HTTP client already speaks JSON.
 //! Every wait has a deadline ([`PATIENCE`]); the driver process is killed on drop.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::common::PATIENCE;
 
 /// W3C's key for element references in JSON.
-const ELEMENT_KEY: &str = "element-6066-11e4-a52f-4a0e-b86f-d7ba0b2d2a0b";
+const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 /// Where Debian's `chromium` and `chromium-driver` put their programs (`scripts/setup-ui.sh`).
 pub fn browser_paths() -> Option<(PathBuf, PathBuf)> {
@@ -46,7 +46,7 @@ impl Drop for Browser {
 impl Browser {
     /// Starts `driver` on a free loopback port and opens a headless session of `browser` with
     /// a `width` × `height` window.
-    pub async fn start(driver: &PathBuf, browser: &PathBuf, width: u32, height: u32) -> Browser {
+    pub async fn start(driver: &Path, browser: &Path, width: u32, height: u32) -> Browser {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
@@ -144,7 +144,10 @@ impl Browser {
         let found = self
             .post("/element", json!({"using": "css selector", "value": css}))
             .await;
-        found[ELEMENT_KEY].as_str().unwrap().to_owned()
+        found[ELEMENT_KEY]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element for {css}: {found}"))
+            .to_owned()
     }
 
     pub async fn click(&self, css: &str) {
