@@ -4,7 +4,7 @@
 MODEL_DIR ?= models/clip-ViT-B-32-multilingual-v1
 ARGS ?=
 
-.PHONY: setup run test lint fixtures bench test-deploy
+.PHONY: setup run test lint fixtures bench test-deploy test-ui
 
 setup:
 	@scripts/setup.sh
@@ -22,6 +22,12 @@ test: setup lint test-deploy
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
+
+## The gallery in headless Chromium (installs chromium + chromium-driver when missing): type,
+## drop, more like this, a filter, the sidecar stopped. Also rewrites the README screenshot.
+test-ui: setup
+	@scripts/setup-ui.sh
+	SIGHTLINE_SCREENSHOT=$(CURDIR)/docs/gallery.png cargo test --test contract gallery_ui -- --ignored
 
 ## Render deploy/kubernetes and check it against the Kubernetes schemas and checkov (no cluster).
 test-deploy:

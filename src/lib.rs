@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod engine;
 pub mod es;
+pub mod gallery;
 pub mod http;
 mod metrics;
 pub mod model;

@@ -13,6 +13,9 @@ mod search;
 mod serve;
 mod setup;
 
+/// Shared with `sightline gallery` (`src/gallery/`).
+pub(crate) use serve::{parse_bytes, shutdown_signal};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sightline",
@@ -41,6 +44,8 @@ enum Command {
     Search(search::SearchArgs),
     /// Measure end-to-end throughput against model-only (see `make bench`).
     Bench(bench::BenchArgs),
+    /// Serve a web page to search the image index by words or by picture.
+    Gallery(crate::gallery::GalleryArgs),
 }
 
 /// Exit codes: 0 success, 1 some inputs failed, 2 the command itself failed.
@@ -63,6 +68,7 @@ pub fn main() -> ExitCode {
             Command::Ingest(args) => ingest::run(args).await,
             Command::Search(args) => search::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Gallery(args) => crate::gallery::run(args).await,
         }
     });
     match outcome {

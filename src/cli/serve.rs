@@ -320,7 +320,7 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// Resolves on SIGTERM (docker stop, Kubernetes) or SIGINT (Ctrl-C). The handlers are installed
 /// when this is called, not when the future is first polled: a signal that arrives right after
 /// "serving" is logged must still shut down gracefully instead of killing the process.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     let signals = {
         use tokio::signal::unix::{signal, SignalKind};
@@ -348,7 +348,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 /// `67108864`, `64MiB`, `64MB`, `512KiB`, `1GiB`.
-fn parse_bytes(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);

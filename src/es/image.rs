@@ -29,7 +29,7 @@ pub(crate) const IMAGE_EXTENSIONS: [&str; 9] = [
 
 /// Size limits for the payload and the thumbnail.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ImageOptions {
+pub struct ImageOptions {
     /// Longer side of the payload sent for embedding; larger images are shrunk.
     pub max_side: u32,
     /// Longer side of the stored thumbnail.
@@ -47,7 +47,7 @@ impl Default for ImageOptions {
 
 /// A decoded, checked image ready to be put in a document.
 #[derive(Debug, Clone)]
-pub(crate) struct PreparedImage {
+pub struct PreparedImage {
     /// `jpeg`, `png`, … as sniffed from the content, not the file name.
     pub format: &'static str,
     /// Size after EXIF rotation, as a viewer shows it.
@@ -63,11 +63,11 @@ pub(crate) struct PreparedImage {
 impl PreparedImage {
     /// `data:image/…;base64,…`: the form contract §11.9 recommends, so the sidecar can never
     /// mistake an image for text.
-    pub(crate) fn data_uri(&self) -> String {
+    pub fn data_uri(&self) -> String {
         data_uri(self.payload_mime, &self.payload)
     }
 
-    pub(crate) fn thumbnail_base64(&self) -> String {
+    pub fn thumbnail_base64(&self) -> String {
         BASE64.encode(&self.thumbnail)
     }
 }
@@ -94,7 +94,7 @@ pub(crate) fn has_image_extension(path: &Path) -> bool {
 /// (`engine::preprocess::decode_rgb`: same limits, EXIF rotation, truncated-JPEG check, alpha on
 /// white), so a file ingest accepts is one the sidecar accepts too. Errors say why the file is not
 /// a usable image; callers report them per file.
-pub(crate) fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
+pub fn prepare(bytes: &[u8], options: ImageOptions) -> Result<PreparedImage> {
     let format = supported_format(bytes, "the file is").map_err(|err| anyhow!("{err}"))?;
     // Full-resolution decode (no JPEG prescale): the metadata reports the real size, and the
     // payload and thumbnail are resized from all the pixels.

@@ -25,7 +25,7 @@
 pub(crate) mod assets;
 pub(crate) mod body;
 pub mod client;
-pub(crate) mod image;
+pub mod image;
 pub(crate) mod ingest;
 pub(crate) mod local;
 pub(crate) mod mode;

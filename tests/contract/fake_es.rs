@@ -981,6 +981,11 @@ fn search(
     } else {
         request.json()
     };
+    // The gallery pages with `from` and reads stored vectors with an `ids` query: those get the
+    // fuller model of ES's scoring, filters and `_source` vector rules.
+    if body.get("from").is_some() || body.pointer("/query/ids").is_some() {
+        return vector_search(state, index, &body);
+    }
     if body.get("knn").is_some() && !knn_endpoint && !at_least(&state.version, 8, 4) {
         return es_error(
             400,
@@ -1048,6 +1053,176 @@ fn search(
         200,
         json!({"took": 1, "timed_out": false, "hits": {"total": {"value": hits.len(), "relation": "eq"}, "max_score": 1.0, "hits": hits}}),
     )
+}
+
+/// `_search` with `knn.query_vector` (scored by cosine against the stored vectors as ES scores
+/// `cosine`/`dot_product`: `(1 + cos) / 2`, after the kNN `filter`) or with an `ids` query. Like
+/// ES: a missing index is a 404; from 9.2 vectors are left out of `_source` unless the request
+/// says `exclude_vectors: false`, and before 8.19/9.1 that key is a parse error.
+fn vector_search(state: &EsState, index: &str, body: &Value) -> (u16, Value) {
+    let Some(found) = state.indices.get(index) else {
+        return es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        );
+    };
+    let version: Vec<u32> = state
+        .version
+        .split(['.', '-'])
+        .take(2)
+        .map(|p| p.parse().unwrap_or(0))
+        .collect();
+    let at_least = |major: u32, minor: u32| {
+        (
+            version.first().copied().unwrap_or(0),
+            version.get(1).copied().unwrap_or(0),
+        ) >= (major, minor)
+    };
+    let exclude_key = body.pointer("/_source/exclude_vectors");
+    let knows_key = at_least(9, 1) || (version.first() == Some(&8) && at_least(8, 19));
+    if exclude_key.is_some() && !knows_key {
+        return es_error(
+            400,
+            "x_content_parse_exception",
+            "[_source] unknown field [exclude_vectors]",
+        );
+    }
+    let hide_vectors = at_least(9, 2) && exclude_key != Some(&json!(false));
+    let mut scored: Vec<(f64, &String, &Value)> = Vec::new();
+    if let Some(ids) = body.pointer("/query/ids/values").and_then(Value::as_array) {
+        for id in ids.iter().filter_map(Value::as_str) {
+            if let Some((id, source)) = found.docs.get_key_value(id) {
+                scored.push((1.0, id, source));
+            }
+        }
+    } else {
+        let knn = &body["knn"];
+        let query: Vec<f64> = knn["query_vector"]
+            .as_array()
+            .map(|v| v.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let field = knn["field"].as_str().unwrap_or("ml.image_vector");
+        let filter = knn.get("filter").cloned().unwrap_or(Value::Null);
+        for (id, source) in &found.docs {
+            match matches_filter(source, &filter) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(reason) => return es_error(400, "parsing_exception", &reason),
+            }
+            let Some(stored) = dotted(source, field).and_then(Value::as_array) else {
+                continue;
+            };
+            let stored: Vec<f64> = stored.iter().filter_map(Value::as_f64).collect();
+            if stored.len() != query.len() {
+                return es_error(
+                    400,
+                    "illegal_argument_exception",
+                    &format!(
+                        "the query vector has a different number of dimensions [{}] than the document vectors [{}]",
+                        query.len(),
+                        stored.len()
+                    ),
+                );
+            }
+            scored.push(((1.0 + cosine_f64(&query, &stored)) / 2.0, id, source));
+        }
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(b.1)));
+        scored.truncate(knn["k"].as_u64().unwrap_or(10) as usize);
+    }
+    let from = body["from"].as_u64().unwrap_or(0) as usize;
+    let size = body["size"].as_u64().unwrap_or(10) as usize;
+    let hits: Vec<Value> = scored
+        .iter()
+        .skip(from)
+        .take(size)
+        .map(|(score, id, source)| {
+            let mut source = (*source).clone();
+            if hide_vectors {
+                if let Some(ml) = source.get_mut("ml").and_then(Value::as_object_mut) {
+                    ml.remove("image_vector");
+                }
+            }
+            json!({"_index": index, "_id": id, "_score": score, "_source": source})
+        })
+        .collect();
+    (
+        200,
+        json!({"took": 1, "timed_out": false, "hits": {"max_score": hits.first().map(|h| h["_score"].clone()), "hits": hits}}),
+    )
+}
+
+/// The value at a dotted path of a document.
+fn dotted<'a>(source: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(source, |value, key| value.get(key))
+}
+
+fn cosine_f64(a: &[f64], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let denominator = norm(a) * norm(b);
+    if denominator == 0.0 {
+        0.0
+    } else {
+        dot / denominator
+    }
+}
+
+/// The filter clauses the gallery sends (`bool.filter` of `terms`, `range`, `prefix`); any
+/// other clause is an error, so a test notices a filter the fake would silently ignore.
+fn matches_filter(source: &Value, filter: &Value) -> Result<bool, String> {
+    match filter {
+        Value::Null => Ok(true),
+        Value::Array(clauses) => {
+            for clause in clauses {
+                if !matches_filter(source, clause)? {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+        Value::Object(object) => {
+            let (kind, spec) = object.iter().next().ok_or("empty filter clause")?;
+            let (field, condition) = spec
+                .as_object()
+                .and_then(|o| o.iter().next())
+                .ok_or_else(|| format!("[{kind}] needs a field"))?;
+            match kind.as_str() {
+                "bool" => {
+                    let clauses = spec.get("filter").cloned().unwrap_or(Value::Null);
+                    matches_filter(source, &clauses)
+                }
+                "terms" => {
+                    let value = dotted(source, field);
+                    Ok(condition
+                        .as_array()
+                        .is_some_and(|options| value.is_some_and(|v| options.contains(v))))
+                }
+                "prefix" => Ok(
+                    match (
+                        dotted(source, field).and_then(Value::as_str),
+                        condition.as_str(),
+                    ) {
+                        (Some(value), Some(prefix)) => value.starts_with(prefix),
+                        _ => false,
+                    },
+                ),
+                "range" => {
+                    let Some(value) = dotted(source, field).and_then(Value::as_f64) else {
+                        return Ok(false);
+                    };
+                    let bound = |key: &str| condition.get(key).and_then(Value::as_f64);
+                    Ok(bound("gte").is_none_or(|b| value >= b)
+                        && bound("lte").is_none_or(|b| value <= b)
+                        && bound("gt").is_none_or(|b| value > b)
+                        && bound("lt").is_none_or(|b| value < b))
+                }
+                other => Err(format!("fake ES cannot filter with [{other}]")),
+            }
+        }
+        other => Err(format!("fake ES cannot read the filter {other}")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
