@@ -4,7 +4,7 @@
 MODEL_DIR ?= models/clip-ViT-B-32-multilingual-v1
 ARGS ?=
 
-.PHONY: setup run test lint fixtures bench test-deploy test-ui
+.PHONY: setup run test lint fixtures bench test-deploy test-ui screenshot
 
 setup:
 	@scripts/setup.sh
@@ -17,6 +17,7 @@ run: setup
 ## Formatting, lints, the whole test suite (unit, golden, contract, CLI) and the deployment files.
 test: setup lint test-deploy
 	cargo test --all-targets
+	@$(MAKE) --no-print-directory test-ui
 	@[ -n "$$SIGHTLINE_ES_URL" ] || echo "*** SKIPPED es_e2e (real Elasticsearch): set SIGHTLINE_ES_URL and SIGHTLINE_SIDECAR_URL to run setup -> ingest -> search against a cluster ***"
 
 lint:
@@ -26,6 +27,11 @@ lint:
 ## The gallery in headless Chromium (installs chromium + chromium-driver when missing): type,
 ## drop, more like this, a filter, the sidecar stopped. Also rewrites the README screenshot.
 test-ui: setup
+	@scripts/setup-ui.sh
+	cargo test --test contract gallery_ui -- --ignored
+
+## The same browser run, writing the README's screenshot to docs/gallery.png.
+screenshot: setup
 	@scripts/setup-ui.sh
 	SIGHTLINE_SCREENSHOT=$(CURDIR)/docs/gallery.png cargo test --test contract gallery_ui -- --ignored
 
