@@ -16,13 +16,10 @@ use serde_json::{json, Value};
 use crate::es::client::{call, EsError};
 use crate::es::search::default_num_candidates;
 use crate::es::version::Cluster;
+use crate::es::FINGERPRINT_FIELD;
 
 /// Largest `k` (and `num_candidates`) Elasticsearch accepts; offset + page size must fit.
 pub(crate) const MAX_WINDOW: usize = 10_000;
-
-/// `_meta` key of the index mapping where `setup` records the sidecar's model fingerprint
-/// (issue 11 §5). Indices created before that carry none and are checked by dimensions only.
-pub(crate) const FINGERPRINT_META: &str = "fingerprint";
 
 /// Fields returned per hit: enough for a tile and its larger view; never the vector.
 const HIT_FIELDS: [&str; 9] = [
@@ -207,7 +204,7 @@ pub(crate) fn index_facts(answer: &Value, field: &str) -> IndexFacts {
         }
         if facts.fingerprint.is_none() {
             facts.fingerprint = index
-                .pointer(&format!("/mappings/_meta/{FINGERPRINT_META}"))
+                .pointer(&format!("/mappings/_meta/{FINGERPRINT_FIELD}"))
                 .and_then(Value::as_str)
                 .filter(|f| !f.is_empty())
                 .map(str::to_owned);
@@ -422,7 +419,7 @@ mod tests {
 
     #[test]
     fn mapping_gives_dims_and_fingerprint() {
-        let answer = json!({"photos-1": {"mappings": {"_meta": {"fingerprint": "sha256:ab"},
+        let answer = json!({"photos-1": {"mappings": {"_meta": {"model_fingerprint": "sha256:ab"},
             "properties": {"ml": {"properties": {"image_vector": {"type": "dense_vector", "dims": 512}}}}}}});
         let facts = index_facts(&answer, "ml.image_vector");
         assert_eq!(facts.indices, vec!["photos-1".to_owned()]);

@@ -115,7 +115,7 @@ pub async fn indexed_cluster(version: &str) -> (FakeEs, BTreeMap<String, Indexed
     let fingerprint = sidecar_fingerprint().await;
     fake.seed_index(
         INDEX,
-        json!({"_meta": {"fingerprint": fingerprint},
+        json!({"_meta": {"model_fingerprint": fingerprint},
                "properties": {"ml": {"properties": {"image_vector": {"type": "dense_vector", "dims": DIMS}}}}}),
     );
     let names = fixture_names();
@@ -686,7 +686,7 @@ async fn a_different_model_than_the_index_is_refused() {
     let own = sidecar_fingerprint().await;
     fake.seed_index(
         INDEX,
-        json!({"_meta": {"fingerprint": "sha256:another-model"},
+        json!({"_meta": {"model_fingerprint": "sha256:another-model"},
                "properties": {"ml": {"properties": {"image_vector": {"type": "dense_vector", "dims": DIMS}}}}}),
     );
     let gallery = app(config(&fake, &sidecar)).unwrap();
