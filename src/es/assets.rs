@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use super::mode::Mode;
 use super::version::{Cluster, Service};
 use super::{SEMANTIC_FIELD, VECTOR_FIELD};
-use crate::engine::Similarity;
+use crate::engine::{ModelInfo, Similarity};
 use crate::sidecar::Lane;
 
 /// One compiled-in asset: its path (for messages) and its text.
@@ -223,6 +223,22 @@ pub(crate) struct IndexParams {
 }
 
 impl IndexParams {
+    /// An index whose documents arrive with their vector (`vectors` mode): no pipeline, no
+    /// endpoints, the model's dimensions, similarity and fingerprint.
+    pub(crate) fn vectors_mode(index: &str, model: &ModelInfo) -> IndexParams {
+        IndexParams {
+            index: index.to_owned(),
+            pipeline: None,
+            inference_id: String::new(),
+            search_inference_id: String::new(),
+            model: model.name.clone(),
+            fingerprint: model.fingerprint.clone(),
+            mode: Mode::Vectors,
+            dims: model.dimensions,
+            similarity: model.similarity,
+        }
+    }
+
     fn values(&self) -> Params {
         [
             ("index", json!(self.index)),

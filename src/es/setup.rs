@@ -196,17 +196,7 @@ pub(crate) fn plan(
                 cluster.version
             );
         }
-        let index_params = IndexParams {
-            index: config.index.clone(),
-            pipeline: None,
-            inference_id: String::new(),
-            search_inference_id: String::new(),
-            model: model.name.clone(),
-            fingerprint: model.fingerprint.clone(),
-            mode: Mode::Vectors,
-            dims: model.dimensions,
-            similarity: model.similarity,
-        };
+        let index_params = IndexParams::vectors_mode(&config.index, model);
         return Ok(Plan {
             cluster: cluster.clone(),
             mode: mode.clone(),

@@ -59,6 +59,7 @@ async fn compose_and_dockerfile_use_only_variables_the_cli_reads() {
         vec!["setup", "--help"],
         vec!["ingest", "--help"],
         vec!["search", "--help"],
+        vec!["gallery", "--help"],
     ] {
         let run = sightline(&command).await;
         run.expect_code(0);

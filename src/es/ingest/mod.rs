@@ -280,17 +280,7 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<Targ
                     // No setup can run below 8.12, so the index is created here, with the same
                     // mapping minus the pipeline.
                     let model = embedder.model();
-                    let params = IndexParams {
-                        index: config.index.clone(),
-                        pipeline: None,
-                        inference_id: String::new(),
-                        search_inference_id: String::new(),
-                        model: model.name.clone(),
-                        fingerprint: model.fingerprint.clone(),
-                        mode: super::mode::Mode::Vectors,
-                        dims: model.dimensions,
-                        similarity: model.similarity,
-                    };
+                    let params = IndexParams::vectors_mode(&config.index, model);
                     let body = assets::create_index_body(&params, &cluster)?;
                     let request = format!("PUT {}", config.index);
                     let create = indices
