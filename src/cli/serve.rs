@@ -230,7 +230,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let fd_soft = match fdlimit::raise() {
         Ok(limit) => {
             if limit.soft < limit.hard && limit.soft == limit.soft_before {
-                tracing::warn!(soft = limit.soft, hard = limit.hard, "cannot raise the open-file limit");
+                tracing::warn!(
+                    soft = limit.soft,
+                    hard = limit.hard,
+                    "cannot raise the open-file limit"
+                );
             }
             tracing::info!(
                 soft_before = limit.soft_before,
@@ -412,7 +416,15 @@ mod tests {
         assert_eq!(limits.max_connection_requests, None);
         assert_eq!(limits.max_connection_age, None);
         // Under the common soft limit of 1024, 256 descriptors stay free.
-        assert_eq!(parse(&[]).unwrap().conns.limits(1024).unwrap().max_connections, 768);
+        assert_eq!(
+            parse(&[])
+                .unwrap()
+                .conns
+                .limits(1024)
+                .unwrap()
+                .max_connections,
+            768
+        );
 
         let args = parse(&[
             "--max-connections",
@@ -452,7 +464,12 @@ mod tests {
             ["--max-tls-handshakes", "0"],
             ["--max-connection-requests", "0"],
         ] {
-            let e = parse(&bad).unwrap().conns.limits(20_000).unwrap_err().to_string();
+            let e = parse(&bad)
+                .unwrap()
+                .conns
+                .limits(20_000)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(bad[0]), "{e}");
         }
     }

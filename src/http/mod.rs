@@ -212,9 +212,10 @@ async fn refuse_after_body(req: Request, max: usize, refusal: RequestError) -> R
         .and_then(|v| v.parse::<u64>().ok());
     let mut response = refusal.into_response();
     if declared.is_some_and(|n| n > max as u64) {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
         return response;
     }
     let mut stream = req.into_body().into_data_stream();
@@ -224,9 +225,10 @@ async fn refuse_after_body(req: Request, max: usize, refusal: RequestError) -> R
             Some(Ok(chunk)) => {
                 read += chunk.len() as u64;
                 if read > max as u64 {
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+                    response.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
                     return response;
                 }
             }

@@ -232,10 +232,8 @@ impl Server {
                 "closing idle connections; requests in progress may finish within the grace (`--shutdown-grace`)"
             );
         }
-        let drained = tokio::time::timeout(grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             let left = tasks.len();
             shared
@@ -337,7 +335,9 @@ impl Shared {
         if tls && table.handshakes.len() >= self.limits.handshake.max_concurrent.max(1) {
             if let Some((_, victim)) = table.handshakes.first_key_value().map(|(s, id)| (*s, *id)) {
                 table.evict(victim);
-                self.stats.handshakes_evicted.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .handshakes_evicted
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
         let id = table.next_id;
@@ -849,7 +849,10 @@ mod tests {
         let c = s.admit(true).unwrap();
         assert_eq!(s.table().handshakes.len(), 2);
         let _d = s.admit(true).unwrap();
-        assert!(!s.table().conns.contains_key(&b.id), "b was the oldest handshake");
+        assert!(
+            !s.table().conns.contains_key(&b.id),
+            "b was the oldest handshake"
+        );
         assert!(s.table().conns.contains_key(&a.id) && s.table().conns.contains_key(&c.id));
         assert_eq!(s.stats.handshakes_evicted.load(Ordering::Relaxed), 1);
         s.remove(c.id);

@@ -115,7 +115,11 @@ async fn one_response(stream: &mut TcpStream) -> String {
         let n = patiently("a response", stream.read(&mut buf))
             .await
             .expect("read");
-        assert!(n > 0, "closed mid-response: {}", String::from_utf8_lossy(&data));
+        assert!(
+            n > 0,
+            "closed mid-response: {}",
+            String::from_utf8_lossy(&data)
+        );
         data.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&data).into_owned();
         if let Some(end) = text.find("\r\n\r\n") {
@@ -300,7 +304,11 @@ async fn half_sent_headers_are_closed_after_the_header_timeout_and_a_silent_sock
         })
         .await;
     let s = server.snapshot();
-    assert_eq!((s.open, s.idle_timeouts), (1, 0), "the silent socket: {s:?}");
+    assert_eq!(
+        (s.open, s.idle_timeouts),
+        (1, 0),
+        "the silent socket: {s:?}"
+    );
 }
 
 #[tokio::test]
@@ -380,7 +388,10 @@ async fn partial_post(addr: SocketAddr, body: &[u8], sent: usize) -> TcpStream {
         body.len()
     );
     stream.write_all(head.as_bytes()).await.expect("head");
-    stream.write_all(&body[..sent]).await.expect("part of the body");
+    stream
+        .write_all(&body[..sent])
+        .await
+        .expect("part of the body");
     stream
 }
 
@@ -424,7 +435,10 @@ async fn bodies_held_at_once_are_capped_with_a_429_and_retry_after() {
     let refused = probe().await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(
-        refused.headers().get(header::RETRY_AFTER).map(|v| v.as_bytes()),
+        refused
+            .headers()
+            .get(header::RETRY_AFTER)
+            .map(|v| v.as_bytes()),
         Some(&b"1"[..])
     );
     let message = refused.text().await.expect("body");
@@ -432,8 +446,8 @@ async fn bodies_held_at_once_are_capped_with_a_429_and_retry_after() {
 
     // The held body completes: its request is answered, and the budget is free again.
     first.write_all(&first_body[100..]).await.expect("the rest");
-    let answer = String::from_utf8_lossy(&until_closed(&mut first, "the held request").await)
-        .into_owned();
+    let answer =
+        String::from_utf8_lossy(&until_closed(&mut first, "the held request").await).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert_eq!(probe().await.status(), StatusCode::OK);
 }
@@ -465,7 +479,11 @@ async fn shutdown_closes_idle_connections_at_once_and_cuts_stalled_requests_afte
     server.shutdown();
     // Nothing in progress on these two: closed at once, while the held request still runs.
     until_closed(&mut silent, "the silent connection to close at shutdown").await;
-    until_closed(&mut mid_headers, "the mid-headers connection to close at shutdown").await;
+    until_closed(
+        &mut mid_headers,
+        "the mid-headers connection to close at shutdown",
+    )
+    .await;
     assert!(!held.is_finished());
     // A request in progress finishes within the grace.
     release.add_permits(1);
@@ -578,9 +596,16 @@ fn serve_raises_the_soft_descriptor_limit_and_caps_connections_below_it() {
             .parse()
             .unwrap_or(u64::MAX)
     };
-    assert!(hard > 512, "this test needs a hard descriptor limit over 512");
+    assert!(
+        hard > 512,
+        "this test needs a hard descriptor limit over 512"
+    );
     let log = serve_log_under("ulimit -Sn 512");
-    assert_eq!(log_field(&log, "open-file limit", "soft_before"), 512, "{log}");
+    assert_eq!(
+        log_field(&log, "open-file limit", "soft_before"),
+        512,
+        "{log}"
+    );
     let soft = log_field(&log, "open-file limit", "soft");
     assert_eq!(soft, log_field(&log, "open-file limit", "hard"), "{log}");
     assert_eq!(

@@ -171,7 +171,10 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
 
     // The held bodies fill both batches: all 18 requests complete.
     for (stream, body) in held.iter_mut().zip(&held_bodies) {
-        stream.write_all(body.as_bytes()).await.expect("the held body");
+        stream
+            .write_all(body.as_bytes())
+            .await
+            .expect("the held body");
     }
     for (i, (stream, golden)) in held
         .iter_mut()
@@ -180,7 +183,12 @@ async fn sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0() {
     {
         let answer = until_closed(stream, &format!("held request {i}")).await;
         let (status, body) = final_response(&answer);
-        assert_eq!(status, 200, "held request {i}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "held request {i}: {}",
+            String::from_utf8_lossy(&body)
+        );
         let vectors = es_old_openai_parse(&body).expect("the old ES parser reads the answer");
         assert_golden(&vectors[0], &golden, &format!("held request {i}"));
     }

@@ -283,7 +283,11 @@ async fn over_the_handshake_cap_the_oldest_stalled_handshake_makes_room() {
     assert_eq!(health_over_tls(&files, server.addr).await, StatusCode::OK);
     closed_by_server(stalled, "the stalled handshake").await;
     let s = server.stats.snapshot();
-    assert_eq!((s.handshakes_evicted, s.handshake_timeouts), (1, 0), "{s:?}");
+    assert_eq!(
+        (s.handshakes_evicted, s.handshake_timeouts),
+        (1, 0),
+        "{s:?}"
+    );
 }
 
 #[tokio::test]
