@@ -79,9 +79,10 @@ class Target:
             conn.close()
 
 
-def attack(target: Target, mode: str, count: int, body_bytes: int) -> list[socket.socket]:
-    sockets = []
+def attack(target: Target, mode: str, count: int, body_bytes: int, sockets: list, until: float) -> None:
     for _ in range(count):
+        if time.monotonic() >= until:
+            return
         try:
             s = socket.create_connection((target.host, target.port), timeout=5)
         except OSError:
@@ -100,7 +101,6 @@ def attack(target: Target, mode: str, count: int, body_bytes: int) -> list[socke
         except OSError:
             pass
         sockets.append(s)
-    return sockets
 
 
 def main() -> None:
@@ -117,21 +117,22 @@ def main() -> None:
     rss_before = rss_kib(args.server_pid)
     started = time.monotonic()
     opened: list[socket.socket] = []
-    opener = threading.Thread(target=lambda: opened.extend(attack(target, args.mode, args.count, args.body_bytes)))
+    until = started + args.duration
+    opener = threading.Thread(target=attack, args=(target, args.mode, args.count, args.body_bytes, opened, until), daemon=True)
     opener.start()
     probes, peak = [], rss_before or 0
-    until = started + args.duration
     while time.monotonic() < until:
         probes.append(target.request("GET", "/health"))
         peak = max(peak, rss_kib(args.server_pid) or 0)
         time.sleep(0.2)
-    opener.join(timeout=60)
+    # Sockets opened by then; the attack stays on while the embedding request runs.
+    sockets_opened = len(opened)
     embed = target.request("POST", "/v1/embeddings", json.dumps({"input": ["a dog in the snow"]}).encode(), 30)
     ok = [lat for status, lat in probes if status == 200]
     failed = [status for status, _ in probes if status != 200]
     lat = sorted(ok)
     report = {
-        "mode": args.mode, "count": args.count, "sockets_opened": len(opened),
+        "mode": args.mode, "count": args.count, "sockets_opened": sockets_opened,
         "health_probes": len(probes), "health_ok": len(ok), "health_failed": len(failed),
         "health_failures": sorted(set(map(str, failed))),
         "health_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
@@ -140,6 +141,7 @@ def main() -> None:
         "rss_before_mib": round(rss_before / 1024, 1) if rss_before else None,
         "rss_peak_mib": round(peak / 1024, 1) if peak else None,
     }
+    opener.join(timeout=60)
     for s in opened:
         s.close()
     print(json.dumps(report))

@@ -31,6 +31,8 @@ pub struct FdLimit {
 /// limit is unlimited). `Err` only when the limit cannot even be read; a refused raise keeps the
 /// old soft limit and says so in the result.
 #[cfg(unix)]
+// `rlim_t` is `u64` on 64-bit Linux and macOS, not on every target: the casts stay.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise() -> std::io::Result<FdLimit> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
