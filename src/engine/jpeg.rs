@@ -120,9 +120,8 @@ pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, Emb
     let mut pixels = vec![0u8; width * height * channels];
     let warning = tj.decompress(bytes, &mut pixels, width * channels, format)?;
     if let Some(warning) = warning.or(header_warning) {
-        // PIL refuses a file its data runs out in ("image file is truncated").
-        if warning.starts_with("Premature end of JPEG file") {
-            return Err(truncated());
+        if !tolerated(&warning) {
+            return Err(EmbedError::bad_input(format!("cannot decode JPEG: {warning}")));
         }
         tracing::debug!(%warning, "decoded a JPEG despite libjpeg's warning");
         crate::metrics::decode_warning("jpeg");
@@ -141,6 +140,21 @@ pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, Emb
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// Whether a libjpeg warning (jerror.h `JWRN_*`) leaves the file's own pixels, so PIL's answer
+/// is a decoded image: junk between segments, which libjpeg skips ("Corrupt JPEG data: N
+/// extraneous bytes before marker 0x…"), and metadata it ignores. The warnings about the
+/// entropy-coded data itself (a bad Huffman code, a marker in the middle of a scan, a premature
+/// end of the file) leave grey or shifted blocks, and PIL refused the file of that kind we
+/// tried (`hostile/corrupt-data.jpg`, "broken data stream"), so they stay errors. TurboJPEG
+/// reports the first warning of a call.
+fn tolerated(warning: &str) -> bool {
+    (warning.starts_with("Corrupt JPEG data: ")
+        && warning.contains(" extraneous bytes before marker 0x"))
+        || warning == "Corrupt JPEG data: bad ICC marker"
+        || warning.starts_with("Warning: unknown JFIF revision number")
+        || warning.starts_with("Unknown Adobe color transform code")
 }
 
 fn truncated() -> EmbedError {
@@ -429,6 +443,17 @@ mod tests {
         assert_eq!(cmyk_to_rgb(&[255, 255, 255, 0]), [0, 0, 0]);
         assert_eq!(cmyk_to_rgb(&[0, 255, 255, 255]), [0, 255, 255]);
         assert_eq!(cmyk_to_rgb(&[127, 255, 255, 127]), [63, 127, 127]);
+    }
+
+    #[test]
+    fn only_warnings_that_keep_the_pixels_are_tolerated() {
+        assert!(tolerated(
+            "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
+        ));
+        assert!(tolerated("Warning: unknown JFIF revision number 2.01"));
+        assert!(!tolerated("Corrupt JPEG data: bad Huffman code"));
+        assert!(!tolerated("Corrupt JPEG data: premature end of data segment"));
+        assert!(!tolerated("Premature end of JPEG file"));
     }
 
     #[test]

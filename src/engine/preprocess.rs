@@ -92,10 +92,10 @@ fn decode_dynamic(
 ) -> Result<DynamicImage, EmbedError> {
     let name = format!("{format:?}").to_uppercase();
     let bad = |e: image::ImageError| EmbedError::bad_input(format!("cannot decode {name}: {e}"));
-    let bytes = if format == ImageFormat::Png {
-        without_iccp(bytes)
-    } else {
-        Cow::Borrowed(bytes)
+    let bytes = match format {
+        ImageFormat::Png => without_iccp(bytes),
+        ImageFormat::Tiff => tiff_first_image_only(bytes),
+        _ => Cow::Borrowed(bytes),
     };
     if format == ImageFormat::Tiff && tiff_is_ycbcr(&bytes) {
         return decode_tiff_ycbcr(&bytes, opts);
@@ -120,6 +120,35 @@ fn decode_dynamic(
     }
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// The TIFF with its first IFD's next-IFD offset set to 0. Only the first image is decoded, but
+/// the tiff crate follows the chain when it opens the file and refuses a loop (an IFD pointing
+/// back at itself), which PIL reads: it decodes the first image and stops at the loop.
+fn tiff_first_image_only(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let read = |at: usize, n: usize| bytes.get(at..at.checked_add(n)?);
+    let little = match read(0, 4) {
+        Some(b"II*\0") => true,
+        Some(b"MM\0*") => false,
+        _ => return Cow::Borrowed(bytes), // BigTIFF or not TIFF: left to the decoder
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = read(at, 4)?.try_into().ok()?;
+        Some(if little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) } as usize)
+    };
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = read(at, 2)?.try_into().ok()?;
+        Some(usize::from(if little { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) }))
+    };
+    let next_at = u32_at(4).and_then(|ifd| Some(ifd + 2 + 12 * u16_at(ifd)?));
+    match next_at {
+        Some(at) if u32_at(at).is_some_and(|next| next != 0) => {
+            let mut out = bytes.to_vec();
+            out[at..at + 4].fill(0);
+            Cow::Owned(out)
+        }
+        _ => Cow::Borrowed(bytes),
+    }
 }
 
 /// The first image of the TIFF is stored as YCbCr (photometric interpretation 6), which the

@@ -564,6 +564,51 @@ mod tests {
         assert_eq!(t.tokenize(&word).unwrap().ids, [101, 100, 102]);
     }
 
+    /// The figures of docs/reliability.md ("Texts without spaces"): time and peak memory of
+    /// one 4 MiB text, cut vs whole. A measurement, not a check (it depends on the machine):
+    /// `cargo test --lib measure_four_mib_texts -- --ignored --nocapture --test-threads=1`.
+    #[test]
+    #[ignore]
+    fn measure_four_mib_texts() {
+        fn peak_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let t = bundle_tokenizer(128);
+        t.tokenize("warm up").unwrap();
+        let cases = [
+            ("CJK", repeat_to("一只猫在雪地里睡觉", MIB4)),
+            ("Thai", repeat_to("แมวนอนหลับอยู่บนหิมะ", MIB4)),
+            ("emoji", repeat_to("🐶🐱", MIB4)),
+            ("one word", "x".repeat(MIB4)),
+        ];
+        for (what, text) in &cases {
+            let before = peak_kib();
+            let started = std::time::Instant::now();
+            let cut = t.tokenize(text).unwrap();
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: cut {:.1} ms, peak +{} KiB, {} ids",
+                took.as_secs_f64() * 1e3,
+                peak_kib() - before,
+                cut.ids.len()
+            );
+        }
+        for (what, text) in &cases {
+            let before = peak_kib();
+            let started = std::time::Instant::now();
+            let whole = t.encode(text).unwrap();
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: whole {:.1} ms, peak +{} KiB, {} ids",
+                took.as_secs_f64() * 1e3,
+                peak_kib() - before,
+                whole.ids.len()
+            );
+        }
+    }
+
     #[test]
     fn other_tokenizers_are_tokenized_whole() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
