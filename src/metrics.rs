@@ -22,6 +22,7 @@ struct Metrics {
     queue_depth: IntGaugeVec,
     dropped: IntCounterVec,
     inferred: IntCounterVec,
+    decode_warnings: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -100,6 +101,11 @@ fn metrics() -> &'static Metrics {
                 "Inputs that went through the model, by modality.",
                 &["modality"],
             ),
+            decode_warnings: counter(
+                "sightline_decode_warnings_total",
+                "Images decoded despite a recoverable defect the decoder warned about (libjpeg's \"Corrupt JPEG data: …\"), by format.",
+                &["format"],
+            ),
             queue_depth,
             registry,
         }
@@ -151,6 +157,11 @@ pub(crate) fn dropped(modality: &str, reason: &str, n: usize) {
             .with_label_values(&[modality, reason])
             .inc_by(n as u64);
     }
+}
+
+/// One image decoded although its decoder reported a recoverable defect.
+pub(crate) fn decode_warning(format: &str) {
+    metrics().decode_warnings.with_label_values(&[format]).inc();
 }
 
 pub(crate) fn queue_depth(modality: &str, depth: usize) {

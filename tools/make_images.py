@@ -13,6 +13,7 @@ Usage:  .venv/bin/python tools/make_images.py [--out tests/fixtures/images]
 from __future__ import annotations
 
 import argparse
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -184,6 +185,157 @@ def w_edges(w: int, h: int) -> Callable[[Path], None]:
     return lambda path: _save(Image.fromarray(hard_edges(w, h), "RGB"), path)
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Files PIL decodes that a stricter decoder refuses or reads differently (issue 16, section 4)
+# ----------------------------------------------------------------------------------------------------------------
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of every segment up to the first SOS of a well-formed JPEG."""
+    out, pos = [], 2
+    while pos + 4 <= len(data):
+        marker, length = data[pos + 1], struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        out.append((marker, pos, pos + 2 + length))
+        if marker == 0xDA:
+            break
+        pos += 2 + length
+    return out
+
+
+def _jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def w_jpeg_stray_before_eoi(path: Path) -> None:
+    """A stray byte between the entropy-coded data and EOI: libjpeg warns "Corrupt JPEG data: 1 extraneous bytes
+    before marker 0xd9" and decodes; so does PIL."""
+    data = _jpeg_bytes(smooth_rgb(320, 240, phase=0.3), quality=90)
+    path.write_bytes(data[:-2] + b"\x00" + data[-2:])
+
+
+def w_jpeg_junk_before_sos(path: Path) -> None:
+    """Three junk bytes between the last Huffman table and the scan header: libjpeg skips them with a warning."""
+    data = _jpeg_bytes(smooth_rgb(300, 260, phase=1.3), quality=90)
+    sos = _jpeg_segments(data)[-1][1]
+    path.write_bytes(data[:sos] + b"\x00\x12\x34" + data[sos:])
+
+
+def w_cmyk_no_adobe(path: Path) -> None:
+    """A CMYK JPEG without its Adobe APP14 segment: PIL still reads the samples as Adobe-inverted ("CMYK;I")."""
+    w_cmyk(path)
+    data = path.read_bytes()
+    start, end = next((s, e) for m, s, e in _jpeg_segments(data) if m == 0xEE)
+    path.write_bytes(data[:start] + data[end:])
+
+
+def _gif_small_first_frame(path: Path, transparency: int | None) -> None:
+    """A 160x120 logical screen whose first (only) frame is 100x70 at (30, 20). PIL composes it onto a canvas of
+    palette index 0, or of the transparent index when the frame has one (then white, after compositing)."""
+    w, h = 100, 70
+    y, x = np.mgrid[0:h, 0:w]
+    index = np.full((h, w), 2, np.uint8)
+    index[(x - 40) ** 2 + (y - 30) ** 2 < 22 ** 2] = 1
+    index[45:65, 55:95] = 3
+    im = Image.fromarray(index, "P")
+    im.putpalette(bytes([40, 180, 90, 220, 30, 30, 30, 60, 200, 240, 200, 40]))
+    buf = io.BytesIO()
+    kw = {} if transparency is None else {"transparency": transparency}
+    im.save(buf, "GIF", optimize=False, **kw)
+    data = bytearray(buf.getvalue())
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    while data[pos] == 0x21:  # extensions, up to the image descriptor
+        pos += 2
+        while data[pos]:
+            pos += data[pos] + 1
+        pos += 1
+    assert data[pos] == 0x2C
+    struct.pack_into("<HH", data, 6, 160, 120)  # logical screen
+    struct.pack_into("<HH", data, pos + 1, 30, 20)  # frame position
+    path.write_bytes(bytes(data))
+
+
+def _exif_orientation(value: int) -> bytes:
+    """A little-endian TIFF block with one entry, Orientation = value (the data of a PNG eXIf chunk)."""
+    return b"II*\x00" + struct.pack("<IH", 8, 1) + struct.pack("<HHII", 0x0112, 3, 1, value) + struct.pack("<I", 0)
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def w_png_exif_after_idat(path: Path) -> None:
+    """eXIf (orientation 6) after the image data: PIL reads it when it loads the pixels, so the image rotates."""
+    data = _png_bytes(smooth_rgb(240, 160, phase=0.9))
+    iend = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:iend] + png_chunk(b"eXIf", _exif_orientation(6)) + data[iend:])
+
+
+def w_png_exif_twice(path: Path) -> None:
+    """eXIf orientation 3 before the image data and 8 after it: the last one wins in PIL (`im_info` overwritten)."""
+    data = _png_bytes(smooth_rgb(200, 150, phase=1.7))
+    iend = data.rindex(b"IEND") - 4
+    path.write_bytes(data[:33] + png_chunk(b"eXIf", _exif_orientation(3)) + data[33:iend]
+                     + png_chunk(b"eXIf", _exif_orientation(8)) + data[iend:])
+
+
+def _tiff(width: int, height: int, entries: list[tuple[int, int, list[int]]], strips: list[bytes]) -> bytes:
+    """A little-endian baseline TIFF: `entries` are (tag, type, values) with StripOffsets (273) filled in here."""
+    sizes = {3: 2, 4: 4}
+    blobs = b""
+    data_start = 8
+    strip_offsets, pos = [], data_start
+    for strip in strips:
+        strip_offsets.append(pos)
+        pos += len(strip)
+    entries = sorted(entries + [(273, 4, strip_offsets)])
+    ifd_start = pos + (pos & 1)
+    ifd_len = 2 + 12 * len(entries) + 4
+    extra_start = ifd_start + ifd_len
+    ifd = struct.pack("<H", len(entries))
+    for tag, typ, values in entries:
+        packed = b"".join(struct.pack("<H" if typ == 3 else "<I", v) for v in values)
+        if len(packed) <= 4:
+            ifd += struct.pack("<HHI", tag, typ, len(values)) + packed.ljust(4, b"\x00")
+        else:
+            ifd += struct.pack("<HHII", tag, typ, len(values), extra_start + len(blobs))
+            blobs += packed
+    ifd += struct.pack("<I", 0)
+    body = b"".join(strips)
+    return (b"II*\x00" + struct.pack("<I", ifd_start) + body + b"\x00" * (ifd_start - pos) + ifd + blobs)
+
+
+def w_tiff_planar(path: Path) -> None:
+    """PlanarConfiguration 2: the R, G and B planes stored one after another, one strip each."""
+    w, h = 140, 100
+    rgb = to_u8(smooth_planes(w, h, 3, phase=0.4))
+    planes = [np.ascontiguousarray(rgb[..., c]).tobytes() for c in range(3)]
+    entries = [(256, 3, [w]), (257, 3, [h]), (258, 3, [8, 8, 8]), (259, 3, [1]), (262, 3, [2]), (277, 3, [3]),
+               (278, 3, [h]), (279, 4, [w * h] * 3), (284, 3, [2])]
+    path.write_bytes(_tiff(w, h, entries, planes))
+
+
+def w_tiff_self_ifd(path: Path) -> None:
+    """An RGB TIFF whose next-IFD offset points back at IFD0 (a loop): PIL reads the first image and stops."""
+    w, h = 120, 90
+    rgb = to_u8(smooth_planes(w, h, 3, phase=2.4))
+    entries = [(256, 3, [w]), (257, 3, [h]), (258, 3, [8, 8, 8]), (259, 3, [1]), (262, 3, [2]), (277, 3, [3]),
+               (278, 3, [h]), (279, 4, [w * h * 3])]
+    data = bytearray(_tiff(w, h, entries, [rgb.tobytes()]))
+    ifd0 = struct.unpack("<I", data[4:8])[0]
+    count = struct.unpack("<H", data[ifd0:ifd0 + 2])[0]
+    struct.pack_into("<I", data, ifd0 + 2 + 12 * count, ifd0)
+    path.write_bytes(bytes(data))
+
+
+def w_tiff_ycbcr(path: Path) -> None:
+    """Photometric YCbCr (6), no subsampling, uncompressed, as PIL writes a YCbCr image: PIL converts with its
+    JFIF YCbCr -> RGB formula."""
+    smooth_rgb(160, 120, phase=0.2).convert("YCbCr").save(path, "TIFF")
+
+
 @dataclass(frozen=True)
 class Case:
     file: str
@@ -217,6 +369,17 @@ IMAGES = [
     Case("image.bmp", False, w_bmp),
     Case("image.tiff", True, w_smooth(120, 160)),  # uncompressed RGB TIFF
     Case("edges-481x321.png", False, w_edges(481, 321)),  # hard edges + odd crop offset (long side 335)
+    # issue 16, section 4: PIL decodes these; each must embed to the reference's vector
+    Case("jpeg-stray-before-eoi.jpg", True, w_jpeg_stray_before_eoi),
+    Case("jpeg-junk-before-sos.jpg", True, w_jpeg_junk_before_sos),
+    Case("cmyk-no-adobe.jpg", True, w_cmyk_no_adobe),
+    Case("gif-small-first-frame.gif", False, lambda p: _gif_small_first_frame(p, None)),
+    Case("gif-small-first-frame-transparent.gif", False, lambda p: _gif_small_first_frame(p, 2)),
+    Case("png-exif-after-idat.png", True, w_png_exif_after_idat),
+    Case("png-exif-twice.png", True, w_png_exif_twice),
+    Case("tiff-planar.tiff", True, w_tiff_planar),
+    Case("tiff-self-ifd.tiff", True, w_tiff_self_ifd),
+    Case("tiff-ycbcr.tiff", True, w_tiff_ycbcr),
 ]
 
 

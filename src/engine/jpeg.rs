@@ -12,9 +12,11 @@
 //! This file owns the JPEG container rules (segment walk, EXIF orientation, truncation) and the
 //! CMYK conversion; `preprocess.rs` owns everything after the pixels exist.
 
+use std::ffi::{c_int, CStr};
+
 use image::metadata::Orientation;
 use image::{DynamicImage, RgbImage};
-use turbojpeg::{Decompressor, PixelFormat, ScalingFactor};
+use turbojpeg::{raw, ScalingFactor};
 
 use super::error::EmbedError;
 
@@ -25,8 +27,6 @@ const MAX_SCANS: u32 = 500;
 /// What the segment walk found before the first scan.
 struct Container<'a> {
     exif: Option<&'a [u8]>,
-    /// An Adobe APP14 segment: its CMYK samples are stored inverted.
-    adobe: bool,
     /// An end-of-image marker follows the image data.
     complete: bool,
 }
@@ -37,14 +37,15 @@ struct Container<'a> {
 /// (the video of a motion photo) is harmless. An EXIF thumbnail sits inside APP1 and is skipped
 /// by the segment length. Every read is bounds-checked: a hostile file gets an error, never a
 /// panic. A length field under 2 (it counts its own two bytes) is refused; one that runs past
-/// the end of the file leaves the image incomplete.
+/// the end of the file leaves the image incomplete. Bytes between segments that are not a
+/// marker are skipped, as libjpeg skips them (with its "extraneous bytes before marker" warning)
+/// and PIL decodes such files.
 fn walk(bytes: &[u8]) -> Result<Container<'_>, EmbedError> {
     let mut exif = None;
-    let mut adobe = false;
     let mut pos: usize = 2; // after SOI
-    while let Some(&[0xFF, marker, high, low]) = bytes.get(pos..pos.saturating_add(4)) {
-        if marker == 0xFF {
-            pos += 1; // fill byte
+    while let Some(&[first, marker, high, low]) = bytes.get(pos..pos.saturating_add(4)) {
+        if first != 0xFF || marker == 0xFF {
+            pos += 1; // extraneous byte, or a fill byte before the marker
             continue;
         }
         let len = usize::from(u16::from_be_bytes([high, low]));
@@ -58,79 +59,81 @@ fn walk(bytes: &[u8]) -> Result<Container<'_>, EmbedError> {
         if marker == 0xE1 && exif.is_none() {
             exif = body.strip_prefix(b"Exif\0\0");
         }
-        adobe |= marker == 0xEE && body.starts_with(b"Adobe");
         if marker == 0xDA {
             let scan = bytes.get(end..).unwrap_or_default();
             let complete = scan.windows(2).any(|w| w == [0xFF, 0xD9]);
-            return Ok(Container {
-                exif,
-                adobe,
-                complete,
-            });
+            return Ok(Container { exif, complete });
         }
         pos = end;
     }
     Ok(Container {
         exif,
-        adobe,
         complete: false,
     })
 }
 
-/// Header facts needed before decoding: size for the pixel limit.
-pub(super) fn dimensions(bytes: &[u8]) -> Result<(u32, u32), EmbedError> {
-    let header = turbojpeg::read_header(bytes).map_err(decode_error)?;
-    Ok((header.width as u32, header.height as u32))
+/// Header facts needed before decoding: the size (for the pixel limit and the decoding budget)
+/// and whether the samples are CMYK (four bytes a pixel while decoding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) width: u32,
+    pub(crate) height: u32,
+    pub(crate) cmyk: bool,
+}
+
+pub(crate) fn header(bytes: &[u8]) -> Result<Header, EmbedError> {
+    let mut tj = TurboJpeg::new()?;
+    Ok(tj.read_header(bytes)?.0)
 }
 
 /// Decodes to RGB with EXIF orientation applied. With `min_short_side`, the image is decoded
 /// at the smallest DCT scale (n/8) whose shorter side is still at least that many pixels.
+/// A defect libjpeg recovers from with a warning (extraneous bytes before a marker, a bad
+/// Huffman code) decodes, as in PIL, is logged at debug and counted in
+/// `sightline_decode_warnings_total`; an error, or a premature end of the file, is refused.
 pub(super) fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, EmbedError> {
     let container = walk(bytes)?;
     if !container.complete {
         // libjpeg-turbo fills a cut-off scan with grey and only warns: refuse it here, or a
         // half-uploaded photo would be indexed with a wrong vector.
-        return Err(EmbedError::bad_input(
-            "cannot decode JPEG: the file is truncated (no end-of-image marker after the image data)",
-        ));
+        return Err(truncated());
     }
-    let mut decompressor = Decompressor::new().map_err(decode_error)?;
-    decompressor
-        .set_scan_limit(MAX_SCANS)
-        .map_err(decode_error)?;
-    let header = decompressor.read_header(bytes).map_err(decode_error)?;
-    if let Some(min) = min_short_side {
-        let factor = prescale_factor(header.width, header.height, min as usize);
-        decompressor
-            .set_scaling_factor(factor)
-            .map_err(decode_error)?;
-    }
-    let scaled = header.scaled(decompressor.scaling_factor());
-    let cmyk = matches!(
-        header.colorspace,
-        turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+    let mut tj = TurboJpeg::new()?;
+    tj.set(raw::TJPARAM_TJPARAM_SCANLIMIT, MAX_SCANS as c_int)?;
+    let (header, header_warning) = tj.read_header(bytes)?;
+    let factor = match min_short_side {
+        Some(min) if !tj.lossless() => {
+            prescale_factor(header.width as usize, header.height as usize, min as usize)
+        }
+        _ => ScalingFactor::ONE,
+    };
+    tj.set_scaling_factor(factor)?;
+    let (width, height) = (
+        factor.scale(header.width as usize),
+        factor.scale(header.height as usize),
     );
-    let format = if cmyk {
-        PixelFormat::CMYK
+    let (format, channels) = if header.cmyk {
+        (raw::TJPF_TJPF_CMYK, 4)
     } else {
-        PixelFormat::RGB
+        (raw::TJPF_TJPF_RGB, 3)
     };
-    let mut image = turbojpeg::Image {
-        pixels: vec![0u8; scaled.width * scaled.height * format.size()],
-        width: scaled.width,
-        pitch: scaled.width * format.size(),
-        height: scaled.height,
-        format,
-    };
-    decompressor
-        .decompress(bytes, image.as_deref_mut())
-        .map_err(decode_error)?;
-    let pixels = if cmyk {
-        cmyk_to_rgb(&image.pixels, container.adobe)
+    let mut pixels = vec![0u8; width * height * channels];
+    let warning = tj.decompress(bytes, &mut pixels, width * channels, format)?;
+    if let Some(warning) = warning.or(header_warning) {
+        if !tolerated(&warning) {
+            return Err(EmbedError::bad_input(format!(
+                "cannot decode JPEG: {warning}"
+            )));
+        }
+        tracing::debug!(%warning, "decoded a JPEG despite libjpeg's warning");
+        crate::metrics::decode_warning("jpeg");
+    }
+    let pixels = if header.cmyk {
+        cmyk_to_rgb(&pixels)
     } else {
-        image.pixels
+        pixels
     };
-    let rgb = RgbImage::from_raw(scaled.width as u32, scaled.height as u32, pixels)
+    let rgb = RgbImage::from_raw(width as u32, height as u32, pixels)
         .ok_or_else(|| EmbedError::bad_input("cannot decode JPEG: inconsistent image size"))?;
     let orientation = container
         .exif
@@ -139,6 +142,154 @@ pub(super) fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbIma
     let mut img = DynamicImage::ImageRgb8(rgb);
     img.apply_orientation(orientation);
     Ok(img.into_rgb8())
+}
+
+/// Whether a libjpeg warning (jerror.h `JWRN_*`) leaves the file's own pixels, so PIL's answer
+/// is a decoded image: junk between segments, which libjpeg skips ("Corrupt JPEG data: N
+/// extraneous bytes before marker 0x…"), and metadata it ignores. The warnings about the
+/// entropy-coded data itself (a bad Huffman code, a marker in the middle of a scan, a premature
+/// end of the file) leave grey or shifted blocks, and PIL refused the file of that kind we
+/// tried (`hostile/corrupt-data.jpg`, "broken data stream"), so they stay errors. TurboJPEG
+/// reports the first warning of a call.
+fn tolerated(warning: &str) -> bool {
+    (warning.starts_with("Corrupt JPEG data: ")
+        && warning.contains(" extraneous bytes before marker 0x"))
+        || warning == "Corrupt JPEG data: bad ICC marker"
+        || warning.starts_with("Warning: unknown JFIF revision number")
+        || warning.starts_with("Unknown Adobe color transform code")
+}
+
+fn truncated() -> EmbedError {
+    EmbedError::bad_input(
+        "cannot decode JPEG: the file is truncated (no end-of-image marker after the image data)",
+    )
+}
+
+/// One TurboJPEG decompressor, through the C API: the `turbojpeg` crate turns every warning
+/// into an error, and its `decompress` re-reads the header, so a file with a recoverable
+/// defect in its header could never be decoded through it. Here a call's outcome is read with
+/// `tj3GetErrorCode`: `TJERR_WARNING` means the call completed.
+struct TurboJpeg(raw::tjhandle);
+
+impl TurboJpeg {
+    fn new() -> Result<TurboJpeg, EmbedError> {
+        // SAFETY: tj3Init has no preconditions; a null handle is checked below.
+        let handle = unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int) };
+        if handle.is_null() {
+            return Err(EmbedError::new(
+                super::error::ErrorKind::Internal,
+                "cannot start the JPEG decoder (out of memory?)",
+            ));
+        }
+        Ok(TurboJpeg(handle))
+    }
+
+    /// `Ok(None)` for success, `Ok(Some(message))` for success with a warning, `Err` for an error.
+    fn outcome(&self, rc: c_int) -> Result<Option<String>, EmbedError> {
+        if rc == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the handle is live; tj3GetErrorStr returns a NUL-terminated string owned by
+        // TurboJPEG, copied before the next call.
+        let (message, code) = unsafe {
+            let message = CStr::from_ptr(raw::tj3GetErrorStr(self.0));
+            (
+                message.to_string_lossy().into_owned(),
+                raw::tj3GetErrorCode(self.0),
+            )
+        };
+        if code == raw::TJERR_TJERR_WARNING as c_int {
+            Ok(Some(message))
+        } else {
+            Err(EmbedError::bad_input(format!(
+                "cannot decode JPEG: {message}"
+            )))
+        }
+    }
+
+    fn set(&mut self, param: raw::TJPARAM, value: c_int) -> Result<(), EmbedError> {
+        // SAFETY: the handle is live; unknown parameters are rejected by TurboJPEG itself.
+        let rc = unsafe { raw::tj3Set(self.0, param as c_int, value) };
+        self.outcome(rc).map(drop)
+    }
+
+    fn get(&self, param: raw::TJPARAM) -> c_int {
+        // SAFETY: the handle is live.
+        unsafe { raw::tj3Get(self.0, param as c_int) }
+    }
+
+    fn lossless(&self) -> bool {
+        self.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0
+    }
+
+    fn read_header(&mut self, bytes: &[u8]) -> Result<(Header, Option<String>), EmbedError> {
+        // SAFETY: the pointer and length describe `bytes`, which outlives the call.
+        let rc =
+            unsafe { raw::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as raw::size_t) };
+        let warning = self.outcome(rc)?;
+        let (width, height) = (
+            self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+            self.get(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        let (Ok(width), Ok(height)) = (u32::try_from(width), u32::try_from(height)) else {
+            return Err(EmbedError::bad_input(
+                "cannot decode JPEG: the header declares no size",
+            ));
+        };
+        let colorspace = self.get(raw::TJPARAM_TJPARAM_COLORSPACE);
+        let cmyk = colorspace == raw::TJCS_TJCS_CMYK as c_int
+            || colorspace == raw::TJCS_TJCS_YCCK as c_int;
+        Ok((
+            Header {
+                width,
+                height,
+                cmyk,
+            },
+            warning,
+        ))
+    }
+
+    fn set_scaling_factor(&mut self, factor: ScalingFactor) -> Result<(), EmbedError> {
+        let factor = raw::tjscalingfactor {
+            num: factor.num() as c_int,
+            denom: factor.denom() as c_int,
+        };
+        // SAFETY: the handle is live; TurboJPEG validates the factor.
+        let rc = unsafe { raw::tj3SetScalingFactor(self.0, factor) };
+        self.outcome(rc).map(drop)
+    }
+
+    /// Decodes into `pixels`, `pitch` bytes a row, which the caller sized for the scaled image.
+    fn decompress(
+        &mut self,
+        bytes: &[u8],
+        pixels: &mut [u8],
+        pitch: usize,
+        format: raw::TJPF,
+    ) -> Result<Option<String>, EmbedError> {
+        let pitch = c_int::try_from(pitch)
+            .map_err(|_| EmbedError::bad_input("cannot decode JPEG: the image is too wide"))?;
+        // SAFETY: `pixels` holds the scaled height × `pitch` bytes TurboJPEG writes for the
+        // header just read and the scaling factor just set; both buffers outlive the call.
+        let rc = unsafe {
+            raw::tj3Decompress8(
+                self.0,
+                bytes.as_ptr(),
+                bytes.len() as raw::size_t,
+                pixels.as_mut_ptr(),
+                pitch,
+                format as c_int,
+            )
+        };
+        self.outcome(rc)
+    }
+}
+
+impl Drop for TurboJpeg {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from tj3Init and is destroyed once.
+        unsafe { raw::tj3Destroy(self.0) }
+    }
 }
 
 /// The smallest of 1/8, 1/4, 1/2 keeping the shorter side ≥ `min` (libjpeg-turbo rounds
@@ -156,25 +307,22 @@ fn prescale_factor(width: usize, height: usize, min: usize) -> ScalingFactor {
 }
 
 /// PIL's CMYK → RGB without colour management: `(255 − C)(255 − K)/255`, rounded like PIL's
-/// `MULDIV255`. Adobe files store inverted samples, which PIL reads with its `CMYK;I` mode.
-fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
+/// `MULDIV255`. PIL reads every CMYK JPEG as Adobe-inverted (`CMYK;I`, "assume adobe
+/// conventions"), with or without an Adobe APP14 segment, and so does this.
+fn cmyk_to_rgb(inverted_cmyk: &[u8]) -> Vec<u8> {
     let muldiv255 = |a: u32, b: u32| {
         let t = a * b + 128;
         ((t >> 8) + t) >> 8
     };
-    let mut out = Vec::with_capacity(cmyk.len() / 4 * 3);
-    let sample = |v: u8| u32::from(if inverted { 255 - v } else { v });
-    for px in cmyk.chunks_exact(4) {
-        let nk = 255 - sample(px[3]);
+    let mut out = Vec::with_capacity(inverted_cmyk.len() / 4 * 3);
+    for px in inverted_cmyk.chunks_exact(4) {
+        // Stored inverted: 255 − v is the ink.
+        let nk = u32::from(px[3]);
         for &c in &px[..3] {
-            out.push((nk - muldiv255(sample(c), nk)) as u8);
+            out.push((nk - muldiv255(255 - u32::from(c), nk)) as u8);
         }
     }
     out
-}
-
-fn decode_error(e: turbojpeg::Error) -> EmbedError {
-    EmbedError::bad_input(format!("cannot decode JPEG: {e}"))
 }
 
 #[cfg(test)]
@@ -209,7 +357,14 @@ mod tests {
     #[test]
     fn decodes_at_full_and_reduced_scale() {
         let bytes = jpeg(64, 48);
-        assert_eq!(dimensions(&bytes).unwrap(), (64, 48));
+        assert_eq!(
+            header(&bytes).unwrap(),
+            Header {
+                width: 64,
+                height: 48,
+                cmyk: false
+            }
+        );
         assert_eq!(decode(&bytes, None).unwrap().dimensions(), (64, 48));
         assert_eq!(decode(&bytes, Some(12)).unwrap().dimensions(), (16, 12));
     }
@@ -266,7 +421,7 @@ mod tests {
         let bytes = [&bytes[..2], &app1, &app14, &bytes[2..]].concat();
         let found = walk(&bytes).unwrap();
         assert_eq!(found.exif, Some(&exif[6..]));
-        assert!(found.adobe && found.complete);
+        assert!(found.complete);
         // A length running past the end of the file is an incomplete image, not a panic.
         let overlong = with_segment(&bytes[..40], 0xE1, 0xFFFF);
         assert!(!walk(&overlong).unwrap().complete);
@@ -285,11 +440,49 @@ mod tests {
 
     #[test]
     fn cmyk_conversion_matches_pil() {
-        // PIL: C=0 M=0 Y=0 K=0 → white; K=255 → black; C=255 → cyan; half values round.
-        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 0], false), [255, 255, 255]);
-        assert_eq!(cmyk_to_rgb(&[0, 0, 0, 255], false), [0, 0, 0]);
-        assert_eq!(cmyk_to_rgb(&[255, 0, 0, 0], false), [0, 255, 255]);
-        assert_eq!(cmyk_to_rgb(&[128, 0, 0, 128], false), [63, 127, 127]);
-        assert_eq!(cmyk_to_rgb(&[127, 255, 255, 127], true), [63, 127, 127]);
+        // PIL (samples stored inverted): no ink → white; full K → black; full C → cyan;
+        // half values round.
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255]), [255, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[255, 255, 255, 0]), [0, 0, 0]);
+        assert_eq!(cmyk_to_rgb(&[0, 255, 255, 255]), [0, 255, 255]);
+        assert_eq!(cmyk_to_rgb(&[127, 255, 255, 127]), [63, 127, 127]);
+    }
+
+    #[test]
+    fn only_warnings_that_keep_the_pixels_are_tolerated() {
+        assert!(tolerated(
+            "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9"
+        ));
+        assert!(tolerated("Warning: unknown JFIF revision number 2.01"));
+        assert!(!tolerated("Corrupt JPEG data: bad Huffman code"));
+        assert!(!tolerated(
+            "Corrupt JPEG data: premature end of data segment"
+        ));
+        assert!(!tolerated("Premature end of JPEG file"));
+    }
+
+    #[test]
+    fn libjpeg_warnings_decode_and_errors_do_not() {
+        let bytes = jpeg(64, 48);
+        let clean = decode(&bytes, None).unwrap();
+        let sos = bytes.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+        let eoi = bytes.len() - 2;
+        // "Corrupt JPEG data: 3 extraneous bytes before marker 0xd9": same pixels.
+        let stray_end = [&bytes[..eoi], &[0x12, 0x34, 0x56], &bytes[eoi..]].concat();
+        assert_eq!(decode(&stray_end, None).unwrap(), clean);
+        // The same before the scan header: the walk and libjpeg both skip the bytes.
+        let stray_header = [&bytes[..sos], &[0x00, 0x07], &bytes[sos..]].concat();
+        assert_eq!(decode(&stray_header, None).unwrap(), clean);
+        assert_eq!(header(&stray_header).unwrap().width, 64);
+        // An error stays an error: a frame header with zero components.
+        let sof = bytes.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        let mut broken = bytes.clone();
+        broken[sof + 9] = 0;
+        let e = decode(&broken, None).unwrap_err();
+        assert!(
+            e.message.starts_with("cannot decode JPEG: "),
+            "{}",
+            e.message
+        );
     }
 }

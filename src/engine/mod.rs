@@ -354,7 +354,7 @@ impl Engine {
         let (modality, truncated, tokens, reply) = match item {
             Item::Text(text) => {
                 let started = Instant::now();
-                let tokens = inner.tokenizer.tokenize(&text)?;
+                let tokens = self.tokenize(text).await?;
                 crate::metrics::stage_seconds("tokenize", "text", started.elapsed());
                 let n = tokens.ids.len();
                 let reply = enqueue(&inner.texts, tokens.ids, deadline, priority)?;
@@ -428,6 +428,20 @@ impl Engine {
             .map_err(|_| batcher::timeout_error())??;
         crate::metrics::stage_seconds("fetch", "image", started.elapsed());
         Ok(bytes)
+    }
+
+    /// Tokenizes a long text on a blocking thread: the work is bounded (`text.rs`), but a
+    /// multi-megabyte text still costs a scan of its bytes, which must not stall the requests
+    /// sharing this executor thread. Short texts (the common case) are tokenized inline.
+    async fn tokenize(&self, text: String) -> Result<text::Tokens, EmbedError> {
+        const INLINE_BYTES: usize = 16 << 10;
+        if text.len() <= INLINE_BYTES {
+            return self.inner.tokenizer.tokenize(&text);
+        }
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.inner.tokenizer.tokenize(&text))
+            .await
+            .map_err(|_| EmbedError::new(ErrorKind::Internal, "the tokenizer thread failed"))?
     }
 
     /// Decodes and preprocesses on the decoding pool (`decode_workers` threads), within the

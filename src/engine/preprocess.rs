@@ -57,8 +57,8 @@ pub fn decode_rgb(bytes: &[u8], opts: &DecodeOptions, target: u32) -> Result<Rgb
     let format = format::supported_format(bytes, "the bytes are")?;
     let decoded = std::panic::catch_unwind(|| {
         if format == ImageFormat::Jpeg {
-            let (w, h) = jpeg::dimensions(bytes)?;
-            check_pixels(w, h, opts)?;
+            let header = jpeg::header(bytes)?;
+            check_pixels(header.width, header.height, opts)?;
             let min_short_side = opts.jpeg_prescale.then_some(3 * target);
             return jpeg::decode(bytes, min_short_side);
         }
@@ -92,11 +92,14 @@ fn decode_dynamic(
 ) -> Result<DynamicImage, EmbedError> {
     let name = format!("{format:?}").to_uppercase();
     let bad = |e: image::ImageError| EmbedError::bad_input(format!("cannot decode {name}: {e}"));
-    let bytes = if format == ImageFormat::Png {
-        without_iccp(bytes)
-    } else {
-        Cow::Borrowed(bytes)
+    let bytes = match format {
+        ImageFormat::Png => without_iccp(bytes),
+        ImageFormat::Tiff => tiff_first_image_only(bytes),
+        _ => Cow::Borrowed(bytes),
     };
+    if format == ImageFormat::Tiff && tiff_is_ycbcr(&bytes) {
+        return decode_tiff_ycbcr(&bytes, opts);
+    }
     let mut reader = ImageReader::with_format(Cursor::new(&bytes[..]), format);
     let mut image_limits = image::Limits::default();
     image_limits.max_alloc = Some(opts.max_alloc);
@@ -105,12 +108,224 @@ fn decode_dynamic(
     let (w, h) = decoder.dimensions();
     check_pixels(w, h, opts)?;
     // A broken EXIF block must not lose an otherwise good image: fall back to no rotation.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = if format == ImageFormat::Png {
+        png_orientation(&bytes)
+    } else {
+        decoder.orientation().ok()
+    }
+    .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(bad)?;
+    if format == ImageFormat::Gif {
+        img = fill_outside_first_frame(img, bytes.as_ref());
+    }
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// The TIFF with its first IFD's next-IFD offset set to 0. Only the first image is decoded, but
+/// the tiff crate follows the chain when it opens the file and refuses a loop (an IFD pointing
+/// back at itself), which PIL reads: it decodes the first image and stops at the loop.
+fn tiff_first_image_only(bytes: &[u8]) -> Cow<'_, [u8]> {
+    let read = |at: usize, n: usize| bytes.get(at..at.checked_add(n)?);
+    let little = match read(0, 4) {
+        Some(b"II*\0") => true,
+        Some(b"MM\0*") => false,
+        _ => return Cow::Borrowed(bytes), // BigTIFF or not TIFF: left to the decoder
+    };
+    let u32_at = |at: usize| {
+        let b: [u8; 4] = read(at, 4)?.try_into().ok()?;
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as usize)
+    };
+    let u16_at = |at: usize| {
+        let b: [u8; 2] = read(at, 2)?.try_into().ok()?;
+        Some(usize::from(if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }))
+    };
+    let next_at = u32_at(4).and_then(|ifd| Some(ifd + 2 + 12 * u16_at(ifd)?));
+    match next_at {
+        Some(at) if u32_at(at).is_some_and(|next| next != 0) => {
+            let mut out = bytes.to_vec();
+            out[at..at + 4].fill(0);
+            Cow::Owned(out)
+        }
+        _ => Cow::Borrowed(bytes),
+    }
+}
+
+/// The first image of the TIFF is stored as YCbCr (photometric interpretation 6), which the
+/// image crate refuses and PIL reads.
+fn tiff_is_ycbcr(bytes: &[u8]) -> bool {
+    tiff::decoder::Decoder::new(Cursor::new(bytes))
+        .and_then(|mut d| d.get_tag_u32(tiff::tags::Tag::PhotometricInterpretation))
+        .is_ok_and(|p| p == 6)
+}
+
+/// A YCbCr TIFF (8-bit, no chroma subsampling, any compression but JPEG) → RGB with the JFIF
+/// equations PIL's `convert("RGB")` uses (model.md §2.3: PIL decodes it as mode `YCbCr`).
+/// PIL's fixed-point tables (6 fractional bits, then a floor shift) differ from the floored
+/// equations by one level on 3.8 % of all 2²⁴ colours (measured), inside the golden test's
+/// tolerance.
+fn decode_tiff_ycbcr(bytes: &[u8], opts: &DecodeOptions) -> Result<DynamicImage, EmbedError> {
+    use tiff::decoder::{Decoder, DecodingResult, Limits};
+    let bad = |e: tiff::TiffError| EmbedError::bad_input(format!("cannot decode TIFF: {e}"));
+    let mut limits = Limits::default();
+    limits.decoding_buffer_size = usize::try_from(opts.max_alloc).unwrap_or(usize::MAX);
+    let mut decoder = Decoder::new(Cursor::new(bytes))
+        .map_err(bad)?
+        .with_limits(limits);
+    let (w, h) = decoder.dimensions().map_err(bad)?;
+    check_pixels(w, h, opts)?;
+    let compression = decoder
+        .get_tag_u32(tiff::tags::Tag::Compression)
+        .unwrap_or(1);
+    if decoder.colortype().map_err(bad)? != tiff::ColorType::YCbCr(8) || compression == 7 {
+        return Err(EmbedError::bad_input(
+            "cannot decode TIFF: only 8-bit, not JPEG-compressed YCbCr is supported",
+        ));
+    }
+    let DecodingResult::U8(samples) = decoder.read_image().map_err(bad)? else {
+        return Err(EmbedError::bad_input(
+            "cannot decode TIFF: YCbCr samples are not 8-bit",
+        ));
+    };
+    let pixels = w as usize * h as usize;
+    if samples.len() < pixels * 3 {
+        return Err(EmbedError::bad_input(
+            "cannot decode TIFF: the image data is incomplete",
+        ));
+    }
+    let mut rgb = Vec::with_capacity(pixels * 3);
+    for px in samples[..pixels * 3].chunks_exact(3) {
+        rgb.extend_from_slice(&ycbcr_to_rgb(px[0], px[1], px[2]));
+    }
+    RgbImage::from_raw(w, h, rgb)
+        .map(DynamicImage::ImageRgb8)
+        .ok_or_else(|| buffer_error(w, h))
+}
+
+/// JFIF YCbCr → RGB: R = Y + 1.402 Cr', G = Y − 0.34414 Cb' − 0.71414 Cr', B = Y + 1.772 Cb'.
+fn ycbcr_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
+    let (y, cb, cr) = (f64::from(y), f64::from(cb) - 128.0, f64::from(cr) - 128.0);
+    let clamp = |v: f64| v.floor().clamp(0.0, 255.0) as u8;
+    [
+        clamp(y + 1.402 * cr),
+        clamp(y - 0.34414 * cb - 0.71414 * cr),
+        clamp(y + 1.772 * cb),
+    ]
+}
+
+/// The orientation in a PNG's last `eXIf` chunk, wherever it is. PIL reads the chunks after the
+/// image data when it loads the pixels, and the last `eXIf` wins (`im_info["exif"]` is
+/// overwritten), so an `eXIf` after IDAT rotates the image as one before it does; the png
+/// crate only reads the chunks before IDAT.
+fn png_orientation(bytes: &[u8]) -> Option<image::metadata::Orientation> {
+    let exif = png_chunks(bytes)
+        .filter(|(kind, _)| kind == b"eXIf")
+        .last()?
+        .1;
+    image::metadata::Orientation::from_exif_chunk(exif)
+}
+
+/// `(type, data)` of each PNG chunk after the signature, up to the end of the file; a length
+/// running past the end ends the walk (bounded: each step advances ≥ 12 bytes).
+fn png_chunks(bytes: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    let mut pos: usize = 8; // after the signature
+    std::iter::from_fn(move || {
+        let head = bytes.get(pos..pos.checked_add(8)?)?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let kind = [head[4], head[5], head[6], head[7]];
+        let data = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
+        pos = pos + 12 + len;
+        Some((kind, data))
+    })
+}
+
+/// What a GIF's first frame leaves uncovered of its logical screen: PIL starts frame 0 on a
+/// canvas of palette index 0 (`Image.core.new("P", size)`) unless the frame declares a
+/// transparent index, while the image crate leaves the uncovered pixels transparent.
+#[derive(Debug, PartialEq, Eq)]
+struct GifCanvas {
+    /// The first frame covers the whole logical screen.
+    covered: bool,
+    /// The first frame's graphic control extension declares a transparent index.
+    transparent: bool,
+    /// Colour of index 0 in the first frame's palette (local, else global; black without one).
+    index0: [u8; 3],
+}
+
+/// Reads the logical screen, palettes and the first frame's descriptor (bounded walk).
+fn gif_canvas(bytes: &[u8]) -> Option<GifCanvas> {
+    let u16_at = |p: usize| Some(u16::from_le_bytes([*bytes.get(p)?, *bytes.get(p + 1)?]));
+    let table_len = |flags: u8| 3usize << ((flags & 7) + 1);
+    let (screen_w, screen_h, flags) = (u16_at(6)?, u16_at(8)?, *bytes.get(10)?);
+    let mut pos = 13;
+    let mut index0 = [0u8; 3];
+    if flags & 0x80 != 0 {
+        index0.copy_from_slice(bytes.get(pos..pos + 3)?);
+        pos += table_len(flags);
+    }
+    let mut transparent = false;
+    loop {
+        match *bytes.get(pos)? {
+            0x21 => {
+                let label = *bytes.get(pos + 1)?;
+                if label == 0xF9 {
+                    transparent = bytes.get(pos + 3)? & 1 != 0;
+                }
+                pos += 2;
+                loop {
+                    let len = usize::from(*bytes.get(pos)?);
+                    pos += 1 + len;
+                    if len == 0 {
+                        break;
+                    }
+                }
+            }
+            0x2C => {
+                let (x, y, w, h) = (
+                    u16_at(pos + 1)?,
+                    u16_at(pos + 3)?,
+                    u16_at(pos + 5)?,
+                    u16_at(pos + 7)?,
+                );
+                let local = *bytes.get(pos + 9)?;
+                if local & 0x80 != 0 {
+                    index0.copy_from_slice(bytes.get(pos + 10..pos + 13)?);
+                }
+                return Some(GifCanvas {
+                    covered: (x, y, w, h) == (0, 0, screen_w, screen_h),
+                    transparent,
+                    index0,
+                });
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Paints the pixels a GIF's first frame leaves uncovered the way PIL does (see [`GifCanvas`]).
+fn fill_outside_first_frame(img: DynamicImage, bytes: &[u8]) -> DynamicImage {
+    let Some(canvas) = gif_canvas(bytes) else {
+        return img;
+    };
+    if canvas.covered || canvas.transparent {
+        return img;
+    }
+    // Without a transparent index every pixel of the frame is opaque: only the uncovered
+    // ones have alpha 0.
+    let mut rgba = img.into_rgba8();
+    let [r, g, b] = canvas.index0;
+    for px in rgba.pixels_mut().filter(|px| px[3] == 0) {
+        *px = image::Rgba([r, g, b, 255]);
+    }
+    DynamicImage::ImageRgba8(rgba)
 }
 
 /// The PNG without its iCCP chunks. Sightline ignores colour profiles (so does PIL's `convert`),

@@ -4,9 +4,15 @@
 
 use std::path::Path;
 
+use std::borrow::Cow;
+
 use anyhow::{bail, ensure, Context, Result};
 use ndarray::{Array2, ArrayView2, ArrayView3};
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::models::ModelWrapper;
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, Tokenizer, TruncationParams};
+use unicode_categories::UnicodeCategories;
 
 use super::error::EmbedError;
 
@@ -21,6 +27,9 @@ pub struct Tokens {
 /// The tokenizer configured the way sentence-transformers configures it.
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
+    /// How to bound the work of a long text; `None` for a tokenizer outside the BERT family
+    /// the bound is derived for, whose texts are tokenized whole.
+    bound: Option<BertBound>,
 }
 
 impl TextTokenizer {
@@ -36,32 +45,31 @@ impl TextTokenizer {
             }))
             .map_err(|e| anyhow::anyhow!("cannot set truncation: {e}"))?;
         tokenizer.with_padding(None);
-        Ok(TextTokenizer { tokenizer })
+        let bound = match BertBound::new(&tokenizer, max_seq_len) {
+            Ok(bound) => Some(bound),
+            Err(why) => {
+                tracing::warn!(
+                    tokenizer = %path.display(),
+                    "long texts are tokenized whole (slow for megabytes): {why}"
+                );
+                None
+            }
+        };
+        Ok(TextTokenizer { tokenizer, bound })
     }
 
     /// Trims like sentence-transformers, then tokenizes; an empty text is an input error.
+    /// The ids are those of the whole text, however long it is; the work is bounded by
+    /// [`BertBound`] (a few hundred words are tokenized, whatever the text's size).
     pub fn tokenize(&self, text: &str) -> Result<Tokens, EmbedError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(EmbedError::bad_input("the text is empty"));
         }
-        // Only the first 128 tokens count, but the tokenizer would walk a multi-megabyte text
-        // to the end. BERT pre-tokenization splits on white space, so a prefix cut at white
-        // space yields the same leading tokens: if it already overflows, its result is the
-        // text's result. (A prefix that does not overflow proves nothing; then the whole text.)
-        // The prefix grows 4× until it overflows, so that neither a first word longer than one
-        // prefix nor 126 long words spread past it can force a tokenization of the whole text.
-        let mut limit = PREFIX_BYTES;
-        while limit < text.len() {
-            if let Some(prefix) = whitespace_prefix(text, limit) {
-                let tokens = self.encode(prefix)?;
-                if tokens.truncated {
-                    return Ok(tokens);
-                }
-            }
-            limit = limit.saturating_mul(4);
+        match &self.bound {
+            Some(bound) => self.encode(&bound.equivalent_prefix(text)),
+            None => self.encode(text),
         }
-        self.encode(text)
     }
 
     fn encode(&self, text: &str) -> Result<Tokens, EmbedError> {
@@ -76,23 +84,244 @@ impl TextTokenizer {
     }
 }
 
-/// Bytes of text tokenized first: 512 bytes per token at 128 tokens, far more than any
-/// real text needs.
-const PREFIX_BYTES: usize = 64 * 1024;
+/// How one character behaves under a `BertNormalizer` followed by the `BertPreTokenizer`
+/// (the same definitions as tokenizers 0.22's `normalizers/bert.rs` and `pre_tokenizers/bert.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CharClass {
+    /// Part of a word; the number of characters it is after normalisation (lower-casing can
+    /// turn one into two).
+    Word(usize),
+    /// Deleted by `clean_text` (NUL, U+FFFD, control and format characters): the word around
+    /// it continues ("dog\u{200B}cat" is one word).
+    Removed,
+    /// White space: ends the word and yields no token.
+    Space,
+    /// A pre-token of its own: punctuation, or a CJK ideograph under `handle_chinese_chars`.
+    Alone,
+    /// Anything else (a character whose lower-case form holds punctuation): ends the current
+    /// word, counted as yielding no token.
+    Other,
+}
 
-/// The text up to the last white space before `limit` bytes, when the text is longer.
-fn whitespace_prefix(text: &str, limit: usize) -> Option<&str> {
-    if text.len() <= limit {
-        return None;
+/// The bound on tokenizing a long text, for a WordPiece tokenizer with a `BertNormalizer` and
+/// the `BertPreTokenizer` (the bundle's tokenizer, and every BERT-family one).
+///
+/// The argument. Both stages are local: the normaliser maps each character on its own, the
+/// pre-tokenizer splits at white space and isolates punctuation and CJK ideographs, and
+/// WordPiece tokenizes each pre-token ("word") on its own. So a text's token sequence is the
+/// concatenation of its segments' tokens, where a segment is a word or an isolated character,
+/// and every segment yields at least one token. Three rewrites keep that sequence identical:
+///   1. a run of white space and deleted characters becomes its first white-space character
+///      (one split either way), a run of deleted characters only becomes its first one;
+///   2. a word longer than `max_input_chars_per_word` normalised characters is one `[UNK]`
+///      whatever its length (WordPiece checks the length first), so it is cut after its first
+///      `max_input_chars_per_word + 1` characters;
+///   3. a prefix ending after `needed = (max_seq_len + 1) · span` complete segments, where
+///      `span` is the most segments an added token (`[CLS]`: `[`, `CLS`, `]`, so 3) covers:
+///      an added token found in the text turns at most `span` segments into one token, and only
+///      the last `span − 1` segments of the prefix could join the rest of the text into one.
+///      The segments before them yield ≥ `max_seq_len` tokens, identical to the whole text's,
+///      so both overflow and truncation keeps the same first tokens.
+/// After rewrite 1, segments lie at most one character apart, and after rewrite 2 a word
+/// spans at most `2 · (max_input_chars_per_word + 1)` characters, so the prefix holds at most
+/// `needed · (2 · (max_input_chars_per_word + 1) + 1)` characters: ≈ 400 segments and
+/// 80 000 characters for the bundle's tokenizer (128 tokens, 100 characters, span 3) in the
+/// worst case, a few kilobytes for prose. The scan that finds the prefix reads the text once
+/// and allocates only the prefix. Added tokens must start and end with a character that
+/// stands alone and hold no white space, so a rewrite can neither create nor break one.
+#[derive(Debug)]
+struct BertBound {
+    clean_text: bool,
+    chinese: bool,
+    lowercase: bool,
+    max_word_chars: usize,
+    /// Complete segments after which the prefix is cut.
+    needed: usize,
+}
+
+impl BertBound {
+    /// The bound for this tokenizer, or why it does not apply.
+    fn new(tokenizer: &Tokenizer, max_seq_len: usize) -> Result<BertBound, String> {
+        let Some(NormalizerWrapper::BertNormalizer(norm)) = tokenizer.get_normalizer() else {
+            return Err("its normalizer is not a BertNormalizer".into());
+        };
+        if !matches!(
+            tokenizer.get_pre_tokenizer(),
+            Some(PreTokenizerWrapper::BertPreTokenizer(_))
+        ) {
+            return Err("its pre-tokenizer is not the BertPreTokenizer".into());
+        }
+        let ModelWrapper::WordPiece(wordpiece) = tokenizer.get_model() else {
+            return Err("its model is not WordPiece".into());
+        };
+        if norm.strip_accents.unwrap_or(norm.lowercase) {
+            // NFD + removing marks is not a per-character map this scan reproduces.
+            return Err("it strips accents".into());
+        }
+        let mut bound = BertBound {
+            clean_text: norm.clean_text,
+            chinese: norm.handle_chinese_chars,
+            lowercase: norm.lowercase,
+            max_word_chars: wordpiece.max_input_chars_per_word,
+            needed: 0,
+        };
+        let mut span = 1;
+        for token in tokenizer.get_added_tokens_decoder().values() {
+            span = span.max(bound.added_token_span(token)?);
+        }
+        bound.needed = max_seq_len.saturating_add(1).saturating_mul(span);
+        Ok(bound)
     }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
+
+    /// Segments an added token covers, if it is one the rewrites leave alone.
+    fn added_token_span(&self, token: &AddedToken) -> Result<usize, String> {
+        let refuse = || {
+            Err(format!(
+                "the added token {:?} is not bracketed",
+                token.content
+            ))
+        };
+        let classes: Vec<CharClass> = token.content.chars().map(|c| self.class(c)).collect();
+        let (Some(CharClass::Alone), Some(CharClass::Alone)) = (classes.first(), classes.last())
+        else {
+            return refuse();
+        };
+        if token.single_word {
+            return refuse();
+        }
+        let mut segments = 0;
+        let mut word = 0;
+        for class in classes {
+            match class {
+                CharClass::Word(n) => word += n,
+                CharClass::Alone => {
+                    if word > 0 {
+                        segments += 1;
+                    }
+                    if word > self.max_word_chars {
+                        return refuse();
+                    }
+                    word = 0;
+                    segments += 1;
+                }
+                _ => return refuse(),
+            }
+        }
+        Ok(segments)
     }
-    // ASCII space only: `char::is_whitespace` also matches U+000B, U+000C and U+0085, which
-    // BERT's normaliser deletes as control characters, joining the words around them.
-    let cut = text[..end].rfind(' ')?;
-    Some(&text[..cut])
+
+    fn class(&self, c: char) -> CharClass {
+        let control = !matches!(c, '\t' | '\n' | '\r') && c.is_other();
+        if self.clean_text && (c == '\0' || c == '\u{FFFD}' || control) {
+            return CharClass::Removed;
+        }
+        if c.is_whitespace() {
+            return CharClass::Space;
+        }
+        if self.chinese && is_chinese_char(c) {
+            return CharClass::Alone;
+        }
+        if !self.lowercase || c.is_ascii() {
+            let c = if self.lowercase {
+                c.to_ascii_lowercase()
+            } else {
+                c
+            };
+            return if is_bert_punctuation(c) {
+                CharClass::Alone
+            } else {
+                CharClass::Word(1)
+            };
+        }
+        let lower: Vec<char> = c.to_lowercase().collect();
+        match lower[..] {
+            [one] if is_bert_punctuation(one) => CharClass::Alone,
+            _ if lower
+                .iter()
+                .any(|&l| l.is_whitespace() || is_bert_punctuation(l)) =>
+            {
+                CharClass::Other
+            }
+            _ => CharClass::Word(lower.len()),
+        }
+    }
+
+    /// A text whose tokens are the same as `text`'s (see the type's argument), holding at most
+    /// `needed` complete segments.
+    fn equivalent_prefix<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        // Short texts cannot hold `needed` segments and long words: nothing to rewrite.
+        if text.len() <= self.needed {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::new();
+        let mut segments = 0usize;
+        // Normalised characters of the current word; 0 outside a word.
+        let mut word = 0usize;
+        // The current word is past `max_word_chars`: its remaining characters are dropped.
+        let mut dropping = false;
+        // One character standing for a run of white space or deleted characters.
+        let mut filler: Option<(char, CharClass)> = None;
+        for c in text.chars() {
+            let class = self.class(c);
+            match class {
+                CharClass::Word(n) => {
+                    if dropping {
+                        continue;
+                    }
+                    if let Some((f, _)) = filler.take() {
+                        out.push(f);
+                    }
+                    out.push(c);
+                    word += n;
+                    dropping = word > self.max_word_chars;
+                }
+                CharClass::Removed => {
+                    if !dropping && filler.is_none() {
+                        filler = Some((c, class));
+                    }
+                }
+                CharClass::Space => {
+                    segments += usize::from(word > 0);
+                    (word, dropping) = (0, false);
+                    if !matches!(filler, Some((_, CharClass::Space))) {
+                        filler = Some((c, class));
+                    }
+                }
+                CharClass::Alone | CharClass::Other => {
+                    segments += usize::from(word > 0) + usize::from(class == CharClass::Alone);
+                    (word, dropping) = (0, false);
+                    if let Some((f, _)) = filler.take() {
+                        out.push(f);
+                    }
+                    out.push(c);
+                }
+            }
+            if segments >= self.needed {
+                break;
+            }
+        }
+        Cow::Owned(out)
+    }
+}
+
+/// tokenizers' `is_chinese_char`: the CJK Unified Ideographs blocks, not kana or Hangul.
+fn is_chinese_char(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x4E00..=0x9FFF
+            | 0x3400..=0x4DBF
+            | 0x20000..=0x2A6DF
+            | 0x2A700..=0x2B73F
+            | 0x2B740..=0x2B81F
+            | 0x2B920..=0x2CEAF
+            | 0xF900..=0xFAFF
+            | 0x2F800..=0x2FA1F
+    )
+}
+
+/// tokenizers' `is_bert_punc`: ASCII punctuation or a Unicode P* category.
+fn is_bert_punctuation(c: char) -> bool {
+    c.is_ascii_punctuation() || c.is_punctuation()
 }
 
 /// Pads a batch to its longest member with id 0 and builds the attention mask.
@@ -184,20 +413,269 @@ mod tests {
     use super::*;
     use ndarray::Array3;
 
+    fn bundle_tokenizer(max_seq_len: usize) -> TextTokenizer {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        TextTokenizer::load(&path, max_seq_len).unwrap()
+    }
+
+    /// The bundle's tokenizer with its normaliser's `lowercase` set (accents kept).
+    fn lowercasing_tokenizer(max_seq_len: usize) -> TextTokenizer {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        json["normalizer"]["lowercase"] = true.into();
+        json["normalizer"]["strip_accents"] = false.into();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let tokenizer = TextTokenizer::load(&path, max_seq_len).unwrap();
+        assert!(tokenizer.bound.as_ref().is_some_and(|b| b.lowercase));
+        tokenizer
+    }
+
+    /// The cut must never change the ids: compare with tokenizing the whole (trimmed) text.
+    fn assert_same_as_whole(tokenizer: &TextTokenizer, what: &str, text: &str) -> Tokens {
+        let cut = tokenizer.tokenize(text).unwrap();
+        let whole = tokenizer.encode(text.trim()).unwrap();
+        assert_eq!(
+            cut, whole,
+            "{what}: ids of the cut and the whole text differ"
+        );
+        cut
+    }
+
+    /// `n` bytes (or a few more) of `unit` repeated.
+    fn repeat_to(unit: &str, n: usize) -> String {
+        unit.repeat(n / unit.len() + 1)
+    }
+
+    const MIB4: usize = 4 << 20;
+
     #[test]
-    fn long_texts_are_cut_at_white_space_before_tokenizing() {
-        assert_eq!(whitespace_prefix("short", 10), None);
-        assert_eq!(whitespace_prefix("aaa bbb ccc", 9), Some("aaa bbb"));
+    fn the_bound_is_derived_from_the_bundle_tokenizer() {
+        let t = bundle_tokenizer(128);
+        let bound = t
+            .bound
+            .as_ref()
+            .expect("the bundle's tokenizer is BERT-family");
+        assert_eq!(bound.max_word_chars, 100);
+        // [CLS], [SEP], [PAD], [UNK], [MASK]: three segments each.
+        assert_eq!(bound.needed, 129 * 3);
+        assert_eq!(bound.class('a'), CharClass::Word(1));
+        assert_eq!(bound.class('\u{200B}'), CharClass::Removed);
         assert_eq!(
-            whitespace_prefix("ééé ééé", 8),
-            Some("ééé"),
-            "cut on a char boundary"
+            bound.class('\u{0085}'),
+            CharClass::Removed,
+            "NEL is Cc: deleted, not a space"
+        );
+        assert_eq!(bound.class('\u{3000}'), CharClass::Space);
+        assert_eq!(bound.class('雪'), CharClass::Alone);
+        assert_eq!(bound.class('、'), CharClass::Alone);
+        assert_eq!(
+            bound.class('ก'),
+            CharClass::Word(1),
+            "Thai letters form words"
         );
         assert_eq!(
-            whitespace_prefix("aaaaaaaaaaaa", 5),
-            None,
-            "no white space: no cut"
+            bound.class('🐶'),
+            CharClass::Word(1),
+            "emoji are not punctuation"
         );
+    }
+
+    #[test]
+    fn texts_without_ascii_spaces_give_the_ids_of_the_whole_text() {
+        // Sizes keep the whole-text tokenization (the comparison) quick in a debug build while
+        // holding far more than `needed` segments or `max_input_chars_per_word` characters.
+        let n = 256 << 10;
+        let cases = [
+            ("CJK prose", repeat_to("一只猫在雪地里睡觉，然后醒来。", n)),
+            (
+                "Japanese with kana",
+                repeat_to("雪の中で眠る猫とカメラ。", n),
+            ),
+            ("Thai without spaces", repeat_to("แมวนอนหลับอยู่บนหิมะ", n)),
+            (
+                "Thai with a full stop per sentence",
+                repeat_to("แมวนอนหลับ.", n),
+            ),
+            ("emoji", repeat_to("🐶🐱🐭", n)),
+            ("emoji between punctuation", repeat_to("🐶,", n)),
+            ("one long word", "x".repeat(n)),
+            ("words split by newlines", repeat_to("dog\n", n)),
+            ("words split by tabs", repeat_to("snow\t", n)),
+            ("words split by U+3000", repeat_to("雪猫\u{3000}dog", n)),
+            ("words split by NBSP", repeat_to("dog\u{00A0}", n)),
+            (
+                "words joined by zero-width spaces",
+                repeat_to("dog\u{200B}", n),
+            ),
+            ("NEL joins words", repeat_to("dog\u{0085}cat ", n)),
+            (
+                "a long run of spaces first",
+                format!("dog{}cat", " ".repeat(n)),
+            ),
+            (
+                "a long run of deleted characters",
+                format!("dog{}cat", "\u{200B}".repeat(n)),
+            ),
+            ("special tokens spelled out", repeat_to("[CLS][MASK]", n)),
+            (
+                "special tokens across deleted characters",
+                repeat_to("[MA\u{200B}SK]", n),
+            ),
+            (
+                "special tokens after a long word",
+                repeat_to(&format!("{}[SEP]", "y".repeat(150)), n),
+            ),
+            (
+                "combining marks",
+                repeat_to("Cafe\u{0301}\u{0301}\u{0301} ", n),
+            ),
+        ];
+        let t = bundle_tokenizer(128);
+        for (what, text) in &cases {
+            let tokens = assert_same_as_whole(&t, what, text);
+            assert!(tokens.ids.len() <= 128, "{what}");
+        }
+        let lower = lowercasing_tokenizer(128);
+        for (what, text) in &cases {
+            assert_same_as_whole(&lower, what, &format!("İSTANBUL {text}"));
+        }
+    }
+
+    #[test]
+    fn word_lengths_around_the_wordpiece_limit_keep_their_ids() {
+        // 100 characters is a word WordPiece splits; 101 is one [UNK]; the cut keeps 101.
+        let t = bundle_tokenizer(16);
+        for len in [99, 100, 101, 102, 250] {
+            for unit in ["a", "é", "ก", "🐶"] {
+                let word = unit.repeat(len);
+                let text = format!("{word} {}", repeat_to(&format!("{word} , "), 8 << 10));
+                assert_same_as_whole(&t, &format!("{len}×{unit}"), &text);
+            }
+        }
+    }
+
+    #[test]
+    fn pseudo_random_mixtures_give_the_ids_of_the_whole_text() {
+        // A small token budget makes the cut engage on small texts; a fixed-seed generator mixes
+        // every character class, including the rewrites' edge cases.
+        const PARTS: &[&str] = &[
+            "dog", "x", "ก", "🐶", "雪", "。", ",", " ", "\n", "\u{3000}", "\u{200B}", "\u{0085}",
+            "\u{0301}", "[CLS]", "[", "MASK", "]", "İ", "\u{FFFD}", "\0", "Straße",
+        ];
+        let t = bundle_tokenizer(8);
+        let lower = lowercasing_tokenizer(8);
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        for case in 0..300 {
+            let mut text = String::new();
+            while text.len() < 3000 {
+                let part = PARTS[next(PARTS.len())];
+                // Now and then a long run of one part: long words, long fillers.
+                let times = if next(10) == 0 { 1 + next(300) } else { 1 };
+                text.push_str(&part.repeat(times));
+            }
+            assert_same_as_whole(&t, &format!("case {case}"), &text);
+            assert_same_as_whole(&lower, &format!("case {case} (lower-case)"), &text);
+        }
+    }
+
+    #[test]
+    fn four_mib_without_spaces_tokenize_from_a_short_prefix() {
+        // The work is bounded by what is tokenized: the prefix, never the 4 MiB.
+        let t = bundle_tokenizer(128);
+        let bound = t.bound.as_ref().unwrap();
+        let limit = bound.needed * (2 * (bound.max_word_chars + 1) + 1);
+        for (what, text) in [
+            ("CJK", repeat_to("一只猫在雪地里睡觉", MIB4)),
+            ("Thai", repeat_to("แมวนอนหลับอยู่บนหิมะ", MIB4)),
+            ("emoji", repeat_to("🐶🐱", MIB4)),
+            ("one word", "x".repeat(MIB4)),
+        ] {
+            let prefix = bound.equivalent_prefix(&text);
+            let chars = prefix.chars().count();
+            assert!(chars <= limit, "{what}: {chars} characters tokenized");
+            assert!(
+                prefix.len() < 64 << 10,
+                "{what}: {} bytes tokenized",
+                prefix.len()
+            );
+            t.tokenize(&text).unwrap();
+        }
+        // The single word: the whole text is one [UNK], and so is the cut.
+        let word = "x".repeat(MIB4);
+        assert_eq!(bound.equivalent_prefix(&word).len(), 101);
+        assert_eq!(t.tokenize(&word).unwrap().ids, [101, 100, 102]);
+    }
+
+    /// The figures of docs/reliability.md ("Texts without spaces"): time and peak memory of
+    /// one 4 MiB text, cut vs whole. A measurement, not a check (it depends on the machine):
+    /// `cargo test --lib measure_four_mib_texts -- --ignored --nocapture --test-threads=1`.
+    #[test]
+    #[ignore]
+    fn measure_four_mib_texts() {
+        fn peak_kib() -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+            line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        }
+        let t = bundle_tokenizer(128);
+        t.tokenize("warm up").unwrap();
+        let cases = [
+            ("CJK", repeat_to("一只猫在雪地里睡觉", MIB4)),
+            ("Thai", repeat_to("แมวนอนหลับอยู่บนหิมะ", MIB4)),
+            ("emoji", repeat_to("🐶🐱", MIB4)),
+            ("one word", "x".repeat(MIB4)),
+        ];
+        for (what, text) in &cases {
+            let before = peak_kib();
+            let started = std::time::Instant::now();
+            let cut = t.tokenize(text).unwrap();
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: cut {:.1} ms, peak +{} KiB, {} ids",
+                took.as_secs_f64() * 1e3,
+                peak_kib() - before,
+                cut.ids.len()
+            );
+        }
+        for (what, text) in &cases {
+            let before = peak_kib();
+            let started = std::time::Instant::now();
+            let whole = t.encode(text).unwrap();
+            let took = started.elapsed();
+            eprintln!(
+                "{what}: whole {:.1} ms, peak +{} KiB, {} ids",
+                took.as_secs_f64() * 1e3,
+                peak_kib() - before,
+                whole.ids.len()
+            );
+        }
+    }
+
+    #[test]
+    fn other_tokenizers_are_tokenized_whole() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        json["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let t = TextTokenizer::load(&path, 16).unwrap();
+        assert!(t.bound.is_none());
+        let text = repeat_to("dog!!! ", 4 << 10);
+        assert_same_as_whole(&t, "Whitespace pre-tokenizer", &text);
     }
 
     #[test]

@@ -847,3 +847,75 @@ async fn a_500_mb_body_is_refused_without_being_read_or_buffered() {
 
     still_serving(&app).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jpegs_libjpeg_only_warns_about_decode_and_are_counted() {
+    // Issue 16 §4: the commonest camera/phone defects are libjpeg *warnings* ("Corrupt JPEG
+    // data: N extraneous bytes before marker 0x…"); PIL decodes them, so must Sightline, with
+    // the reference's vector (golden), counting each in its own server's `/metrics`.
+    let server = crate::child::ChildServer::start(&[]);
+    let files = [
+        "jpeg-stray-before-eoi.jpg",
+        "jpeg-junk-before-sos.jpg",
+        "landscape.jpg",
+    ];
+    let inputs: Vec<String> = files.iter().map(|f| data_uri(f)).collect();
+    let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+    let reply = patiently("warning JPEGs", server.embed(&inputs)).await;
+    let vectors = openai_reply_vectors(&reply, files.len());
+    for (file, v) in files.iter().zip(&vectors) {
+        assert_golden(v, &golden_image(file), file);
+    }
+    assert_eq!(
+        server
+            .metric("sightline_decode_warnings_total{format=\"jpeg\"}")
+            .await,
+        1.0,
+        "junk before the scan header warns; libjpeg's bit reader swallows the one stray byte \
+         before EOI silently, and the clean file has nothing to warn about"
+    );
+    // A file cut short is still refused: PIL refuses it too ("image file is truncated").
+    let reply = patiently(
+        "truncated JPEG",
+        server.embed(&[&uri("image/jpeg", &hostile("truncated.jpg"))]),
+    )
+    .await;
+    reply.assert_status(StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn four_mib_texts_without_spaces_get_the_vector_of_their_first_tokens() {
+    // Issue 16 §3: CJK, Thai and emoji prose without spaces, words separated only by newlines,
+    // tabs or U+3000, and one 4 MiB "word". Each is answered from the bounded prefix
+    // (`engine::text` pins the ids against tokenizing the whole text); here: HTTP, usage, and
+    // the same vector as a 64 KiB head of the same text.
+    let app = app();
+    let mib4 = 4 << 20;
+    let fill = |unit: &str| unit.repeat(mib4 / unit.len() + 1);
+    let cases = [
+        ("CJK", fill("一只猫在雪地里睡觉，然后醒来。"), true),
+        ("Thai", fill("แมวนอนหลับอยู่บนหิมะ."), true),
+        ("emoji", fill("🐶,🐱."), true),
+        ("newlines", fill("snow\n"), true),
+        ("tabs", fill("dog\t"), true),
+        ("U+3000", fill("犬\u{3000}"), true),
+        ("one word", "x".repeat(mib4), false),
+    ];
+    for (what, text, truncated) in &cases {
+        let body = openai_body(&[text], None, None, false);
+        let reply = patiently(what, send(&app, openai_request("/v1/embeddings", body))).await;
+        let v = openai_reply_vectors(&reply, 1);
+        let tokens = reply.json()["usage"]["prompt_tokens"].clone();
+        if *truncated {
+            assert_eq!(tokens, 128, "{what}: the 128-token cap");
+        } else {
+            assert_eq!(tokens, 3, "{what}: [CLS] [UNK] [SEP]");
+        }
+        let mut head = 64 << 10;
+        while !text.is_char_boundary(head) {
+            head -= 1;
+        }
+        let expected = vector_of(&app, &text[..head]).await;
+        assert_same_vector(&v[0], &expected, what);
+    }
+}
