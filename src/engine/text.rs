@@ -122,6 +122,7 @@ enum CharClass {
 ///      the last `span − 1` segments of the prefix could join the rest of the text into one.
 ///      The segments before them yield ≥ `max_seq_len` tokens, identical to the whole text's,
 ///      so both overflow and truncation keeps the same first tokens.
+///
 /// After rewrite 1, segments lie at most one character apart, and after rewrite 2 a word
 /// spans at most `2 · (max_input_chars_per_word + 1)` characters, so the prefix holds at most
 /// `needed · (2 · (max_input_chars_per_word + 1) + 1)` characters: ≈ 400 segments and
