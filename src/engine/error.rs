@@ -88,12 +88,6 @@ pub struct InputError {
     pub error: EmbedError,
 }
 
-impl InputError {
-    pub fn kind(&self) -> ErrorKind {
-        self.error.kind
-    }
-}
-
 impl fmt::Display for InputError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "input[{}]: {}", self.index, self.error.message)
@@ -140,6 +134,6 @@ mod tests {
     fn input_error_names_the_index() {
         let e = EmbedError::bad_input("invalid base64 at byte 7").at(3);
         assert_eq!(e.to_string(), "input[3]: invalid base64 at byte 7");
-        assert_eq!(e.kind(), ErrorKind::BadInput);
+        assert_eq!(e.error.kind, ErrorKind::BadInput);
     }
 }
