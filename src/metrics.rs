@@ -161,10 +161,7 @@ pub fn dropped(modality: &str, reason: &str, n: usize) {
 
 /// One image decoded although its decoder reported a recoverable defect.
 pub fn decode_warning(format: &str) {
-    metrics()
-        .decode_warnings
-        .with_label_values(&[format])
-        .inc();
+    metrics().decode_warnings.with_label_values(&[format]).inc();
 }
 
 pub fn queue_depth(modality: &str, depth: usize) {

@@ -121,7 +121,9 @@ pub fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbImage, Emb
     let warning = tj.decompress(bytes, &mut pixels, width * channels, format)?;
     if let Some(warning) = warning.or(header_warning) {
         if !tolerated(&warning) {
-            return Err(EmbedError::bad_input(format!("cannot decode JPEG: {warning}")));
+            return Err(EmbedError::bad_input(format!(
+                "cannot decode JPEG: {warning}"
+            )));
         }
         tracing::debug!(%warning, "decoded a JPEG despite libjpeg's warning");
         crate::metrics::decode_warning("jpeg");
@@ -199,7 +201,9 @@ impl TurboJpeg {
         if code == raw::TJERR_TJERR_WARNING as c_int {
             Ok(Some(message))
         } else {
-            Err(EmbedError::bad_input(format!("cannot decode JPEG: {message}")))
+            Err(EmbedError::bad_input(format!(
+                "cannot decode JPEG: {message}"
+            )))
         }
     }
 
@@ -220,9 +224,8 @@ impl TurboJpeg {
 
     fn read_header(&mut self, bytes: &[u8]) -> Result<(Header, Option<String>), EmbedError> {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
-        let rc = unsafe {
-            raw::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as raw::size_t)
-        };
+        let rc =
+            unsafe { raw::tj3DecompressHeader(self.0, bytes.as_ptr(), bytes.len() as raw::size_t) };
         let warning = self.outcome(rc)?;
         let (width, height) = (
             self.get(raw::TJPARAM_TJPARAM_JPEGWIDTH),
@@ -452,7 +455,9 @@ mod tests {
         ));
         assert!(tolerated("Warning: unknown JFIF revision number 2.01"));
         assert!(!tolerated("Corrupt JPEG data: bad Huffman code"));
-        assert!(!tolerated("Corrupt JPEG data: premature end of data segment"));
+        assert!(!tolerated(
+            "Corrupt JPEG data: premature end of data segment"
+        ));
         assert!(!tolerated("Premature end of JPEG file"));
     }
 
@@ -474,6 +479,10 @@ mod tests {
         let mut broken = bytes.clone();
         broken[sof + 9] = 0;
         let e = decode(&broken, None).unwrap_err();
-        assert!(e.message.starts_with("cannot decode JPEG: "), "{}", e.message);
+        assert!(
+            e.message.starts_with("cannot decode JPEG: "),
+            "{}",
+            e.message
+        );
     }
 }

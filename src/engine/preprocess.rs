@@ -134,11 +134,19 @@ fn tiff_first_image_only(bytes: &[u8]) -> Cow<'_, [u8]> {
     };
     let u32_at = |at: usize| {
         let b: [u8; 4] = read(at, 4)?.try_into().ok()?;
-        Some(if little { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) } as usize)
+        Some(if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        } as usize)
     };
     let u16_at = |at: usize| {
         let b: [u8; 2] = read(at, 2)?.try_into().ok()?;
-        Some(usize::from(if little { u16::from_le_bytes(b) } else { u16::from_be_bytes(b) }))
+        Some(usize::from(if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }))
     };
     let next_at = u32_at(4).and_then(|ifd| Some(ifd + 2 + 12 * u16_at(ifd)?));
     match next_at {
@@ -169,7 +177,9 @@ fn decode_tiff_ycbcr(bytes: &[u8], opts: &DecodeOptions) -> Result<DynamicImage,
     let bad = |e: tiff::TiffError| EmbedError::bad_input(format!("cannot decode TIFF: {e}"));
     let mut limits = Limits::default();
     limits.decoding_buffer_size = usize::try_from(opts.max_alloc).unwrap_or(usize::MAX);
-    let mut decoder = Decoder::new(Cursor::new(bytes)).map_err(bad)?.with_limits(limits);
+    let mut decoder = Decoder::new(Cursor::new(bytes))
+        .map_err(bad)?
+        .with_limits(limits);
     let (w, h) = decoder.dimensions().map_err(bad)?;
     check_pixels(w, h, opts)?;
     let compression = decoder
@@ -181,11 +191,15 @@ fn decode_tiff_ycbcr(bytes: &[u8], opts: &DecodeOptions) -> Result<DynamicImage,
         ));
     }
     let DecodingResult::U8(samples) = decoder.read_image().map_err(bad)? else {
-        return Err(EmbedError::bad_input("cannot decode TIFF: YCbCr samples are not 8-bit"));
+        return Err(EmbedError::bad_input(
+            "cannot decode TIFF: YCbCr samples are not 8-bit",
+        ));
     };
     let pixels = w as usize * h as usize;
     if samples.len() < pixels * 3 {
-        return Err(EmbedError::bad_input("cannot decode TIFF: the image data is incomplete"));
+        return Err(EmbedError::bad_input(
+            "cannot decode TIFF: the image data is incomplete",
+        ));
     }
     let mut rgb = Vec::with_capacity(pixels * 3);
     for px in samples[..pixels * 3].chunks_exact(3) {
@@ -275,7 +289,12 @@ fn gif_canvas(bytes: &[u8]) -> Option<GifCanvas> {
                 }
             }
             0x2C => {
-                let (x, y, w, h) = (u16_at(pos + 1)?, u16_at(pos + 3)?, u16_at(pos + 5)?, u16_at(pos + 7)?);
+                let (x, y, w, h) = (
+                    u16_at(pos + 1)?,
+                    u16_at(pos + 3)?,
+                    u16_at(pos + 5)?,
+                    u16_at(pos + 7)?,
+                );
                 let local = *bytes.get(pos + 9)?;
                 if local & 0x80 != 0 {
                     index0.copy_from_slice(bytes.get(pos + 10..pos + 13)?);

@@ -122,13 +122,16 @@ enum CharClass {
 ///      the last `span − 1` segments of the prefix could join the rest of the text into one.
 ///      The segments before them yield ≥ `max_seq_len` tokens, identical to the whole text's,
 ///      so both overflow and truncation keeps the same first tokens.
+///
 /// After rewrite 1, segments lie at most one character apart, and after rewrite 2 a word
 /// spans at most `2 · (max_input_chars_per_word + 1)` characters, so the prefix holds at most
-/// `needed · (2 · (max_input_chars_per_word + 1) + 1)` characters: ≈ 400 segments and
-/// 80 000 characters for the bundle's tokenizer (128 tokens, 100 characters, span 3) in the
+/// `needed · (2 · (max_input_chars_per_word + 1) + 1)` characters: 387 segments and
+/// 78 561 characters for the bundle's tokenizer (128 tokens, 100 characters, span 3) in the
 /// worst case, a few kilobytes for prose. The scan that finds the prefix reads the text once
 /// and allocates only the prefix. Added tokens must start and end with a character that
 /// stands alone and hold no white space, so a rewrite can neither create nor break one.
+/// (`CharClass::Other` characters count as no segment and are not bounded; only a lower-casing
+/// normaliser can produce them, and the bundle's does not lower-case.)
 #[derive(Debug)]
 struct BertBound {
     clean_text: bool,
@@ -175,7 +178,12 @@ impl BertBound {
 
     /// Segments an added token covers, if it is one the rewrites leave alone.
     fn added_token_span(&self, token: &AddedToken) -> Result<usize, String> {
-        let refuse = || Err(format!("the added token {:?} is not bracketed", token.content));
+        let refuse = || {
+            Err(format!(
+                "the added token {:?} is not bracketed",
+                token.content
+            ))
+        };
         let classes: Vec<CharClass> = token.content.chars().map(|c| self.class(c)).collect();
         let (Some(CharClass::Alone), Some(CharClass::Alone)) = (classes.first(), classes.last())
         else {
@@ -206,7 +214,13 @@ impl BertBound {
     }
 
     fn class(&self, c: char) -> CharClass {
-        let control = !matches!(c, '\t' | '\n' | '\r') && c.is_other();
+        // ASCII: Cc are 0x00–0x1F and 0x7F (Cf and Co hold no ASCII).
+        let control = !matches!(c, '\t' | '\n' | '\r')
+            && if c.is_ascii() {
+                c.is_ascii_control()
+            } else {
+                c.is_other()
+            };
         if self.clean_text && (c == '\0' || c == '\u{FFFD}' || control) {
             return CharClass::Removed;
         }
@@ -256,8 +270,16 @@ impl BertBound {
         let mut dropping = false;
         // One character standing for a run of white space or deleted characters.
         let mut filler: Option<(char, CharClass)> = None;
+        // The scan may read megabytes (a 4 MiB word is read to its end): a direct-mapped cache
+        // of classes keeps it to a table lookup for the few distinct characters of a text.
+        let mut cache = [('\0', CharClass::Removed); 256];
+        cache[0] = ('\0', self.class('\0'));
         for c in text.chars() {
-            let class = self.class(c);
+            let slot = &mut cache[(u32::from(c) & 0xFF) as usize];
+            if slot.0 != c {
+                *slot = (c, self.class(c));
+            }
+            let class = slot.1;
             match class {
                 CharClass::Word(n) => {
                     if dropping {
@@ -409,13 +431,15 @@ mod tests {
     use ndarray::Array3;
 
     fn bundle_tokenizer(max_seq_len: usize) -> TextTokenizer {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
         TextTokenizer::load(&path, max_seq_len).unwrap()
     }
 
     /// The bundle's tokenizer with its normaliser's `lowercase` set (accents kept).
     fn lowercasing_tokenizer(max_seq_len: usize) -> TextTokenizer {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
         let mut json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         json["normalizer"]["lowercase"] = true.into();
@@ -432,7 +456,10 @@ mod tests {
     fn assert_same_as_whole(tokenizer: &TextTokenizer, what: &str, text: &str) -> Tokens {
         let cut = tokenizer.tokenize(text).unwrap();
         let whole = tokenizer.encode(text.trim()).unwrap();
-        assert_eq!(cut, whole, "{what}: ids of the cut and the whole text differ");
+        assert_eq!(
+            cut, whole,
+            "{what}: ids of the cut and the whole text differ"
+        );
         cut
     }
 
@@ -446,18 +473,33 @@ mod tests {
     #[test]
     fn the_bound_is_derived_from_the_bundle_tokenizer() {
         let t = bundle_tokenizer(128);
-        let bound = t.bound.as_ref().expect("the bundle's tokenizer is BERT-family");
+        let bound = t
+            .bound
+            .as_ref()
+            .expect("the bundle's tokenizer is BERT-family");
         assert_eq!(bound.max_word_chars, 100);
         // [CLS], [SEP], [PAD], [UNK], [MASK]: three segments each.
         assert_eq!(bound.needed, 129 * 3);
         assert_eq!(bound.class('a'), CharClass::Word(1));
         assert_eq!(bound.class('\u{200B}'), CharClass::Removed);
-        assert_eq!(bound.class('\u{0085}'), CharClass::Removed, "NEL is Cc: deleted, not a space");
+        assert_eq!(
+            bound.class('\u{0085}'),
+            CharClass::Removed,
+            "NEL is Cc: deleted, not a space"
+        );
         assert_eq!(bound.class('\u{3000}'), CharClass::Space);
         assert_eq!(bound.class('雪'), CharClass::Alone);
         assert_eq!(bound.class('、'), CharClass::Alone);
-        assert_eq!(bound.class('ก'), CharClass::Word(1), "Thai letters form words");
-        assert_eq!(bound.class('🐶'), CharClass::Word(1), "emoji are not punctuation");
+        assert_eq!(
+            bound.class('ก'),
+            CharClass::Word(1),
+            "Thai letters form words"
+        );
+        assert_eq!(
+            bound.class('🐶'),
+            CharClass::Word(1),
+            "emoji are not punctuation"
+        );
     }
 
     #[test]
@@ -467,9 +509,15 @@ mod tests {
         let n = 256 << 10;
         let cases = [
             ("CJK prose", repeat_to("一只猫在雪地里睡觉，然后醒来。", n)),
-            ("Japanese with kana", repeat_to("雪の中で眠る猫とカメラ。", n)),
+            (
+                "Japanese with kana",
+                repeat_to("雪の中で眠る猫とカメラ。", n),
+            ),
             ("Thai without spaces", repeat_to("แมวนอนหลับอยู่บนหิมะ", n)),
-            ("Thai with a full stop per sentence", repeat_to("แมวนอนหลับ.", n)),
+            (
+                "Thai with a full stop per sentence",
+                repeat_to("แมวนอนหลับ.", n),
+            ),
             ("emoji", repeat_to("🐶🐱🐭", n)),
             ("emoji between punctuation", repeat_to("🐶,", n)),
             ("one long word", "x".repeat(n)),
@@ -477,14 +525,32 @@ mod tests {
             ("words split by tabs", repeat_to("snow\t", n)),
             ("words split by U+3000", repeat_to("雪猫\u{3000}dog", n)),
             ("words split by NBSP", repeat_to("dog\u{00A0}", n)),
-            ("words joined by zero-width spaces", repeat_to("dog\u{200B}", n)),
+            (
+                "words joined by zero-width spaces",
+                repeat_to("dog\u{200B}", n),
+            ),
             ("NEL joins words", repeat_to("dog\u{0085}cat ", n)),
-            ("a long run of spaces first", format!("dog{}cat", " ".repeat(n))),
-            ("a long run of deleted characters", format!("dog{}cat", "\u{200B}".repeat(n))),
+            (
+                "a long run of spaces first",
+                format!("dog{}cat", " ".repeat(n)),
+            ),
+            (
+                "a long run of deleted characters",
+                format!("dog{}cat", "\u{200B}".repeat(n)),
+            ),
             ("special tokens spelled out", repeat_to("[CLS][MASK]", n)),
-            ("special tokens across deleted characters", repeat_to("[MA\u{200B}SK]", n)),
-            ("special tokens after a long word", repeat_to(&format!("{}[SEP]", "y".repeat(150)), n)),
-            ("combining marks", repeat_to("Cafe\u{0301}\u{0301}\u{0301} ", n)),
+            (
+                "special tokens across deleted characters",
+                repeat_to("[MA\u{200B}SK]", n),
+            ),
+            (
+                "special tokens after a long word",
+                repeat_to(&format!("{}[SEP]", "y".repeat(150)), n),
+            ),
+            (
+                "combining marks",
+                repeat_to("Cafe\u{0301}\u{0301}\u{0301} ", n),
+            ),
         ];
         let t = bundle_tokenizer(128);
         for (what, text) in &cases {
@@ -555,7 +621,11 @@ mod tests {
             let prefix = bound.equivalent_prefix(&text);
             let chars = prefix.chars().count();
             assert!(chars <= limit, "{what}: {chars} characters tokenized");
-            assert!(prefix.len() < 64 << 10, "{what}: {} bytes tokenized", prefix.len());
+            assert!(
+                prefix.len() < 64 << 10,
+                "{what}: {} bytes tokenized",
+                prefix.len()
+            );
             t.tokenize(&text).unwrap();
         }
         // The single word: the whole text is one [UNK], and so is the cut.
@@ -611,7 +681,8 @@ mod tests {
 
     #[test]
     fn other_tokenizers_are_tokenized_whole() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
         let mut json: serde_json::Value =
             serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
         json["pre_tokenizer"] = serde_json::json!({"type": "Whitespace"});
