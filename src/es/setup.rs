@@ -648,14 +648,18 @@ mod tests {
         Cluster::new(text.parse::<EsVersion>().unwrap())
     }
 
+    /// `METHOD path` of each step, in order.
+    fn step_paths(plan: &Plan) -> Vec<String> {
+        plan.steps
+            .iter()
+            .map(|s| format!("{} {}", s.method(), s.path()))
+            .collect()
+    }
+
     #[test]
     fn plan_orders_endpoint_before_users_of_it() {
         let plan = plan(&cluster("9.1.0"), &model(), &config(), &pipeline_mode()).unwrap();
-        let paths: Vec<String> = plan
-            .steps
-            .iter()
-            .map(|s| format!("{} {}", s.method(), s.path()))
-            .collect();
+        let paths = step_paths(&plan);
         assert_eq!(
             paths,
             [
@@ -706,11 +710,7 @@ mod tests {
         };
         for version in ["8.11.0", "8.15.0", "9.3.0", "7.17.0"] {
             let plan = plan(&cluster(version), &model(), &config(), &vectors).unwrap();
-            let paths: Vec<String> = plan
-                .steps
-                .iter()
-                .map(|s| format!("{} {}", s.method(), s.path()))
-                .collect();
+            let paths = step_paths(&plan);
             assert_eq!(
                 paths,
                 ["PUT _index_template/sightline-photos", "PUT photos"],

@@ -37,17 +37,28 @@ fn expected_mode(version: &str, licence: &str) -> &'static str {
     }
 }
 
-async fn setup(fake: &FakeEs, index: &str, extra: &[&str]) -> Run {
-    let sidecar = fake.sidecar_url();
-    let mut args = vec![
-        "setup",
+/// `command` against the fake cluster and its sidecar, on `index`: the arguments every helper
+/// below starts with.
+fn cluster_args<'a>(
+    command: &'a str,
+    fake: &'a FakeEs,
+    sidecar: &'a str,
+    index: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        command,
         "--es",
         &fake.url,
         "--sidecar-url",
-        &sidecar,
+        sidecar,
         "--index",
         index,
-    ];
+    ]
+}
+
+async fn setup(fake: &FakeEs, index: &str, extra: &[&str]) -> Run {
+    let sidecar = fake.sidecar_url();
+    let mut args = cluster_args("setup", fake, &sidecar, index);
     args.extend_from_slice(extra);
     sightline(&args).await
 }
@@ -56,15 +67,9 @@ async fn ingest(fake: &FakeEs, folder: &Path, failures: &Path, index: &str, extr
     let folder = folder.display().to_string();
     let failures = failures.display().to_string();
     let sidecar = fake.sidecar_url();
-    let mut args = vec![
-        "ingest",
-        &folder,
-        "--es",
-        &fake.url,
-        "--sidecar-url",
-        &sidecar,
-        "--index",
-        index,
+    let mut args = cluster_args("ingest", fake, &sidecar, index);
+    args.insert(1, &folder);
+    args.extend_from_slice(&[
         "--failures",
         &failures,
         "--no-progress",
@@ -74,23 +79,15 @@ async fn ingest(fake: &FakeEs, folder: &Path, failures: &Path, index: &str, extr
         "1",
         "--retry-max-delay-ms",
         "5",
-    ];
+    ]);
     args.extend_from_slice(extra);
     sightline(&args).await
 }
 
 async fn search(fake: &FakeEs, index: &str, query: &[&str]) -> Run {
     let sidecar = fake.sidecar_url();
-    let mut args = vec![
-        "search",
-        "--es",
-        &fake.url,
-        "--sidecar-url",
-        &sidecar,
-        "--index",
-        index,
-        "--json",
-    ];
+    let mut args = cluster_args("search", fake, &sidecar, index);
+    args.push("--json");
     args.extend_from_slice(query);
     sightline(&args).await
 }
