@@ -93,6 +93,22 @@ impl Lane {
     }
 }
 
+/// How the sidecar reads the inputs of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Modality {
+    Text,
+    Image,
+}
+
+impl Modality {
+    fn as_str(self) -> &'static str {
+        match self {
+            Modality::Text => "text",
+            Modality::Image => "image",
+        }
+    }
+}
+
 /// One image to embed: its bytes and media type (`image/jpeg`, …), sent as a data URI.
 #[derive(Debug, Clone, Copy)]
 pub struct ImageBytes<'a> {
@@ -213,15 +229,31 @@ impl SidecarClient {
         api_key: Option<&str>,
         options: SidecarOptions,
     ) -> Result<Self, SidecarError> {
+        let mut client = Self::unconnected(url, api_key, options)?;
+        client.model = client.info().await?;
+        Ok(client)
+    }
+
+    /// A client that has not read `/info` yet and contacts nothing until it is used: for the
+    /// gallery, which must start (and say "sidecar not ready") while the sidecar is down, and
+    /// reads `/info` itself on every search. Its requests name no model, so the sidecar picks
+    /// its first one.
+    pub(crate) fn unconnected(
+        url: &str,
+        api_key: Option<&str>,
+        options: SidecarOptions,
+    ) -> Result<Self, SidecarError> {
         let base = url.trim().trim_end_matches('/').to_owned();
         let http = reqwest::Client::builder()
             .timeout(options.request_timeout)
+            // The sidecar sits next to its clients; a system proxy would only be in the way.
+            .no_proxy()
             .build()
             .map_err(|err| SidecarError::Unreachable {
                 url: base.clone(),
                 reason: format!("cannot build an HTTP client: {err}"),
             })?;
-        let mut client = SidecarClient {
+        Ok(SidecarClient {
             http,
             base,
             api_key: api_key
@@ -230,9 +262,7 @@ impl SidecarClient {
                 .map(str::to_owned),
             options,
             model: placeholder_model(),
-        };
-        client.model = client.info().await?;
-        Ok(client)
+        })
     }
 
     /// The base URL, without a trailing slash.
@@ -265,7 +295,7 @@ impl SidecarClient {
         let per_request = self.max_inputs().max(1);
         for chunk in texts.chunks(per_request) {
             let inputs: Vec<Value> = chunk.iter().map(|t| json!(t)).collect();
-            vectors.extend(self.embed_request(inputs, lane).await?);
+            vectors.extend(self.embed_request(inputs, Modality::Text, lane).await?);
         }
         Ok(vectors)
     }
@@ -280,7 +310,7 @@ impl SidecarClient {
         let mut vectors = Vec::with_capacity(images.len());
         for batch in self.image_batches(images) {
             let inputs = batch.iter().map(|image| json!(uri(image))).collect();
-            vectors.extend(self.embed_request(inputs, lane).await?);
+            vectors.extend(self.embed_request(inputs, Modality::Image, lane).await?);
         }
         Ok(vectors)
     }
@@ -297,18 +327,20 @@ impl SidecarClient {
         let mut results = Vec::with_capacity(images.len());
         for batch in self.image_batches(images) {
             let inputs: Vec<Value> = batch.iter().map(|image| json!(uri(image))).collect();
-            match self.embed_request(inputs.clone(), lane).await {
+            match self
+                .embed_request(inputs.clone(), Modality::Image, lane)
+                .await
+            {
                 Ok(vectors) => results.extend(vectors.into_iter().map(Ok)),
                 Err(err) if err.is_refusal() && inputs.len() > 1 => {
                     for input in inputs {
-                        results.push(self.embed_request(vec![input], lane).await.and_then(
-                            |mut one| {
-                                one.pop().ok_or_else(|| SidecarError::BadAnswer {
-                                    url: self.embeddings_url(lane),
-                                    reason: "no vector".to_owned(),
-                                })
-                            },
-                        ));
+                        let one = self.embed_request(vec![input], Modality::Image, lane).await;
+                        results.push(one.and_then(|mut one| {
+                            one.pop().ok_or_else(|| SidecarError::BadAnswer {
+                                url: self.embeddings_url(Modality::Image, lane),
+                                reason: "no vector".to_owned(),
+                            })
+                        }));
                     }
                 }
                 Err(err) => results.extend(std::iter::repeat_n(Err(err), batch.len())),
@@ -356,22 +388,29 @@ impl SidecarClient {
         batches
     }
 
-    fn embeddings_url(&self, lane: Lane) -> String {
-        format!("{}/v1/embeddings{}", self.base, lane.query())
+    /// `modality=` is stated so a text that looks like a data URI or a URL is still a text.
+    fn embeddings_url(&self, modality: Modality, lane: Lane) -> String {
+        let mut url = format!("{}/v1/embeddings?modality={}", self.base, modality.as_str());
+        if let Some(priority) = lane.query().strip_prefix('?') {
+            url.push('&');
+            url.push_str(priority);
+        }
+        url
     }
 
     async fn embed_request(
         &self,
         inputs: Vec<Value>,
+        modality: Modality,
         lane: Lane,
     ) -> Result<Vec<Vec<f32>>, SidecarError> {
-        let url = self.embeddings_url(lane);
+        let url = self.embeddings_url(modality, lane);
         let expected = inputs.len();
-        let body = json!({
-            "input": inputs,
-            "model": self.model.name,
-            "encoding_format": "base64",
-        });
+        let mut body = json!({"input": inputs, "encoding_format": "base64"});
+        // An unconnected client names no model: the sidecar's first one answers.
+        if !self.model.name.is_empty() {
+            body["model"] = json!(self.model.name);
+        }
         let body = serde_json::to_vec(&body).map_err(|err| SidecarError::BadAnswer {
             url: url.clone(),
             reason: format!("cannot serialise the request: {err}"),
@@ -621,5 +660,16 @@ mod tests {
     fn lanes_mark_search_requests() {
         assert_eq!(Lane::Search.query(), "?priority=search");
         assert_eq!(Lane::Ingest.query(), "");
+        let client =
+            SidecarClient::unconnected("http://127.0.0.1:9/", None, SidecarOptions::default())
+                .unwrap();
+        assert_eq!(
+            client.embeddings_url(Modality::Text, Lane::Search),
+            "http://127.0.0.1:9/v1/embeddings?modality=text&priority=search"
+        );
+        assert_eq!(
+            client.embeddings_url(Modality::Image, Lane::Ingest),
+            "http://127.0.0.1:9/v1/embeddings?modality=image"
+        );
     }
 }

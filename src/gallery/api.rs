@@ -19,11 +19,11 @@ use serde_json::{json, Value};
 use tokio::sync::OnceCell;
 
 use super::es::{self, Filters, GalleryHit, IndexFacts, Page, MAX_WINDOW};
-use super::sidecar::{Modality, QueryEmbedder, SidecarError};
 use crate::engine::ModelInfo;
 use crate::es::client::{cluster_info, EsError};
-use crate::es::image::{prepare, ImageOptions};
+use crate::es::image::{prepare, ImageOptions, PreparedImage};
 use crate::es::version::Cluster;
+use crate::sidecar::{ImageBytes, Lane, SidecarClient, SidecarError};
 use crate::url::Fetcher;
 
 /// Tiles per page when the request does not say.
@@ -38,7 +38,10 @@ pub(crate) struct Gallery {
     pub(crate) client: Elasticsearch,
     pub(crate) index: String,
     pub(crate) field: String,
-    pub(crate) sidecar: Arc<dyn QueryEmbedder>,
+    /// Reads `/info` on every search and never retries: a person is waiting.
+    pub(crate) sidecar: SidecarClient,
+    /// [`Lane::Search`] unless `--no-priority`.
+    pub(crate) lane: Lane,
     /// `None`: image URLs are refused (no `--allow-url-hosts`).
     pub(crate) fetcher: Option<Fetcher>,
     /// The shrinking `search --image` applies (`--max-side`).
@@ -140,12 +143,21 @@ impl ApiError {
 
     fn from_sidecar(err: SidecarError) -> ApiError {
         match err {
-            SidecarError::NotReady(message) => ApiError::new(
+            // Not reachable, loading or full: try again later.
+            SidecarError::Unreachable { .. } | SidecarError::Busy { .. } => ApiError::new(
                 ErrorCode::SidecarNotReady,
-                format!("the sidecar is not ready: {message}"),
+                format!("the sidecar is not ready: {err}"),
             ),
-            SidecarError::Rejected(message) => ApiError::bad(message),
-            SidecarError::Broken(message) => ApiError::new(ErrorCode::SidecarError, message),
+            // About the query itself: an image the model cannot decode, a text too long.
+            SidecarError::Refused {
+                status: 400 | 413,
+                message,
+                ..
+            } => ApiError::bad(message),
+            // A wrong URL, a wrong key, not a Sightline sidecar.
+            SidecarError::Refused { .. } | SidecarError::BadAnswer { .. } => {
+                ApiError::new(ErrorCode::SidecarError, err.to_string())
+            }
         }
     }
 }
@@ -260,6 +272,13 @@ async fn run_search(gallery: &Gallery, body: Body) -> Result<SearchReply, ApiErr
     })
 }
 
+/// What the sidecar embeds for a search.
+enum Query {
+    Text(String),
+    /// Upright and shrunk as `search --image` sends it.
+    Image(PreparedImage),
+}
+
 /// The query vector: embedded by the sidecar, or read from the index for "more like this".
 async fn query_vector(gallery: &Gallery, request: &SearchRequest) -> Result<Vec<f32>, ApiError> {
     let given = [
@@ -279,10 +298,10 @@ async fn query_vector(gallery: &Gallery, request: &SearchRequest) -> Result<Vec<
     }
     // Validate the input before asking anyone else, so a bad upload is a 400 whatever the
     // state of the cluster.
-    let (modality, input) = match (&request.text, &request.image, &request.url) {
-        (Some(text), _, _) => (Modality::Text, checked_text(text)?),
-        (_, Some(uri), _) => (Modality::Image, prepared_upload(gallery, uri)?),
-        (_, _, Some(url)) => (Modality::Image, fetched_image(gallery, url).await?),
+    let query = match (&request.text, &request.image, &request.url) {
+        (Some(text), _, _) => Query::Text(checked_text(text)?),
+        (_, Some(uri), _) => Query::Image(prepared_upload(gallery, uri)?),
+        (_, _, Some(url)) => Query::Image(fetched_image(gallery, url).await?),
         _ => return Err(ApiError::bad("nothing to search with")),
     };
     knn_cluster(gallery).await?;
@@ -293,11 +312,20 @@ async fn query_vector(gallery: &Gallery, request: &SearchRequest) -> Result<Vec<
     let facts = facts.map_err(|err| ApiError::from_es(&err, &gallery.index))?;
     let info = info.map_err(ApiError::from_sidecar)?;
     check_same_model(&gallery.index, &facts, &info)?;
-    gallery
-        .sidecar
-        .embed(modality, &input)
-        .await
-        .map_err(ApiError::from_sidecar)
+    let vectors = match &query {
+        Query::Text(text) => {
+            let texts = std::slice::from_ref(text);
+            gallery.sidecar.embed_texts(texts, gallery.lane).await
+        }
+        Query::Image(image) => {
+            let images = [ImageBytes::from(image)];
+            gallery.sidecar.embed_images(&images, gallery.lane).await
+        }
+    };
+    vectors
+        .map_err(ApiError::from_sidecar)?
+        .pop()
+        .ok_or_else(|| ApiError::new(ErrorCode::SidecarError, "the sidecar answered no vector"))
 }
 
 /// The cluster, refused when it is too old for the one request form the gallery sends.
@@ -330,7 +358,7 @@ fn checked_text(text: &str) -> Result<String, ApiError> {
 
 /// A `data:…;base64,…` upload, size-checked and prepared exactly as `search --image` prepares a
 /// file; returns the data URI the sidecar embeds.
-fn prepared_upload(gallery: &Gallery, uri: &str) -> Result<String, ApiError> {
+fn prepared_upload(gallery: &Gallery, uri: &str) -> Result<PreparedImage, ApiError> {
     let (header, payload) = uri
         .strip_prefix("data:")
         .and_then(|rest| rest.split_once(','))
@@ -358,17 +386,16 @@ fn too_large(gallery: &Gallery, size: usize) -> ApiError {
     )
 }
 
-fn prepare_bytes(gallery: &Gallery, bytes: &[u8], what: &str) -> Result<String, ApiError> {
+fn prepare_bytes(gallery: &Gallery, bytes: &[u8], what: &str) -> Result<PreparedImage, ApiError> {
     if bytes.len() > gallery.max_upload {
         return Err(too_large(gallery, bytes.len()));
     }
-    let image = prepare(bytes, gallery.image)
-        .map_err(|err| ApiError::bad(format!("{what} is not a usable image: {err:#}")))?;
-    Ok(image.data_uri())
+    prepare(bytes, gallery.image)
+        .map_err(|err| ApiError::bad(format!("{what} is not a usable image: {err:#}")))
 }
 
 /// An image URL, fetched by the gallery under the operator's host rules.
-async fn fetched_image(gallery: &Gallery, url: &str) -> Result<String, ApiError> {
+async fn fetched_image(gallery: &Gallery, url: &str) -> Result<PreparedImage, ApiError> {
     let fetcher = gallery.fetcher.as_ref().ok_or_else(|| {
         ApiError::new(
             ErrorCode::UrlRefused,

@@ -3,18 +3,17 @@
 //! Elasticsearch calls; it binds to loopback unless told otherwise.
 //!
 //! One concern per file:
-//! - `sidecar.rs`: query vectors and `/info` from the sidecar, behind the `QueryEmbedder` seam;
 //! - `es.rs`: the kNN request with filters, the stored-vector lookup, mapping facts, hits;
 //! - `api.rs`: the JSON API and its error states;
 //! - `server.rs`: routes, the compiled-in page (`assets/`), `--auth`, security headers.
 //!
-//! Every query is embedded by the sidecar and sent as `knn.query_vector`, which works on every
+//! Every query is embedded by the sidecar (through `crate::sidecar`, the client the CLI uses too,
+//! on its search lane) and sent as `knn.query_vector`, which works on every
 //! licence (no Inference API needed) and every version from 8.4.
 
 mod api;
 mod es;
 mod server;
-mod sidecar;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -29,6 +28,7 @@ pub use server::GalleryAuth;
 use crate::es::client::EsConnectArgs;
 use crate::es::image::ImageOptions;
 use crate::es::{DEFAULT_INDEX, VECTOR_FIELD};
+use crate::sidecar::{Lane, SidecarClient, SidecarOptions};
 use crate::url::{Fetcher, HostRule, UrlOptions};
 
 /// `sightline gallery` flags.
@@ -150,11 +150,16 @@ pub fn app(config: GalleryConfig) -> Result<Router> {
     anyhow::ensure!(config.max_upload > 0, "--max-upload must be more than zero");
     anyhow::ensure!(config.max_side > 0, "--max-side must be more than zero");
     let client = config.es.connect()?;
-    let sidecar = sidecar::HttpSidecar::new(
+    let options = SidecarOptions {
+        request_timeout: config.sidecar_timeout,
+        // A person is waiting: "not ready" is shown at once, never retried here.
+        retry_deadline: Duration::ZERO,
+        ..SidecarOptions::default()
+    };
+    let sidecar = SidecarClient::unconnected(
         &config.sidecar_url,
-        config.sidecar_api_key.clone(),
-        config.priority,
-        config.sidecar_timeout,
+        config.sidecar_api_key.as_deref(),
+        options,
     )
     .context("cannot build the HTTP client for the sidecar")?;
     let fetcher = if config.url_hosts.is_empty() {
@@ -171,7 +176,12 @@ pub fn app(config: GalleryConfig) -> Result<Router> {
         client,
         index: config.index,
         field: config.field,
-        sidecar: Arc::new(sidecar),
+        sidecar,
+        lane: if config.priority {
+            Lane::Search
+        } else {
+            Lane::Ingest
+        },
         fetcher,
         image: ImageOptions {
             max_side: config.max_side,

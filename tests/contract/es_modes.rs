@@ -310,7 +310,7 @@ async fn ingest_and_search_in_either_mode_for_every_licence_and_version() {
             assert!(!embeds.is_empty());
             for request in &embeds {
                 assert_eq!(
-                    request.query, "",
+                    request.query, "modality=image",
                     "{what}: ingest is not on the priority lane"
                 );
                 let body = request.json();
@@ -376,7 +376,7 @@ async fn ingest_and_search_in_either_mode_for_every_licence_and_version() {
                         "{what}"
                     );
                     let query = fake.sidecar_embeddings().pop().unwrap();
-                    assert_eq!(query.query, "priority=search", "{what}");
+                    assert_eq!(query.query, "modality=text&priority=search", "{what}");
                     assert_eq!(query.json()["input"], json!(["a red bicycle"]));
                 }
             }
