@@ -23,6 +23,7 @@ mod model_pull;
 mod openai;
 mod ops;
 mod queueing;
+mod replica_spread;
 mod tls;
 mod url_inputs;
 mod webdriver;
