@@ -24,8 +24,9 @@ pub(crate) struct IngestArgs {
     /// Files or folders (walked recursively) of images.
     #[arg(required_unless_present_any = ["redrive", "files_from", "report"], value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Also take the paths listed in FILE (`-`: standard input), one per line, relative to the
-    /// current directory; blank lines are skipped, a missing file is a failure.
+    /// Also take the paths listed in FILE (`-`: standard input), one per line, taken like PATH
+    /// arguments (relative to the current directory; a folder is walked); blank lines are
+    /// skipped, a missing file is a failure.
     #[arg(long, value_name = "FILE", conflicts_with = "redrive")]
     pub files_from: Option<PathBuf>,
     /// Take only shard I of N (I counts from 0: 0/4 … 3/4), split by content hash, so N
@@ -184,12 +185,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     let report = ingest::run(client, config).await?;
     let shard = args
         .shard
-        .map(|shard| {
-            format!(
-                ", {} in shard {shard}",
-                report.found - report.other_shards
-            )
-        })
+        .map(|shard| format!(", {} in shard {shard}", report.found - report.other_shards))
         .unwrap_or_default();
     println!(
         "{} images found{shard}: {} indexed, {} already in {}, {} duplicates, {} failed",

@@ -83,15 +83,14 @@ async fn shards_are_disjoint_their_union_is_the_whole_and_a_rerun_sends_nothing(
         .await;
 
         let mine = |paths: &[PathBuf]| -> Vec<PathBuf> {
-            paths
-                .iter()
-                .filter(|p| shard_of(p) == i)
-                .cloned()
-                .collect()
+            paths.iter().filter(|p| shard_of(p) == i).cloned().collect()
         };
         let (my_good, my_broken) = (mine(&good), mine(&broken));
         // The sample folder gives every shard of 3 something to index and something broken.
-        assert!(!my_good.is_empty() && !my_broken.is_empty(), "shard {shard}");
+        assert!(
+            !my_good.is_empty() && !my_broken.is_empty(),
+            "shard {shard}"
+        );
         run.expect_code(1);
 
         let mut sent = bulk_ids(&fake);
@@ -103,7 +102,11 @@ async fn shards_are_disjoint_their_union_is_the_whole_and_a_rerun_sends_nothing(
         // The whole folder is read: 6 good, 1 copy, the broken ones; the shard's share is named.
         let found = good.len() + 1 + broken.len();
         let in_shard = found
-            - good.iter().chain(&broken).filter(|p| shard_of(p) != i).count()
+            - good
+                .iter()
+                .chain(&broken)
+                .filter(|p| shard_of(p) != i)
+                .count()
             - usize::from(shard_of(&good[0]) != i);
         assert!(
             run.stdout.starts_with(&format!(
@@ -137,7 +140,11 @@ async fn shards_are_disjoint_their_union_is_the_whole_and_a_rerun_sends_nothing(
     }
     // Disjoint (no id sent twice) and whole (every good image, every broken file).
     let sent_set: BTreeSet<String> = all_sent.iter().cloned().collect();
-    assert_eq!(sent_set.len(), all_sent.len(), "an image was sent by two shards");
+    assert_eq!(
+        sent_set.len(),
+        all_sent.len(),
+        "an image was sent by two shards"
+    );
     let every: BTreeSet<String> = good.iter().map(|p| id_of(p)).collect();
     assert_eq!(sent_set, every);
     assert_eq!(
@@ -178,7 +185,13 @@ async fn shards_are_disjoint_their_union_is_the_whole_and_a_rerun_sends_nothing(
         .iter()
         .skip(2)
         .take_while(|line| **line != "failed files:")
-        .map(|line| line.split_whitespace().next().unwrap().parse::<usize>().unwrap())
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<usize>()
+                .unwrap()
+        })
         .sum();
     assert_eq!(counted, broken.len(), "{}", report.stdout);
 }
@@ -207,13 +220,22 @@ fn list_of(paths: &[PathBuf], missing: &Path) -> String {
     list
 }
 
-fn expect_listed_run(fake: &FakeEs, run: &Run, listed: &[PathBuf], failures: &Path, missing: &Path) {
+fn expect_listed_run(
+    fake: &FakeEs,
+    run: &Run,
+    listed: &[PathBuf],
+    failures: &Path,
+    missing: &Path,
+) {
     run.expect_code(1);
     let mut sent = bulk_ids(fake);
     sent.sort();
     let mut expected: Vec<String> = listed.iter().map(|p| id_of(p)).collect();
     expected.sort();
-    assert_eq!(sent, expected, "exactly the listed images, no folder walked");
+    assert_eq!(
+        sent, expected,
+        "exactly the listed images, no folder walked"
+    );
     let records: Vec<Value> = failure_lines(failures);
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["path"], missing.display().to_string());
@@ -239,7 +261,12 @@ async fn files_from_a_file_and_from_stdin_take_only_the_listed_paths() {
     std::fs::write(&list, list_of(&good[..3], &missing)).unwrap();
     let failures = out.path().join("from-file.jsonl");
     let (list_arg, failures_arg) = (list.display().to_string(), failures.display().to_string());
-    let run = sightline(&ingest_args(&fake, &failures_arg, &["--files-from", &list_arg])).await;
+    let run = sightline(&ingest_args(
+        &fake,
+        &failures_arg,
+        &["--files-from", &list_arg],
+    ))
+    .await;
     expect_listed_run(&fake, &run, &good[..3], &failures, &missing);
 
     // From standard input: the other three, on a fresh cluster.
@@ -262,8 +289,10 @@ async fn files_from_a_file_and_from_stdin_take_only_the_listed_paths() {
     .await;
     run.expect_code(2);
     assert!(
-        run.stderr
-            .contains(&format!("cannot open the --files-from list {}", missing.display())),
+        run.stderr.contains(&format!(
+            "cannot open the --files-from list {}",
+            missing.display()
+        )),
         "{}",
         run.stderr
     );

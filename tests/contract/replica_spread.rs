@@ -170,7 +170,10 @@ async fn pool_connection(proxy: SocketAddr, load: Arc<Load>) {
                 .map_err(|e| format!("body: {e}"))?
                 .to_bytes();
             if status != 200 {
-                return Err(format!("status {status}: {}", String::from_utf8_lossy(&body)));
+                return Err(format!(
+                    "status {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ));
             }
             Ok(close)
         };

@@ -153,15 +153,18 @@ mod tests {
     fn names_the_file_and_line_that_is_not_a_record() {
         let dir = tempfile::tempdir().unwrap();
         let a = dir.path().join("f.jsonl");
-        std::fs::write(&a, "{\"path\":\"x\",\"stage\":\"read\",\"reason\":\"r\"}\nnot json\n")
-            .unwrap();
-        let err = merge_failures(&[a.clone()]).unwrap_err();
+        std::fs::write(
+            &a,
+            "{\"path\":\"x\",\"stage\":\"read\",\"reason\":\"r\"}\nnot json\n",
+        )
+        .unwrap();
+        let err = merge_failures(std::slice::from_ref(&a)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("{} line 2 is not a failure record", a.display())
         );
         let missing = dir.path().join("missing.jsonl");
-        let err = merge_failures(&[missing.clone()]).unwrap_err();
+        let err = merge_failures(std::slice::from_ref(&missing)).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!("cannot read the failures file {}", missing.display())

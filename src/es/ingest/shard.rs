@@ -75,18 +75,9 @@ mod tests {
 
     #[test]
     fn parses_zero_based_shards() {
-        assert_eq!(
-            "0/4".parse::<Shard>(),
-            Ok(Shard { index: 0, count: 4 })
-        );
-        assert_eq!(
-            "3/4".parse::<Shard>(),
-            Ok(Shard { index: 3, count: 4 })
-        );
-        assert_eq!(
-            "0/1".parse::<Shard>(),
-            Ok(Shard { index: 0, count: 1 })
-        );
+        assert_eq!("0/4".parse::<Shard>(), Ok(Shard { index: 0, count: 4 }));
+        assert_eq!("3/4".parse::<Shard>(), Ok(Shard { index: 3, count: 4 }));
+        assert_eq!("0/1".parse::<Shard>(), Ok(Shard { index: 0, count: 1 }));
         assert_eq!("2/4".parse::<Shard>().unwrap().to_string(), "2/4");
         assert_eq!("2/4".parse::<Shard>().unwrap().file_tag(), "2-of-4");
     }
@@ -101,13 +92,19 @@ mod tests {
             "0/0".parse::<Shard>(),
             Err("N must be at least 1".to_owned())
         );
-        assert!("2".parse::<Shard>().unwrap_err().starts_with("expected I/N"));
+        assert!("2"
+            .parse::<Shard>()
+            .unwrap_err()
+            .starts_with("expected I/N"));
         assert_eq!(
             "-1/4".parse::<Shard>(),
             Err(r#"I must be a whole number, got "-1" (expected I/N, e.g. 0/4)"#.to_owned())
         );
         assert!("1/x".parse::<Shard>().unwrap_err().starts_with("N must be"));
-        assert!("1/4/2".parse::<Shard>().unwrap_err().starts_with("N must be"));
+        assert!("1/4/2"
+            .parse::<Shard>()
+            .unwrap_err()
+            .starts_with("N must be"));
     }
 
     #[test]
@@ -121,7 +118,10 @@ mod tests {
             sizes[owners[0]] += 1;
         }
         // 1000 expected each; a binomial's standard deviation here is about 27.
-        assert!(sizes.iter().all(|&s| (850..=1150).contains(&s)), "{sizes:?}");
+        assert!(
+            sizes.iter().all(|&s| (850..=1150).contains(&s)),
+            "{sizes:?}"
+        );
     }
 
     #[test]

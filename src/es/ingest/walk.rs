@@ -143,10 +143,25 @@ mod tests {
     fn path_lists_keep_each_line_as_is_and_skip_blank_ones() {
         let dir = tempfile::tempdir().unwrap();
         let list = dir.path().join("list.txt");
-        std::fs::write(&list, b"a.jpg\n\n  \nsub dir/b c.png\r\n/abs/x.webp\n\xffname.jpg").unwrap();
+        std::fs::write(
+            &list,
+            b"a.jpg\n\n  \nsub dir/b c.png\r\n/abs/x.webp\n\xffname.jpg",
+        )
+        .unwrap();
         let paths = read_path_list(&list).unwrap();
-        let shown: Vec<String> = paths.iter().map(|p| p.to_string_lossy().into_owned()).collect();
-        assert_eq!(shown, ["a.jpg", "sub dir/b c.png", "/abs/x.webp", "\u{fffd}name.jpg"]);
+        let shown: Vec<String> = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "a.jpg",
+                "sub dir/b c.png",
+                "/abs/x.webp",
+                "\u{fffd}name.jpg"
+            ]
+        );
         let err = read_path_list(&dir.path().join("missing.txt")).unwrap_err();
         assert!(
             format!("{err:#}").starts_with("cannot open the --files-from list "),
