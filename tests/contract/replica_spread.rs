@@ -129,17 +129,15 @@ async fn connect(proxy: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> 
 async fn pool_connection(proxy: SocketAddr, load: Arc<Load>) {
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     while load.issued.fetch_add(1, Ordering::SeqCst) < TOTAL {
-        if sender.is_none() {
-            match connect(proxy).await {
-                Ok(fresh) => sender = Some(fresh),
+        let open = match sender {
+            Some(ref mut open) => open,
+            None => match connect(proxy).await {
+                Ok(fresh) => sender.insert(fresh),
                 Err(e) => {
                     load.fail(e);
                     continue;
                 }
-            }
-        }
-        let Some(open) = sender.as_mut() else {
-            continue;
+            },
         };
         let request = hyper::Request::post("/v1/embeddings")
             .header("host", "sightline")
