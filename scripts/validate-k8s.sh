@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks deploy/kubernetes without a cluster: renders every kustomization (overlays/*, setup-job,
-# secrets), validates each rendered object against the Kubernetes schemas that
+# backfill-job, secrets), validates each rendered object against the Kubernetes schemas that
 # kubernetes-validate ships (offline, strict: unknown fields fail), and scans them with checkov.
 # Installs what is missing and nothing else: a kustomize from apt only when neither kubectl nor
 # kustomize can render, the pinned kubernetes-validate into .venv, the pinned checkov into
@@ -61,7 +61,7 @@ ensure_venv .venv-deploy "$REQ_CHECKOV"
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 targets=()
-for dir in "$ROOT"/overlays/*/ "$ROOT"/setup-job/ "$ROOT"/secrets/; do
+for dir in "$ROOT"/overlays/*/ "$ROOT"/setup-job/ "$ROOT"/backfill-job/ "$ROOT"/secrets/; do
   targets+=("${dir%/}")
 done
 render_failed=0

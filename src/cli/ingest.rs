@@ -1,7 +1,9 @@
 //! `sightline ingest`: flags → [`IngestConfig`] → run (or `--redrive`) → summary and exit code
 //! (0 all indexed or already there, 1 some files failed, 2 the run could not proceed). Vectors
 //! come from the sidecar by default (`--sidecar-url`), from the ingest pipeline with
-//! `--via-pipeline`, from this process with `--embed-locally`. The work is in `es/ingest/`.
+//! `--via-pipeline`, from this process with `--embed-locally`. A backfill over machines runs
+//! `--shard I/N` on each, and `--report` merges their failures files (exit 1 when any file
+//! failed). The work is in `es/ingest/`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use anyhow::{bail, Result};
 
 use crate::es::client::EsConnectArgs;
 use crate::es::image::ImageOptions;
-use crate::es::ingest::{self, IngestConfig, IngestMode, RetryPolicy};
+use crate::es::ingest::{self, IngestConfig, IngestMode, RetryPolicy, Shard};
 use crate::es::local::{EngineEmbedder, SidecarEmbedder};
 use crate::es::{failed_index_name, pipeline_name, semantic_pipeline_name, DEFAULT_INDEX};
 use crate::sidecar::SidecarArgs;
@@ -20,8 +22,22 @@ use crate::sidecar::SidecarArgs;
 #[derive(Debug, clap::Args)]
 pub(crate) struct IngestArgs {
     /// Files or folders (walked recursively) of images.
-    #[arg(required_unless_present = "redrive", value_name = "PATH")]
+    #[arg(required_unless_present_any = ["redrive", "files_from", "report"], value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Also take the paths listed in FILE (`-`: standard input), one per line, taken like PATH
+    /// arguments (relative to the current directory; a folder is walked); blank lines are
+    /// skipped, a missing file is a failure.
+    #[arg(long, value_name = "FILE", conflicts_with = "redrive")]
+    pub files_from: Option<PathBuf>,
+    /// Take only shard I of N (I counts from 0: 0/4 … 3/4), split by content hash, so N
+    /// machines can share a backfill; the failures file defaults to
+    /// sightline-failures-I-of-N.jsonl.
+    #[arg(long, value_name = "I/N", conflicts_with = "redrive")]
+    pub shard: Option<Shard>,
+    /// Merge these failures files (e.g. one per shard) into one summary, and exit: counts by
+    /// reason and every failed path once; exit code 1 when any file failed.
+    #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with_all = ["paths", "redrive", "files_from", "shard"])]
+    pub report: Vec<PathBuf>,
     #[command(flatten)]
     pub es: EsConnectArgs,
     #[command(flatten)]
@@ -61,9 +77,10 @@ pub(crate) struct IngestArgs {
     /// Longest retry delay in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     pub retry_max_delay_ms: u64,
-    /// JSONL file listing every image that could not be indexed, and why.
-    #[arg(long, default_value = "sightline-failures.jsonl", value_name = "FILE")]
-    pub failures: PathBuf,
+    /// JSONL file listing every image that could not be indexed, and why [default:
+    /// sightline-failures.jsonl, or sightline-failures-I-of-N.jsonl with --shard I/N].
+    #[arg(long, value_name = "FILE")]
+    pub failures: Option<PathBuf>,
     /// Longer side, in pixels, of the image sent for embedding; larger images are shrunk.
     #[arg(long, default_value_t = ImageOptions::default().max_side)]
     pub max_side: u32,
@@ -85,8 +102,27 @@ pub(crate) struct IngestArgs {
 }
 
 pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
+    if !args.report.is_empty() {
+        let summary = ingest::merge_failures(&args.report)?;
+        print!("{summary}");
+        return Ok(if summary.paths.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     if args.concurrency == 0 || args.bulk_size == 0 {
         bail!("--concurrency and --bulk-size must be at least 1");
+    }
+    let failures = args
+        .failures
+        .clone()
+        .unwrap_or_else(|| default_failures(args.shard));
+    let mut paths = args.paths.clone();
+    if let Some(list) = args.files_from.clone() {
+        // Standard input blocks; keep it off the async threads.
+        let listed = tokio::task::spawn_blocking(move || ingest::read_path_list(&list)).await??;
+        paths.extend(listed);
     }
     let mode = if args.embed_locally {
         let Some(model_dir) = &args.model_dir else {
@@ -108,7 +144,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     };
     let client = args.es.connect()?;
     let config = IngestConfig {
-        paths: args.paths.clone(),
+        paths,
         index: args.index.clone(),
         mode,
         concurrency: args.concurrency,
@@ -121,13 +157,14 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
                 args.retry_max_delay_ms.max(args.retry_initial_delay_ms),
             ),
         },
-        failures_path: args.failures.clone(),
+        failures_path: failures.clone(),
         image: ImageOptions {
             max_side: args.max_side.max(1),
             thumbnail_side: args.thumbnail_side.max(1),
         },
         progress: !args.no_progress,
         refresh: !args.no_refresh,
+        shard: args.shard,
     };
     if args.redrive {
         let report = ingest::redrive(client, config).await?;
@@ -140,17 +177,18 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             report.failed
         );
         if report.failed > 0 {
-            eprintln!(
-                "still failing, with the reasons: {}",
-                args.failures.display()
-            );
+            eprintln!("still failing, with the reasons: {}", failures.display());
             return Ok(ExitCode::from(1));
         }
         return Ok(ExitCode::SUCCESS);
     }
     let report = ingest::run(client, config).await?;
+    let shard = args
+        .shard
+        .map(|shard| format!(", {} in shard {shard}", report.found - report.other_shards))
+        .unwrap_or_default();
     println!(
-        "{} images found: {} indexed, {} already in {}, {} duplicates, {} failed",
+        "{} images found{shard}: {} indexed, {} already in {}, {} duplicates, {} failed",
         report.found,
         report.indexed,
         report.already_present,
@@ -159,8 +197,34 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         report.failed
     );
     if report.failed > 0 {
-        eprintln!("failures: {}", args.failures.display());
+        eprintln!("failures: {}", failures.display());
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The failures file when `--failures` is not given: one per shard, so shards that share a
+/// working directory (or a volume) do not overwrite each other's.
+fn default_failures(shard: Option<Shard>) -> PathBuf {
+    match shard {
+        Some(shard) => PathBuf::from(format!("sightline-failures-{}.jsonl", shard.file_tag())),
+        None => PathBuf::from("sightline-failures.jsonl"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_shard_has_its_own_default_failures_file() {
+        assert_eq!(
+            default_failures(None),
+            PathBuf::from("sightline-failures.jsonl")
+        );
+        assert_eq!(
+            default_failures(Some("2/4".parse().unwrap())),
+            PathBuf::from("sightline-failures-2-of-4.jsonl")
+        );
+    }
 }

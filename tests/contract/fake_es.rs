@@ -1284,18 +1284,45 @@ pub async fn sightline_with_env(args: &[&str], envs: &[(&str, &str)]) -> Run {
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
     tokio::task::spawn_blocking(move || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sightline"));
-        command
-            .args(&args)
-            .env("SIGHTLINE_LOG", "warn")
-            .env("NO_PROXY", "127.0.0.1,localhost");
-        for name in CLI_ENV {
-            command.env_remove(name);
-        }
+        let mut command = cli_command(&args);
         for (key, value) in envs {
             command.env(key, value);
         }
         Run::from_output(command.output().expect("cannot start the sightline binary"))
+    })
+    .await
+    .expect("the sightline runner task panicked")
+}
+
+/// The `sightline ARGS` command, with the developer's CLI environment removed.
+fn cli_command(args: &[String]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sightline"));
+    command
+        .args(args)
+        .env("SIGHTLINE_LOG", "warn")
+        .env("NO_PROXY", "127.0.0.1,localhost");
+    for name in CLI_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// Runs `sightline ARGS` with `input` on its standard input.
+pub async fn sightline_with_stdin(args: &[&str], input: &str) -> Run {
+    use std::io::Write;
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let input = input.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cli_command(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start the sightline binary");
+        let mut stdin = child.stdin.take().expect("a piped stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        Run::from_output(child.wait_with_output().expect("the sightline child"))
     })
     .await
     .expect("the sightline runner task panicked")

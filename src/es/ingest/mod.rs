@@ -2,7 +2,8 @@
 //!
 //! The flow, batch by batch (`--bulk-size` files, `--concurrency` batches in flight):
 //! 1. read each file and hash it; the SHA-256 is the document `_id`, so the same picture is one
-//!    document however often or under whatever name it is ingested;
+//!    document however often or under whatever name it is ingested. With `--shard I/N` a file
+//!    whose hash falls in another shard is dropped here, and a batch reads N times as many paths;
 //! 2. ask `_mget` which ids the index already has, and drop those: a second run over the same
 //!    folder sends no `_bulk` at all, and an interrupted run resumes where it stopped;
 //! 3. decode the rest and build documents (metadata, thumbnail, and in vectors mode — the
@@ -17,15 +18,18 @@
 //!    the run exits 1 if there is any.
 //!
 //! This file owns the configuration and that flow; each step's details live beside it:
-//! `walk.rs` (finding files), `document.rs` (`_id` and fields), `bulk.rs` (the requests and
-//! their answers), `retry.rs` (backoff), `failures.rs` (the failures file), `redrive.rs`
+//! `walk.rs` (finding files, `--files-from` lists), `shard.rs` (`--shard`), `document.rs` (`_id`
+//! and fields), `bulk.rs` (the requests and their answers), `retry.rs` (backoff), `failures.rs`
+//! (the failures file), `report.rs` (`ingest --report`: failures files merged), `redrive.rs`
 //! (`ingest --redrive`: the documents the pipeline parked in `<index>-failed`, sent again).
 
 mod bulk;
 mod document;
 mod failures;
 mod redrive;
+mod report;
 mod retry;
+mod shard;
 mod walk;
 
 use std::collections::HashSet;
@@ -51,7 +55,10 @@ use bulk::{existing_ids, make_entry, send_with_retries, Entry};
 use document::{build_document, content_id, DocumentVector};
 use failures::{FailureLog, FailureRecord};
 pub(crate) use redrive::redrive;
+pub(crate) use report::merge_failures;
 pub(crate) use retry::RetryPolicy;
+pub(crate) use shard::Shard;
+pub(crate) use walk::read_path_list;
 use walk::walk;
 
 /// Where vectors come from.
@@ -89,6 +96,8 @@ pub(crate) struct IngestConfig {
     pub(crate) progress: bool,
     /// `_refresh` at the end so a search right after sees the new documents.
     pub(crate) refresh: bool,
+    /// Only the files of this shard (`--shard I/N`).
+    pub(crate) shard: Option<Shard>,
 }
 
 /// Counts at the end of a run.
@@ -102,6 +111,8 @@ pub(crate) struct IngestReport {
     /// Same content as another file of this run.
     pub(crate) duplicates: usize,
     pub(crate) failed: usize,
+    /// Read, and left to the other shards (`--shard`).
+    pub(crate) other_shards: usize,
 }
 
 impl IngestReport {
@@ -110,6 +121,7 @@ impl IngestReport {
         self.already_present += other.already_present;
         self.duplicates += other.duplicates;
         self.failed += other.failed;
+        self.other_shards += other.other_shards;
     }
 }
 
@@ -148,9 +160,13 @@ pub(crate) async fn run(client: Elasticsearch, config: IngestConfig) -> Result<I
     let progress = if config.progress {
         let bar =
             ProgressBar::with_draw_target(Some(files.len() as u64), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{spinner} {elapsed_precise} [{wide_bar}] {pos}/{len} images · {per_sec} · ETA {eta}",
-        )
+        let shard = config
+            .shard
+            .map(|shard| format!("shard {shard} · "))
+            .unwrap_or_default();
+        let style = ProgressStyle::with_template(&format!(
+            "{{spinner}} {shard}{{elapsed_precise}} [{{wide_bar}}] {{pos}}/{{len}} images · {{per_sec}} · ETA {{eta}}",
+        ))
         .context("invalid progress template")?
         .progress_chars("=> ");
         bar.set_style(style);
@@ -171,7 +187,9 @@ pub(crate) async fn run(client: Elasticsearch, config: IngestConfig) -> Result<I
         report.failed += 1;
     }
 
-    let bulk_size = context.config.bulk_size.max(1);
+    // About `bulk_size` of a batch's paths land in this shard.
+    let shards = context.config.shard.map_or(1, |shard| shard.count());
+    let bulk_size = context.config.bulk_size.max(1).saturating_mul(shards);
     let batches: Vec<Vec<PathBuf>> = files.chunks(bulk_size).map(<[PathBuf]>::to_vec).collect();
     let mut results = futures::stream::iter(batches)
         .map(|batch| process_batch(Arc::clone(&context), batch))
@@ -305,27 +323,38 @@ struct Loaded {
 async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<IngestReport> {
     let mut report = IngestReport::default();
 
-    // 1. read and hash, off the async threads
-    let read_results = tokio::task::spawn_blocking(move || {
-        paths
+    // 1. read and hash, off the async threads; other shards' bytes are dropped at once, so a
+    //    batch holds about `--bulk-size` files' bytes whatever the shard count
+    let shard = context.config.shard;
+    let (read_results, other_shards) = tokio::task::spawn_blocking(move || {
+        let mut other_shards = 0;
+        let results = paths
             .into_iter()
-            .map(|path| match std::fs::read(&path) {
-                Ok(bytes) => Ok(Loaded {
-                    id: content_id(&bytes),
-                    path,
-                    bytes,
-                }),
-                Err(err) => Err(FailureRecord::new(
+            .filter_map(|path| match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let id = content_id(&bytes);
+                    if shard.is_some_and(|shard| !shard.owns(&id)) {
+                        other_shards += 1;
+                        return None;
+                    }
+                    Some(Ok(Loaded { id, path, bytes }))
+                }
+                // Without the content there is no shard: every shard reports the file, and
+                // `ingest --report` lists it once.
+                Err(err) => Some(Err(FailureRecord::new(
                     &path,
                     None,
                     "read",
                     format!("cannot read: {err}"),
-                )),
+                ))),
             })
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>();
+        (results, other_shards)
     })
     .await
     .context("the file reading task failed")?;
+    report.other_shards += other_shards;
+    context.progress.inc(other_shards as u64);
     let mut loaded = Vec::with_capacity(read_results.len());
     for result in read_results {
         match result {

@@ -1,8 +1,10 @@
-//! Finding the images under the paths `ingest` is given.
+//! Finding the images under the paths `ingest` is given, and reading `--files-from` lists.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
 
 use super::failures::FailureRecord;
 use crate::engine::format::{sniff_format, Sniffed};
@@ -60,6 +62,49 @@ pub(crate) fn walk(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<FailureRecord>) {
     (files, failures)
 }
 
+/// The paths listed in `list` (`-`: standard input), one per line, for `ingest --files-from`.
+/// Blank lines are skipped; a relative path is relative to the current directory, as on the
+/// command line. Entries are not checked here: [`walk`] takes them like command-line paths, so a
+/// missing file becomes a failure record rather than stopping the run.
+pub(crate) fn read_path_list(list: &Path) -> Result<Vec<PathBuf>> {
+    let name = || {
+        if list == Path::new("-") {
+            "the --files-from list on standard input".to_owned()
+        } else {
+            format!("the --files-from list {}", list.display())
+        }
+    };
+    let reader: Box<dyn BufRead> = if list == Path::new("-") {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(BufReader::new(
+            File::open(list).with_context(|| format!("cannot open {}", name()))?,
+        ))
+    };
+    let mut paths = Vec::new();
+    for line in reader.split(b'\n') {
+        let line = line.with_context(|| format!("cannot read {}", name()))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            paths.push(path_from_bytes(line));
+        }
+    }
+    Ok(paths)
+}
+
+/// A list line as a path: any bytes on Unix, where file names need not be UTF-8.
+fn path_from_bytes(line: &[u8]) -> PathBuf {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        PathBuf::from(std::ffi::OsStr::from_bytes(line))
+    }
+    #[cfg(not(unix))]
+    {
+        PathBuf::from(String::from_utf8_lossy(line).into_owned())
+    }
+}
+
 fn looks_like_image(path: &Path) -> bool {
     let mut head = [0u8; 32];
     let Ok(mut file) = File::open(path) else {
@@ -92,5 +137,35 @@ mod tests {
         assert_eq!(names, ["a.png", "sub/broken.jpg", "sub/no_extension"]);
         assert_eq!(failures.len(), 1);
         assert_eq!(failures[0].stage, "walk");
+    }
+
+    #[test]
+    fn path_lists_keep_each_line_as_is_and_skip_blank_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("list.txt");
+        std::fs::write(
+            &list,
+            b"a.jpg\n\n  \nsub dir/b c.png\r\n/abs/x.webp\n\xffname.jpg",
+        )
+        .unwrap();
+        let paths = read_path_list(&list).unwrap();
+        let shown: Vec<String> = paths
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "a.jpg",
+                "sub dir/b c.png",
+                "/abs/x.webp",
+                "\u{fffd}name.jpg"
+            ]
+        );
+        let err = read_path_list(&dir.path().join("missing.txt")).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with("cannot open the --files-from list "),
+            "{err:#}"
+        );
     }
 }
