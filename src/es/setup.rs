@@ -737,13 +737,28 @@ mod tests {
                 "PUT _ingest/pipeline/sightline-photos-semantic",
                 "PUT _index_template/sightline-photos",
                 "PUT _index_template/sightline-photos-failed",
-                "PUT photos",
+                "PUT photos-clip",
                 "PUT photos-failed",
                 "POST _inference/text_embedding/sightline-clip",
                 "POST _inference/text_embedding/sightline-clip-search",
             ]
         );
         assert_eq!(plan.service, Some(Service::Custom));
+        // The image index is created behind the alias clients name; its template matches the
+        // physical index, the failed index's the alias (the pipeline's `_index`).
+        assert_eq!(
+            plan.steps[6].body().unwrap(),
+            &json!({"aliases": {"photos": {}}})
+        );
+        assert_eq!(
+            plan.steps[4].body().unwrap()["index_patterns"],
+            json!(["photos-clip"])
+        );
+        assert_eq!(
+            plan.steps[5].body().unwrap()["index_patterns"],
+            json!(["photos-failed"])
+        );
+        assert_eq!(plan.steps[7].body(), None);
         let search_url = plan.steps[1].body().unwrap()["service_settings"]["url"].clone();
         assert_eq!(
             search_url,
@@ -781,7 +796,7 @@ mod tests {
             let paths = step_paths(&plan);
             assert_eq!(
                 paths,
-                ["PUT _index_template/sightline-photos", "PUT photos"],
+                ["PUT _index_template/sightline-photos", "PUT photos-clip"],
                 "{version}"
             );
             let template = plan.steps[0].body().unwrap();
@@ -799,7 +814,7 @@ mod tests {
         let plan = plan(&cluster("8.15.0"), &model(), &config(), &pipeline_mode()).unwrap();
         let script = console_script(&plan, &model());
         assert!(script.contains("\nPUT _inference/text_embedding/sightline-clip\n{\n"));
-        assert!(script.contains("\nPUT photos\n"));
+        assert!(script.contains("\nPUT photos-clip\n{\n  \"aliases\""));
         // every non-comment block parses: method line then JSON
         for block in script.split("\n# ").skip(1) {
             let mut lines = block.lines().skip(1);
