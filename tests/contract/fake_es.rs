@@ -329,12 +329,13 @@ impl FakeEs {
         edit(&mut self.state.lock().unwrap().script)
     }
 
+    /// The documents of `index`, or of the index behind the alias `index` (as a search sees them).
     pub fn docs(&self, index: &str) -> BTreeMap<String, Value> {
-        self.state
-            .lock()
-            .unwrap()
+        let state = self.state.lock().unwrap();
+        let index = single_index(&state, index).unwrap_or_else(|| index.to_owned());
+        state
             .indices
-            .get(index)
+            .get(&index)
             .map(|i| i.docs.clone())
             .unwrap_or_default()
     }
@@ -351,13 +352,11 @@ impl FakeEs {
         self.state.lock().unwrap().templates.get(name).cloned()
     }
 
+    /// The mappings of `index`, or of the index behind the alias `index`.
     pub fn index_mappings(&self, index: &str) -> Option<Value> {
-        self.state
-            .lock()
-            .unwrap()
-            .indices
-            .get(index)
-            .map(|i| i.mappings.clone())
+        let state = self.state.lock().unwrap();
+        let index = single_index(&state, index).unwrap_or_else(|| index.to_owned());
+        state.indices.get(&index).map(|i| i.mappings.clone())
     }
 
     pub fn seed_pipeline(&self, id: &str, body: Value) {

@@ -137,6 +137,9 @@ pub(crate) async fn run(client: Elasticsearch, config: ReindexConfig) -> Result<
         return Ok(report);
     }
     if target == layout.index() {
+        // Writing model B's vectors into the index the alias reads is mixing: the fingerprints
+        // say why; the same model there was handled above.
+        check_same_model(&target, source_fingerprint.as_deref(), &model)?;
         bail!(
             "--to {target} is the index {} already points at",
             layout.name()
