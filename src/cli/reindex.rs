@@ -50,7 +50,11 @@ pub(crate) struct ReindexArgs {
     #[arg(long, default_value_t = 500)]
     pub retry_initial_delay_ms: u64,
     /// JSONL file listing every document that could not be copied, and why.
-    #[arg(long, default_value = "sightline-reindex-failures.jsonl", value_name = "FILE")]
+    #[arg(
+        long,
+        default_value = "sightline-reindex-failures.jsonl",
+        value_name = "FILE"
+    )]
     pub failures: PathBuf,
     /// Longer side, in pixels, of the image sent for embedding; larger images are shrunk.
     #[arg(long, default_value_t = ImageOptions::default().max_side)]
@@ -76,7 +80,8 @@ pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
         retry: RetryPolicy {
             max_retries: args.max_retries,
             initial_delay: Duration::from_millis(args.retry_initial_delay_ms),
-            max_delay: Duration::from_secs(30).max(Duration::from_millis(args.retry_initial_delay_ms)),
+            max_delay: Duration::from_secs(30)
+                .max(Duration::from_millis(args.retry_initial_delay_ms)),
         },
         failures_path: args.failures.clone(),
         image: ImageOptions {
@@ -101,12 +106,17 @@ pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
         Switch::Moved => {
             println!("alias {name} moved from {old} to {target}");
             if old != name {
-                println!("the old index {old} is kept; delete it when you no longer need to switch back");
+                println!(
+                    "the old index {old} is kept; delete it when you no longer need to switch back"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Switch::AlreadyThere => {
-            println!("{name} already holds vectors of {} (index {target}); nothing to do", args.model);
+            println!(
+                "{name} already holds vectors of {} (index {target}); nothing to do",
+                args.model
+            );
             Ok(ExitCode::SUCCESS)
         }
         Switch::KeptFailures => {
@@ -117,7 +127,10 @@ pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::from(1))
         }
-        Switch::KeptStillArriving { source, target: have } => {
+        Switch::KeptStillArriving {
+            source,
+            target: have,
+        } => {
             eprintln!(
                 "alias {name} NOT moved: {old} holds {source} documents, {target} {have}; documents are still being ingested — pause ingest and run the same command again"
             );

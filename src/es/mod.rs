@@ -63,7 +63,13 @@ pub(crate) const SEMANTIC_FIELD: &str = "image_semantic";
 pub(crate) fn slug(name: &str) -> String {
     let mapped: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     mapped
         .split('-')
@@ -85,7 +91,11 @@ pub(crate) fn physical_index_name(alias: &str, model: &crate::engine::ModelInfo)
         .unwrap_or_default();
     let short: String = fingerprint.chars().take(8).collect();
     let model = slug(&model.name);
-    let model = if model.is_empty() { "model".to_owned() } else { model };
+    let model = if model.is_empty() {
+        "model".to_owned()
+    } else {
+        model
+    };
     if short.is_empty() {
         format!("{alias}-{model}")
     } else {
@@ -144,13 +154,25 @@ mod tests {
 
     #[test]
     fn physical_names_carry_model_and_short_fingerprint() {
-        assert_eq!(slug("clip-ViT-B-32 / multilingual_v1"), "clip-vit-b-32-multilingual-v1");
+        assert_eq!(
+            slug("clip-ViT-B-32 / multilingual_v1"),
+            "clip-vit-b-32-multilingual-v1"
+        );
         assert_eq!(
             physical_index_name("images", &model("clip-ViT-B-32", "sha256:3F9A1C2B77")),
             "images-clip-vit-b-32-3f9a1c2b"
         );
-        assert_eq!(physical_index_name("photos", &model("clip", "")), "photos-clip");
-        assert_eq!(physical_index_name("photos", &model("", "")), "photos-model");
-        assert_eq!(model_inference_id("XLM-Roberta base"), "sightline-xlm-roberta-base");
+        assert_eq!(
+            physical_index_name("photos", &model("clip", "")),
+            "photos-clip"
+        );
+        assert_eq!(
+            physical_index_name("photos", &model("", "")),
+            "photos-model"
+        );
+        assert_eq!(
+            model_inference_id("XLM-Roberta base"),
+            "sightline-xlm-roberta-base"
+        );
     }
 }

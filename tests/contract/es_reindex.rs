@@ -61,20 +61,45 @@ async fn model_b() -> ModelB {
 async fn indexed_with_model_a(n: usize) -> (FakeEs, tempfile::TempDir) {
     let fake = FakeEs::start_licensed("9.1.0", License::Licensed("basic", "active")).await;
     let sidecar = fake.sidecar_url();
-    sightline(&["setup", "--es", &fake.url, "--sidecar-url", &sidecar, "--index", ALIAS])
-        .await
-        .expect_code(0);
+    sightline(&[
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar,
+        "--index",
+        ALIAS,
+    ])
+    .await
+    .expect_code(0);
     assert_eq!(fake.aliases()[ALIAS], [OLD]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("images")).unwrap();
     for name in &GOOD[..n] {
-        std::fs::copy(fixture_images().join(name), dir.path().join("images").join(name)).unwrap();
+        std::fs::copy(
+            fixture_images().join(name),
+            dir.path().join("images").join(name),
+        )
+        .unwrap();
     }
     let folder = dir.path().join("images").display().to_string();
-    let failures = dir.path().join("ingest-failures.jsonl").display().to_string();
+    let failures = dir
+        .path()
+        .join("ingest-failures.jsonl")
+        .display()
+        .to_string();
     sightline(&[
-        "ingest", &folder, "--es", &fake.url, "--sidecar-url", &sidecar, "--index", ALIAS,
-        "--failures", &failures, "--no-progress",
+        "ingest",
+        &folder,
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar,
+        "--index",
+        ALIAS,
+        "--failures",
+        &failures,
+        "--no-progress",
     ])
     .await
     .expect_code(0);
@@ -85,9 +110,24 @@ async fn indexed_with_model_a(n: usize) -> (FakeEs, tempfile::TempDir) {
 async fn reindex(fake: &FakeEs, b: &ModelB, failures: &Path, extra: &[&str]) -> Run {
     let failures = failures.display().to_string();
     let mut args = vec![
-        "reindex", "--from", ALIAS, "--model", &b.name, "--es", &fake.url, "--sidecar-url",
-        &b.url, "--sidecar-api-key", API_KEY, "--failures", &failures, "--no-progress",
-        "--bulk-size", "2", "--retry-initial-delay-ms", "1",
+        "reindex",
+        "--from",
+        ALIAS,
+        "--model",
+        &b.name,
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &b.url,
+        "--sidecar-api-key",
+        API_KEY,
+        "--failures",
+        &failures,
+        "--no-progress",
+        "--bulk-size",
+        "2",
+        "--retry-initial-delay-ms",
+        "1",
     ];
     args.extend_from_slice(extra);
     sightline(&args).await
@@ -106,7 +146,11 @@ fn created_ids(fake: &FakeEs, index: &str) -> Vec<String> {
         .iter()
         .filter(|r| r.path == format!("/{index}/_bulk"))
         .flat_map(|r| r.ndjson())
-        .filter_map(|line| line.pointer("/create/_id").and_then(Value::as_str).map(str::to_owned))
+        .filter_map(|line| {
+            line.pointer("/create/_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
         .collect()
 }
 
@@ -132,11 +176,18 @@ async fn reindex_moves_the_alias_to_model_b_and_no_search_fails_meanwhile() {
     let new = behind_alias(&fake);
     assert!(new.starts_with("photos-") && new != OLD, "{new}");
     assert!(
-        run.stdout.contains(&format!("4 documents read from {OLD}: 4 copied to {new}, 0 already there, 0 failed")),
+        run.stdout.contains(&format!(
+            "4 documents read from {OLD}: 4 copied to {new}, 0 already there, 0 failed"
+        )),
         "{}",
         run.stdout
     );
-    assert!(run.stdout.contains(&format!("alias photos moved from {OLD} to {new}")), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("alias photos moved from {OLD} to {new}")),
+        "{}",
+        run.stdout
+    );
     // 4 documents, 2 per bulk: 2 bulk requests, each preceded by a search answered by the old index
     let during = fake.searches_during_bulk();
     assert_eq!(during.len(), 2);
@@ -148,11 +199,20 @@ async fn reindex_moves_the_alias_to_model_b_and_no_search_fails_meanwhile() {
     }
     // the new index maps model B and holds every document with B's vector and the old metadata
     let mapping = fake.index_mappings(&new).unwrap();
-    assert_eq!(mapping["_meta"]["model_fingerprint"], b.fingerprint.as_str());
-    assert_eq!(mapping["properties"]["ml"]["properties"]["image_vector"]["dims"], b.dims);
+    assert_eq!(
+        mapping["_meta"]["model_fingerprint"],
+        b.fingerprint.as_str()
+    );
+    assert_eq!(
+        mapping["properties"]["ml"]["properties"]["image_vector"]["dims"],
+        b.dims
+    );
     let old_docs = fake.docs(OLD);
     let new_docs = fake.docs(&new);
-    assert_eq!(old_docs.keys().collect::<Vec<_>>(), new_docs.keys().collect::<Vec<_>>());
+    assert_eq!(
+        old_docs.keys().collect::<Vec<_>>(),
+        new_docs.keys().collect::<Vec<_>>()
+    );
     for (id, doc) in &new_docs {
         let vector = stored_vector(&doc["ml"]["image_vector"]).unwrap();
         assert_eq!(vector.len(), b.dims, "{id}");
@@ -160,7 +220,16 @@ async fn reindex_moves_the_alias_to_model_b_and_no_search_fails_meanwhile() {
         assert!((norm - 1.0).abs() < 1e-4, "{id}: {norm}");
         assert_eq!(doc["model_fingerprint"], b.fingerprint.as_str());
         assert_eq!(doc["ml"]["model_id"], b.name.as_str());
-        for field in ["path", "file_name", "content_hash", "thumbnail", "width", "height", "bytes", "ingested_at"] {
+        for field in [
+            "path",
+            "file_name",
+            "content_hash",
+            "thumbnail",
+            "width",
+            "height",
+            "bytes",
+            "ingested_at",
+        ] {
             assert_eq!(doc[field], old_docs[id][field], "{id} {field}");
         }
     }
@@ -188,7 +257,11 @@ async fn a_rerun_after_an_interruption_sends_nothing_twice() {
     let failures = dir.path().join("reindex-failures.jsonl");
     let run = reindex(&fake, &b, &failures, &["--max-retries", "0"]).await;
     run.expect_code(1);
-    assert!(run.stderr.contains("alias photos NOT moved"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("alias photos NOT moved"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(behind_alias(&fake), OLD);
     let target = fake
         .indices()
@@ -197,7 +270,10 @@ async fn a_rerun_after_an_interruption_sends_nothing_twice() {
         .expect("the new index exists");
     let first: BTreeSet<String> = fake.docs(&target).keys().cloned().collect();
     assert_eq!(first.len(), 2);
-    assert_eq!(std::fs::read_to_string(&failures).unwrap().lines().count(), 4);
+    assert_eq!(
+        std::fs::read_to_string(&failures).unwrap().lines().count(),
+        4
+    );
     fake.script(|script| script.bulks_before_outage = None);
     fake.clear_requests();
     let rerun = reindex(&fake, &b, &failures, &[]).await;
@@ -207,7 +283,10 @@ async fn a_rerun_after_an_interruption_sends_nothing_twice() {
     let sent = created_ids(&fake, &target);
     let sent_set: BTreeSet<String> = sent.iter().cloned().collect();
     assert_eq!(sent.len(), 4, "each remaining document sent once: {sent:?}");
-    assert!(sent_set.is_disjoint(&first), "documents already copied were sent again");
+    assert!(
+        sent_set.is_disjoint(&first),
+        "documents already copied were sent again"
+    );
     assert_eq!(fake.docs(&target).len(), 6);
     assert_eq!(behind_alias(&fake), target);
 }
@@ -235,7 +314,14 @@ async fn a_document_whose_file_is_gone_keeps_the_alias_on_the_old_index() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["path"], gone.display().to_string());
     assert_eq!(lines[0]["stage"], "source");
-    assert!(lines[0]["reason"].as_str().unwrap().contains("original file is gone"), "{}", lines[0]);
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("original file is gone"),
+        "{}",
+        lines[0]
+    );
     // the file is back: the rerun copies only it and moves the alias
     std::fs::rename(&kept, &gone).unwrap();
     let rerun = reindex(&fake, &b, &failures, &[]).await;
@@ -266,31 +352,166 @@ async fn commands_that_would_mix_models_are_refused_naming_both_fingerprints() {
     let folder = dir.path().join("images").display().to_string();
     let ingest_failures = dir.path().join("f.jsonl").display().to_string();
     let run = sightline(&[
-        "ingest", &folder, "--es", &fake.url, "--sidecar-url", &sidecar_a, "--index", ALIAS,
-        "--failures", &ingest_failures, "--no-progress",
+        "ingest",
+        &folder,
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar_a,
+        "--index",
+        ALIAS,
+        "--failures",
+        &ingest_failures,
+        "--no-progress",
     ])
     .await;
     run.expect_code(2);
     both(&run);
     // setup with model A on the alias
-    let run = sightline(&["setup", "--es", &fake.url, "--sidecar-url", &sidecar_a, "--index", ALIAS]).await;
+    let run = sightline(&[
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar_a,
+        "--index",
+        ALIAS,
+    ])
+    .await;
     run.expect_code(2);
     both(&run);
     // a reindex back to A into B's index
     let run = sightline(&[
-        "reindex", "--from", ALIAS, "--model", FAKE_MODEL, "--to", &new, "--es", &fake.url,
-        "--sidecar-url", &sidecar_a, "--failures", &ingest_failures, "--no-progress",
+        "reindex",
+        "--from",
+        ALIAS,
+        "--model",
+        FAKE_MODEL,
+        "--to",
+        &new,
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar_a,
+        "--failures",
+        &ingest_failures,
+        "--no-progress",
     ])
     .await;
     run.expect_code(2);
     both(&run);
     // a model the sidecar does not serve
     let run = sightline(&[
-        "reindex", "--from", ALIAS, "--model", "another-model", "--es", &fake.url,
-        "--sidecar-url", &sidecar_a, "--failures", &ingest_failures, "--no-progress",
+        "reindex",
+        "--from",
+        ALIAS,
+        "--model",
+        "another-model",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar_a,
+        "--failures",
+        &ingest_failures,
+        "--no-progress",
     ])
     .await;
     run.expect_code(2);
-    assert!(run.stderr.contains("--model another-model but the sidecar serves"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("--model another-model but the sidecar serves"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(behind_alias(&fake), new);
+}
+
+#[tokio::test]
+async fn an_index_from_before_aliases_becomes_an_alias_only_with_replace_index() {
+    if !ready() {
+        return;
+    }
+    // The layout of older setups: a concrete index named `photos`.
+    let (fake, dir) = indexed_with_model_a(2).await;
+    let mappings = fake.index_mappings(OLD).unwrap();
+    let docs = fake.docs(OLD);
+    let dropped = reqwest::Client::new()
+        .post(format!("{}/_aliases", fake.url))
+        .json(&json!({"actions": [{"remove_index": {"index": OLD}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dropped.status(), 200);
+    assert!(fake.aliases().is_empty());
+    fake.seed_index(ALIAS, mappings);
+    for (id, doc) in docs {
+        fake.seed_doc(ALIAS, &id, doc);
+    }
+    let b = model_b().await;
+    let failures = dir.path().join("reindex-failures.jsonl");
+    let run = reindex(&fake, &b, &failures, &[]).await;
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("run the same command with --replace-index"),
+        "{}",
+        run.stderr
+    );
+    assert!(fake.indices().contains(&ALIAS.to_owned()));
+    let run = reindex(&fake, &b, &failures, &["--replace-index"]).await;
+    run.expect_code(0);
+    assert!(run.stdout.contains("2 already there"), "{}", run.stdout);
+    let new = behind_alias(&fake);
+    assert!(
+        !fake.indices().contains(&ALIAS.to_owned()),
+        "the old index is replaced by the alias"
+    );
+    assert_eq!(fake.docs(ALIAS).len(), 2);
+    assert_eq!(fake.docs(&new).len(), 2);
+}
+
+#[tokio::test]
+async fn setup_with_model_names_the_endpoints_for_it() {
+    let fake = FakeEs::start("9.1.0").await;
+    let sidecar = fake.sidecar_url();
+    let run = sightline(&[
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar,
+        "--index",
+        "photos-a",
+        "--model",
+        FAKE_MODEL,
+    ])
+    .await;
+    run.expect_code(0);
+    let id = "sightline-clip-vit-b-32-multilingual-v1";
+    let endpoint = fake.endpoint(id).expect("endpoint named for the model");
+    assert_eq!(endpoint["task_settings"]["parameters"]["model"], FAKE_MODEL);
+    assert!(fake.endpoint(&format!("{id}-search")).is_some());
+    assert!(fake.endpoint("sightline-clip").is_none());
+    let pipeline = fake.pipeline("sightline-photos-a").unwrap();
+    assert_eq!(pipeline["processors"][0]["inference"]["model_id"], id);
+    let run = sightline(&[
+        "setup",
+        "--es",
+        &fake.url,
+        "--sidecar-url",
+        &sidecar,
+        "--index",
+        "photos-b",
+        "--model",
+        "xlm-roberta-base-vit-b-32",
+    ])
+    .await;
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("--model xlm-roberta-base-vit-b-32, but the sidecar at")
+            && run.stderr.contains(FAKE_MODEL),
+        "{}",
+        run.stderr
+    );
 }

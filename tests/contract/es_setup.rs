@@ -218,11 +218,9 @@ async fn print_for_each_version_line_matches_the_contract() {
         let failed = find(&requests, "PUT", "_index_template/sightline-photos-failed");
         assert_eq!(failed["index_patterns"], json!(["photos-failed"]));
         assert!(
-            requests
-                .iter()
-                .any(|(m, p, b)| m == "PUT"
-                    && p == PRINTED_INDEX
-                    && b.as_ref() == Some(&json!({"aliases": {INDEX: {}}}))),
+            requests.iter().any(|(m, p, b)| m == "PUT"
+                && p == PRINTED_INDEX
+                && b.as_ref() == Some(&json!({"aliases": {INDEX: {}}}))),
             "{version}: PUT {PRINTED_INDEX} with the alias {INDEX}"
         );
 
@@ -266,7 +264,10 @@ async fn print_for_8_11_is_vectors_mode_template_and_index_only() {
         .collect();
     assert_eq!(
         lines,
-        ["PUT _index_template/sightline-photos", format!("PUT {PRINTED_INDEX}").as_str()]
+        [
+            "PUT _index_template/sightline-photos",
+            format!("PUT {PRINTED_INDEX}").as_str()
+        ]
     );
     // a pipeline asked for on 8.11 names the version
     let mut forced = print_args("8.11.4");

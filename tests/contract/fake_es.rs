@@ -1670,7 +1670,11 @@ fn close_pit(state: &mut EsState, request: &Recorded) -> (u16, Value) {
 fn update_aliases(state: &mut EsState, request: &Recorded) -> (u16, Value) {
     let body = request.json();
     let Some(actions) = body["actions"].as_array() else {
-        return es_error(400, "action_request_validation_exception", "Validation Failed: 1: no actions;");
+        return es_error(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no actions;",
+        );
     };
     let mut aliases = state.aliases.clone();
     let mut removed_indices = Vec::new();
@@ -1692,8 +1696,11 @@ fn update_aliases(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         }
         match kind.as_str() {
             "add" => {
-                if state.indices.contains_key(alias) && !removed_indices.contains(&alias.to_owned())
-                    && !actions.iter().any(|a| a.pointer("/remove_index/index") == Some(&json!(alias)))
+                if state.indices.contains_key(alias)
+                    && !removed_indices.contains(&alias.to_owned())
+                    && !actions
+                        .iter()
+                        .any(|a| a.pointer("/remove_index/index") == Some(&json!(alias)))
                 {
                     return es_error(
                         400,
@@ -1701,7 +1708,10 @@ fn update_aliases(state: &mut EsState, request: &Recorded) -> (u16, Value) {
                         &format!("Invalid alias name [{alias}]: an index or data stream exists with the same name as the alias"),
                     );
                 }
-                aliases.entry(alias.to_owned()).or_default().insert(index.to_owned());
+                aliases
+                    .entry(alias.to_owned())
+                    .or_default()
+                    .insert(index.to_owned());
             }
             "remove" => {
                 let removed = aliases

@@ -45,7 +45,9 @@ pub(crate) async fn resolve(
     let request = format!("GET {name}/_mapping");
     let names = [name];
     let indices = client.indices();
-    let get = indices.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(&names));
+    let get = indices.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
+        &names,
+    ));
     let mapping: Value = call(&request, get.send())
         .await
         .with_context(|| format!("--from {name}: no such index or alias"))?;
@@ -99,7 +101,8 @@ pub(crate) async fn apply(client: &Elasticsearch, actions: &Value) -> Result<()>
     )
     .await?;
     // 8.14+ answer `errors: true` with per-action results when an action was skipped.
-    if answer.get("acknowledged") != Some(&json!(true)) || answer.get("errors") == Some(&json!(true))
+    if answer.get("acknowledged") != Some(&json!(true))
+        || answer.get("errors") == Some(&json!(true))
     {
         bail!("POST _aliases was not applied: {answer}");
     }

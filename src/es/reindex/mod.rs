@@ -47,9 +47,7 @@ use super::ingest::{
 };
 use super::local::{LocalEmbedder, Payload};
 use super::model_info::check_same_model;
-use super::{
-    physical_index_name, template_name, FINGERPRINT_FIELD, IMAGE_FIELD, SEMANTIC_FIELD,
-};
+use super::{physical_index_name, template_name, FINGERPRINT_FIELD, IMAGE_FIELD, SEMANTIC_FIELD};
 use crate::engine::ModelInfo;
 pub(crate) use alias::Layout;
 
@@ -525,7 +523,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(record.stage, "source");
-        assert!(record.reason.contains("original file is gone"), "{}", record.reason);
+        assert!(
+            record.reason.contains("original file is gone"),
+            "{}",
+            record.reason
+        );
         let changed = dir.path().join("changed.png");
         std::fs::write(&changed, b"other bytes").unwrap();
         let record = load_image(
@@ -533,9 +535,16 @@ mod tests {
             ImageOptions::default(),
         )
         .unwrap_err();
-        assert!(record.reason.contains("changed since it was ingested"), "{}", record.reason);
-        let record = load_image(&doc(json!({"content_hash": "abc"})), ImageOptions::default())
-            .unwrap_err();
+        assert!(
+            record.reason.contains("changed since it was ingested"),
+            "{}",
+            record.reason
+        );
+        let record = load_image(
+            &doc(json!({"content_hash": "abc"})),
+            ImageOptions::default(),
+        )
+        .unwrap_err();
         assert!(record.reason.contains("no path"), "{}", record.reason);
     }
 
