@@ -9,6 +9,7 @@ mod embed;
 mod engine_args;
 mod ingest;
 mod model;
+mod reindex;
 mod search;
 mod serve;
 mod setup;
@@ -40,6 +41,8 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Bulk-index folders of images through the embedding pipeline.
     Ingest(ingest::IngestArgs),
+    /// Re-embed an index with another model into a new index, then move the alias onto it.
+    Reindex(reindex::ReindexArgs),
     /// Search an image index by image or by text.
     Search(search::SearchArgs),
     /// Measure end-to-end throughput against model-only (see `make bench`).
@@ -66,6 +69,7 @@ pub fn main() -> ExitCode {
             Command::Model(cmd) => model::run(cmd).await,
             Command::Setup(args) => setup::run(args).await,
             Command::Ingest(args) => ingest::run(args).await,
+            Command::Reindex(args) => reindex::run(args).await,
             Command::Search(args) => search::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Gallery(args) => crate::gallery::run(args).await,

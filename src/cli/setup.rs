@@ -12,7 +12,7 @@ use crate::es::mode::{self, choose_mode, consequences, parse_mode_flag};
 use crate::es::model_info;
 use crate::es::setup::{apply, console_script, plan, SetupConfig, DEFAULT_RATE_LIMIT};
 use crate::es::version::{Cluster, EsVersion, Service};
-use crate::es::{DEFAULT_INDEX, DEFAULT_INFERENCE_ID};
+use crate::es::{model_inference_id, DEFAULT_INDEX, DEFAULT_INFERENCE_ID};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct SetupArgs {
@@ -29,12 +29,18 @@ pub(crate) struct SetupArgs {
     /// (default: <sidecar-url>/info).
     #[arg(long, value_name = "URL")]
     pub sidecar_info_url: Option<String>,
-    /// Image index to create.
+    /// Alias clients search; setup creates the index behind it (<alias>-<model>-<fingerprint>).
     #[arg(long, env = "SIGHTLINE_INDEX", default_value = DEFAULT_INDEX)]
     pub index: String,
-    /// Id of the inference endpoint to create.
-    #[arg(long, env = "SIGHTLINE_INFERENCE_ID", default_value = DEFAULT_INFERENCE_ID)]
-    pub inference_id: String,
+    /// Id of the inference endpoint to create (default: sightline-clip, or sightline-<NAME>
+    /// with --model).
+    #[arg(long, env = "SIGHTLINE_INFERENCE_ID")]
+    pub inference_id: Option<String>,
+    /// The model the endpoints ask for by name (their `model_id`, which a sidecar serving
+    /// several models routes by); the endpoints are named for it (sightline-<NAME>), so two
+    /// models can be served side by side to two indices. The sidecar's /info must list it.
+    #[arg(long, value_name = "NAME", conflicts_with = "model_name")]
+    pub model: Option<String>,
     /// auto: `pipeline` on an active enterprise or trial licence and 8.12+ (the cluster calls
     /// the sidecar through inference endpoints), else `vectors` (index template and index only;
     /// `ingest` and `search` get vectors from the sidecar themselves).
@@ -137,13 +143,27 @@ pub(crate) async fn run(args: SetupArgs) -> Result<ExitCode> {
                 .sidecar_info_url
                 .clone()
                 .unwrap_or_else(|| model_info::info_url(&args.sidecar_url));
-            model_info::fetch(&info_url, args.sidecar_api_key.as_deref()).await?
+            let info = model_info::fetch(&info_url, args.sidecar_api_key.as_deref()).await?;
+            if let Some(wanted) = &args.model {
+                if info.name != *wanted {
+                    bail!(
+                        "--model {wanted}, but the sidecar at {info_url} serves {} ({}); start `sightline serve` with the bundle of {wanted}",
+                        info.name,
+                        info.fingerprint
+                    );
+                }
+            }
+            info
         }
         _ => bail!("--model-name, --dimensions and --similarity go together"),
     };
     let config = SetupConfig {
         index: args.index.clone(),
-        inference_id: args.inference_id.clone(),
+        inference_id: match (&args.inference_id, &args.model) {
+            (Some(id), _) => id.clone(),
+            (None, Some(model)) => model_inference_id(model),
+            (None, None) => DEFAULT_INFERENCE_ID.to_owned(),
+        },
         sidecar_url: args.sidecar_url.trim_end_matches('/').to_owned(),
         sidecar_api_key: args.sidecar_api_key.clone(),
         service,

@@ -8,6 +8,12 @@
 //! already exists with the same settings is left alone (ES refuses to PUT over one), and an
 //! existing index is checked, never recreated, so re-running `setup` cannot lose documents.
 //! Pipelines and templates are create-or-update by nature.
+//!
+//! The image index is created behind an alias: `--index photos` makes the physical index
+//! `photos-<model>-<fingerprint>` (see [`super::physical_index_name`]) with the alias `photos`,
+//! so clients name only `photos` and `sightline reindex` can later move it to an index of another
+//! model in one atomic step. An index made before aliases (a concrete index named `photos`) is
+//! kept and used as it is; `reindex --replace-index` turns it into an alias.
 
 use std::fmt::Write as _;
 
@@ -34,8 +40,8 @@ use super::mode::{Mode, ModeChoice};
 use super::model_info;
 use super::version::{Cluster, Service};
 use super::{
-    failed_index_name, failed_template_name, pipeline_name, search_inference_id,
-    semantic_pipeline_name, template_name, VECTOR_FIELD,
+    failed_index_name, failed_template_name, physical_index_name, pipeline_name,
+    search_inference_id, semantic_pipeline_name, template_name, VECTOR_FIELD,
 };
 use crate::engine::format::sample_jpeg;
 use crate::sidecar::Lane;
@@ -99,10 +105,14 @@ pub(crate) enum Step {
         name: String,
         body: Value,
     },
-    /// Create the index if missing; with `vector_dims`, an existing index must map the vector
-    /// field with those dimensions.
+    /// Create the index if missing; with `vector`, an existing index must map the vector field
+    /// with those dimensions and record the same model. With `alias`, the index is created
+    /// with that alias (`body`), and an existing alias (or old-layout index) of that name counts
+    /// as the index being there.
     CreateIndex {
         name: String,
+        alias: Option<String>,
+        body: Option<Value>,
         vector: Option<Box<VectorSpec>>,
     },
     Verify {
@@ -137,7 +147,7 @@ impl Step {
             | Step::PutPipeline { body, .. }
             | Step::PutIndexTemplate { body, .. }
             | Step::Verify { body, .. } => Some(body),
-            Step::CreateIndex { .. } => None,
+            Step::CreateIndex { body, .. } => body.as_ref(),
         }
     }
 
@@ -148,6 +158,7 @@ impl Step {
             ),
             Step::PutPipeline { id, .. } => format!("Ingest pipeline {id}"),
             Step::PutIndexTemplate { name, .. } => format!("Index template {name}"),
+            Step::CreateIndex { name, alias: Some(alias), .. } => format!("Index {name} behind the alias {alias}, which clients name (its mappings come from the template); skip it if {alias} already exists"),
             Step::CreateIndex { name, .. } => format!("Index {name} (its mappings come from the template)"),
             Step::Verify { what, .. } => format!("Check: one {what} through the endpoint returns a vector"),
         }
@@ -183,6 +194,13 @@ pub(crate) fn plan(
     mode: &ModeChoice,
 ) -> Result<Plan> {
     model_info::validate(model)?;
+    let physical = physical_index_name(&config.index, model);
+    let image_index = |vector| Step::CreateIndex {
+        name: physical.clone(),
+        alias: Some(config.index.clone()),
+        body: Some(json!({"aliases": {config.index.as_str(): {}}})),
+        vector,
+    };
     let index_vector = Some(Box::new(VectorSpec {
         dims: model.dimensions,
         similarity: model.similarity,
@@ -196,7 +214,7 @@ pub(crate) fn plan(
                 cluster.version
             );
         }
-        let index_params = IndexParams::vectors_mode(&config.index, model);
+        let index_params = IndexParams::vectors_mode(&physical, model);
         return Ok(Plan {
             cluster: cluster.clone(),
             mode: mode.clone(),
@@ -206,10 +224,7 @@ pub(crate) fn plan(
                     name: template_name(&config.index),
                     body: assets::index_template_body(&index_params, cluster)?,
                 },
-                Step::CreateIndex {
-                    name: config.index.clone(),
-                    vector: index_vector,
-                },
+                image_index(index_vector),
             ],
         });
     }
@@ -231,7 +246,7 @@ pub(crate) fn plan(
     let search_endpoint = assets::endpoint_body(service, &endpoint_params(Lane::Search), cluster)?;
     let pipeline = pipeline_name(&config.index);
     let index_params = IndexParams {
-        index: config.index.clone(),
+        index: physical.clone(),
         pipeline: Some(pipeline.clone()),
         inference_id: config.inference_id.clone(),
         search_inference_id: search_id.clone(),
@@ -271,14 +286,18 @@ pub(crate) fn plan(
         },
         Step::PutIndexTemplate {
             name: failed_template_name(&config.index),
-            body: assets::failed_template_body(&index_params)?,
+            // The pipeline redirects to `{{_index}}-failed`, and `_index` there is the name the
+            // request gave: the alias.
+            body: assets::failed_template_body(&IndexParams {
+                index: config.index.clone(),
+                ..index_params.clone()
+            })?,
         },
-        Step::CreateIndex {
-            name: config.index.clone(),
-            vector: index_vector,
-        },
+        image_index(index_vector),
         Step::CreateIndex {
             name: failed_index_name(&config.index),
+            alias: None,
+            body: None,
             vector: None,
         },
     ]);
@@ -365,8 +384,20 @@ pub(crate) async fn apply(
                 call::<IgnoredAny>(&request, put.send()).await?;
                 "created or updated".to_owned()
             }
-            Step::CreateIndex { name, vector } => {
-                ensure_index(client, name, vector.as_deref()).await?
+            Step::CreateIndex {
+                name,
+                alias,
+                body,
+                vector,
+            } => {
+                ensure_index(
+                    client,
+                    name,
+                    alias.as_deref(),
+                    body.as_ref(),
+                    vector.as_deref(),
+                )
+                .await?
             }
             Step::Verify { id, what, body } => verify(client, id, what, body, model).await?,
         };
@@ -383,6 +414,9 @@ fn step_label(step: &Step) -> String {
         Step::PutEndpoint { id, service, .. } => format!("inference endpoint {id} ({service})"),
         Step::PutPipeline { id, .. } => format!("ingest pipeline {id}"),
         Step::PutIndexTemplate { name, .. } => format!("index template {name}"),
+        Step::CreateIndex {
+            alias: Some(alias), ..
+        } => format!("index {alias}"),
         Step::CreateIndex { name, .. } => format!("index {name}"),
         Step::Verify { id, what, .. } => format!("{what} through {id}"),
     }
@@ -481,40 +515,74 @@ pub(crate) fn endpoint_difference(existing: &Value, desired: &Value) -> Option<S
     })
 }
 
+/// Creates `name` unless it, or the alias that names it, exists. An existing one is checked
+/// (model, then vector mapping) and kept: re-running setup never loses documents. With `alias`:
+/// `alias` may be an alias (the layout from now on) or an index of that name (the layout before
+/// aliases), and either is kept and used as it is.
 async fn ensure_index(
     client: &Elasticsearch,
     name: &str,
+    alias: Option<&str>,
+    body: Option<&Value>,
     vector: Option<&VectorSpec>,
 ) -> Result<String> {
-    let exists_request = format!("HEAD {name}");
-    let index = [name];
+    let probe = alias.unwrap_or(name);
+    let exists_request = format!("HEAD {probe}");
+    let index = [probe];
     let indices = client.indices();
     let exists = indices.exists(IndicesExistsParts::Index(&index));
     match call::<()>(&exists_request, exists.send()).await {
         Ok(()) => {
+            let mut kept = "exists, kept".to_owned();
             if let Some(spec) = vector {
-                let mapping_request = format!("GET {name}/_mapping");
+                let mapping_request = format!("GET {probe}/_mapping");
                 let get = indices.get_mapping(IndicesGetMappingParts::Index(&index));
                 let mapping: Value = call(&mapping_request, get.send()).await?;
                 // The model first: the more specific reason when both differ.
                 model_info::check_same_model(
-                    name,
+                    probe,
                     model_info::recorded_fingerprint(&mapping).as_deref(),
                     &spec.model,
                 )?;
-                check_vector_mapping(&mapping, name, spec.dims, spec.similarity)?;
+                check_vector_mapping(&mapping, probe, spec.dims, spec.similarity)?;
+                if let Some(concrete) = mapping.as_object().and_then(|m| m.keys().next()) {
+                    kept = if concrete == probe {
+                        format!("exists, kept (an index, not an alias: `sightline reindex --replace-index` makes {probe} an alias)")
+                    } else {
+                        format!("exists, kept (alias of {concrete})")
+                    };
+                }
             }
-            return Ok("exists, kept".to_owned());
+            return Ok(kept);
         }
         Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {}
         Err(err) => return Err(err.into()),
     }
     let create_request = format!("PUT {name}");
     let create = indices.create(IndicesCreateParts::Index(name));
-    match call::<IgnoredAny>(&create_request, create.send()).await {
-        Ok(_) => Ok("created".to_owned()),
-        // Someone else created it between HEAD and PUT: that is the state we wanted.
-        Err(err) if err.es_type() == Some(RESOURCE_ALREADY_EXISTS) => Ok("exists, kept".to_owned()),
+    let sent = match body {
+        Some(body) => call::<IgnoredAny>(&create_request, create.body(body).send()).await,
+        None => call::<IgnoredAny>(&create_request, create.send()).await,
+    };
+    match sent {
+        Ok(_) => Ok(match alias {
+            Some(alias) => format!("created {name} behind the alias {alias}"),
+            None => "created".to_owned(),
+        }),
+        // The physical index exists but no alias names it (someone deleted the alias, or
+        // created the index by hand): it is this model's index, so the alias is put back.
+        Err(err) if err.es_type() == Some(RESOURCE_ALREADY_EXISTS) => match alias {
+            Some(alias) => {
+                let actions = json!({"actions": [{"add": {"index": name, "alias": alias}}]});
+                call::<IgnoredAny>(
+                    "POST _aliases",
+                    indices.update_aliases().body(actions).send(),
+                )
+                .await?;
+                Ok(format!("exists, alias {alias} added"))
+            }
+            None => Ok("exists, kept".to_owned()),
+        },
         Err(err) => Err(err.into()),
     }
 }
@@ -669,13 +737,28 @@ mod tests {
                 "PUT _ingest/pipeline/sightline-photos-semantic",
                 "PUT _index_template/sightline-photos",
                 "PUT _index_template/sightline-photos-failed",
-                "PUT photos",
+                "PUT photos-clip",
                 "PUT photos-failed",
                 "POST _inference/text_embedding/sightline-clip",
                 "POST _inference/text_embedding/sightline-clip-search",
             ]
         );
         assert_eq!(plan.service, Some(Service::Custom));
+        // The image index is created behind the alias clients name; its template matches the
+        // physical index, the failed index's the alias (the pipeline's `_index`).
+        assert_eq!(
+            plan.steps[6].body().unwrap(),
+            &json!({"aliases": {"photos": {}}})
+        );
+        assert_eq!(
+            plan.steps[4].body().unwrap()["index_patterns"],
+            json!(["photos-clip"])
+        );
+        assert_eq!(
+            plan.steps[5].body().unwrap()["index_patterns"],
+            json!(["photos-failed"])
+        );
+        assert_eq!(plan.steps[7].body(), None);
         let search_url = plan.steps[1].body().unwrap()["service_settings"]["url"].clone();
         assert_eq!(
             search_url,
@@ -713,7 +796,7 @@ mod tests {
             let paths = step_paths(&plan);
             assert_eq!(
                 paths,
-                ["PUT _index_template/sightline-photos", "PUT photos"],
+                ["PUT _index_template/sightline-photos", "PUT photos-clip"],
                 "{version}"
             );
             let template = plan.steps[0].body().unwrap();
@@ -731,7 +814,7 @@ mod tests {
         let plan = plan(&cluster("8.15.0"), &model(), &config(), &pipeline_mode()).unwrap();
         let script = console_script(&plan, &model());
         assert!(script.contains("\nPUT _inference/text_embedding/sightline-clip\n{\n"));
-        assert!(script.contains("\nPUT photos\n"));
+        assert!(script.contains("\nPUT photos-clip\n{\n  \"aliases\""));
         // every non-comment block parses: method line then JSON
         for block in script.split("\n# ").skip(1) {
             let mut lines = block.lines().skip(1);

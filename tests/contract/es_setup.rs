@@ -8,6 +8,9 @@ use serde_json::{json, Value};
 use crate::fake_es::{parse_console, rendered_asset, sightline, FakeEs, FAKE_DIMS, FAKE_MODEL};
 
 const INDEX: &str = "photos";
+/// The physical index `setup --print` names behind the alias (`--model-name` gives no
+/// fingerprint); against the fake sidecar it also carries the fingerprint's start, `fake`.
+const PRINTED_INDEX: &str = "photos-clip-vit-b-32-multilingual-v1";
 
 fn print_args(version: &str) -> Vec<String> {
     [
@@ -195,7 +198,8 @@ async fn print_for_each_version_line_matches_the_contract() {
         assert_eq!(has_semantic, semantic, "{version}");
 
         let template = find(&requests, "PUT", "_index_template/sightline-photos");
-        assert_eq!(template["index_patterns"], json!([INDEX]));
+        // The template matches the physical index; clients name the alias `photos`.
+        assert_eq!(template["index_patterns"], json!([PRINTED_INDEX]));
         let properties = &template["template"]["mappings"]["properties"];
         let vector = &properties["ml"]["properties"]["image_vector"];
         assert_eq!(vector["type"], "dense_vector");
@@ -214,10 +218,10 @@ async fn print_for_each_version_line_matches_the_contract() {
         let failed = find(&requests, "PUT", "_index_template/sightline-photos-failed");
         assert_eq!(failed["index_patterns"], json!(["photos-failed"]));
         assert!(
-            requests
-                .iter()
-                .any(|(m, p, b)| m == "PUT" && p == INDEX && b.is_none()),
-            "{version}: PUT photos"
+            requests.iter().any(|(m, p, b)| m == "PUT"
+                && p == PRINTED_INDEX
+                && b.as_ref() == Some(&json!({"aliases": {INDEX: {}}}))),
+            "{version}: PUT {PRINTED_INDEX} with the alias {INDEX}"
         );
 
         let verifications: Vec<&Value> = requests
@@ -260,7 +264,10 @@ async fn print_for_8_11_is_vectors_mode_template_and_index_only() {
         .collect();
     assert_eq!(
         lines,
-        ["PUT _index_template/sightline-photos", "PUT photos"]
+        [
+            "PUT _index_template/sightline-photos",
+            format!("PUT {PRINTED_INDEX}").as_str()
+        ]
     );
     // a pipeline asked for on 8.11 names the version
     let mut forced = print_args("8.11.4");
@@ -324,7 +331,7 @@ async fn setup_creates_everything_in_order_and_sends_what_print_shows() {
             "PUT /_index_template/sightline-photos",
             "PUT /_index_template/sightline-photos-failed",
             "HEAD /photos",
-            "PUT /photos",
+            "PUT /photos-clip-vit-b-32-multilingual-v1-fake",
             "HEAD /photos-failed",
             "PUT /photos-failed",
             "POST /_inference/text_embedding/sightline-clip",
@@ -470,8 +477,12 @@ async fn setup_on_8_11_is_vectors_mode_template_and_index_only() {
             "GET /_license",
             "PUT /_index_template/sightline-photos",
             "HEAD /photos",
-            "PUT /photos"
+            "PUT /photos-clip-vit-b-32-multilingual-v1-fake"
         ]
+    );
+    assert_eq!(
+        fake.aliases()["photos"],
+        ["photos-clip-vit-b-32-multilingual-v1-fake"]
     );
 }
 

@@ -7,7 +7,11 @@
 //! `_bulk` (with a simulated embedding pipeline whose `on_failure` redirects to `<index>-failed`,
 //! `create`/`index`/`delete`, conflicts, dims checks, base64 `dense_vector` values from 9.3),
 //! `_refresh`, `_search` (kNN by `query_vector` or `query_vector_builder`, `script_score`,
-//! `search_after` paging) and `_knn_search` (8.x). `GET _license` answers like the licence the
+//! `search_after` paging) and `_knn_search` (8.x). Aliases: an index created with `aliases`,
+//! `POST _aliases` (`add`, `remove`, `remove_index`, all or nothing, as ES applies them), and
+//! every index route resolving an alias of one index to that index, as ES answers (keys and
+//! `_index` name the concrete index); points in time (`POST <index>/_pit`, `_search` with `pit`
+//! and `search_after` over the implicit `_shard_doc` tiebreaker, `DELETE _pit`). `GET _license` answers like the licence the
 //! test chose (basic, gold, platinum, trial, enterprise, expired; none for a 7.x OSS build), and
 //! the Inference API refuses non-enterprise licences as ES does.
 //!
@@ -23,7 +27,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -121,6 +125,12 @@ pub struct Script {
     /// Inputs (data URIs containing this text) the fake sidecar refuses with 400, as it would an
     /// image it cannot decode.
     pub sidecar_bad_inputs: Vec<String>,
+    /// Before answering each `_bulk`, this search (target name, body) runs as if a client had
+    /// sent it at that moment; the answers are in [`FakeEs::searches_during_bulk`].
+    pub search_during_bulk: Option<(String, Value)>,
+    /// `_bulk` answers normally this many more times, then 503 until cleared (an outage in the
+    /// middle of a run).
+    pub bulks_before_outage: Option<usize>,
     /// A real sidecar the simulated pipeline calls for each document, one image per request
     /// and every document of a `_bulk` at once, as the `inference` processor does (for the
     /// ingest measurement); `None`: vectors from [`fake_vector`].
@@ -162,6 +172,21 @@ struct EsState {
     script: Script,
     /// Vectors a real sidecar computed for the `_bulk` being answered, by image data URI.
     embedded: HashMap<String, Vec<f32>>,
+    /// Alias → the indices it points at.
+    aliases: BTreeMap<String, BTreeSet<String>>,
+    /// Open points in time by id.
+    pits: BTreeMap<String, Pit>,
+    opened_pits: usize,
+    /// Answers of [`Script::search_during_bulk`].
+    during_bulk: Vec<(u16, Value)>,
+}
+
+/// A point in time: the index's documents when it was opened, in `content_hash` order
+/// (documents without one last); a document's position is its `_shard_doc`.
+#[derive(Debug)]
+struct Pit {
+    index: String,
+    docs: Vec<(String, Value)>,
 }
 
 /// Each `image_b64` of a `_bulk` embedded by the sidecar at `url`, one per request, all at once.
@@ -238,6 +263,10 @@ impl FakeEs {
             indices: BTreeMap::new(),
             script: Script::default(),
             embedded: HashMap::new(),
+            aliases: BTreeMap::new(),
+            pits: BTreeMap::new(),
+            opened_pits: 0,
+            during_bulk: Vec::new(),
         }));
         let app = Router::new()
             .fallback(handle)
@@ -300,12 +329,13 @@ impl FakeEs {
         edit(&mut self.state.lock().unwrap().script)
     }
 
+    /// The documents of `index`, or of the index behind the alias `index` (as a search sees them).
     pub fn docs(&self, index: &str) -> BTreeMap<String, Value> {
-        self.state
-            .lock()
-            .unwrap()
+        let state = self.state.lock().unwrap();
+        let index = single_index(&state, index).unwrap_or_else(|| index.to_owned());
+        state
             .indices
-            .get(index)
+            .get(&index)
             .map(|i| i.docs.clone())
             .unwrap_or_default()
     }
@@ -322,13 +352,11 @@ impl FakeEs {
         self.state.lock().unwrap().templates.get(name).cloned()
     }
 
+    /// The mappings of `index`, or of the index behind the alias `index`.
     pub fn index_mappings(&self, index: &str) -> Option<Value> {
-        self.state
-            .lock()
-            .unwrap()
-            .indices
-            .get(index)
-            .map(|i| i.mappings.clone())
+        let state = self.state.lock().unwrap();
+        let index = single_index(&state, index).unwrap_or_else(|| index.to_owned());
+        state.indices.get(&index).map(|i| i.mappings.clone())
     }
 
     pub fn seed_pipeline(&self, id: &str, body: Value) {
@@ -347,6 +375,32 @@ impl FakeEs {
                 ..Index::default()
             },
         );
+    }
+
+    /// Alias → the indices it points at.
+    pub fn aliases(&self) -> BTreeMap<String, Vec<String>> {
+        self.state
+            .lock()
+            .unwrap()
+            .aliases
+            .iter()
+            .map(|(alias, indices)| (alias.clone(), indices.iter().cloned().collect()))
+            .collect()
+    }
+
+    /// Index names, aliases left out.
+    pub fn indices(&self) -> Vec<String> {
+        self.state.lock().unwrap().indices.keys().cloned().collect()
+    }
+
+    /// Points in time still open.
+    pub fn open_pits(&self) -> usize {
+        self.state.lock().unwrap().pits.len()
+    }
+
+    /// The answers of [`Script::search_during_bulk`], in order.
+    pub fn searches_during_bulk(&self) -> Vec<(u16, Value)> {
+        self.state.lock().unwrap().during_bulk.clone()
     }
 
     pub fn seed_doc(&self, index: &str, id: &str, source: Value) {
@@ -590,7 +644,25 @@ fn answer(state: &mut EsState, request: &Recorded) -> (u16, Value) {
         .split('/')
         .filter(|s| !s.is_empty())
         .collect();
+    // An alias of one index stands for that index on every route but index creation.
+    let concrete = segments.first().and_then(|name| single_index(state, name));
+    let mut segments = segments;
+    if let Some(concrete) = concrete.as_deref() {
+        if !(request.method == "PUT" && segments.len() == 1) {
+            segments[0] = concrete;
+        }
+    }
+    if segments.last() == Some(&"_bulk") {
+        if let Some(refusal) = before_bulk(state) {
+            return refusal;
+        }
+    }
     match (request.method.as_str(), segments.as_slice()) {
+        ("POST", [index, "_pit"]) => open_pit(state, index, request),
+        ("POST" | "GET", ["_search"]) => pit_search(state, request),
+        ("DELETE", ["_pit"]) => close_pit(state, request),
+        ("POST", ["_aliases"]) => update_aliases(state, request),
+        ("POST" | "GET", [index, "_search"]) if is_count(request) => count(state, index),
         ("GET", []) => (
             200,
             json!({"name": "fake", "cluster_name": "fake", "version": {"number": state.version, "build_flavor": "default"}, "tagline": "You Know, for Search"}),
@@ -739,6 +811,36 @@ fn create_index(state: &mut EsState, index: &str, request: &Recorded) -> (u16, V
             &format!("index [{index}/x] already exists"),
         );
     }
+    if state.aliases.contains_key(index) {
+        return es_error(
+            400,
+            "invalid_index_name_exception",
+            &format!("Invalid index name [{index}], already exists as alias"),
+        );
+    }
+    let requested = if request.body.is_empty() {
+        json!({})
+    } else {
+        request.json()
+    };
+    let new_aliases: Vec<String> = requested["aliases"]
+        .as_object()
+        .map(|aliases| aliases.keys().cloned().collect())
+        .unwrap_or_default();
+    if let Some(clash) = new_aliases.iter().find(|a| state.indices.contains_key(*a)) {
+        return es_error(
+            400,
+            "invalid_alias_name_exception",
+            &format!("Invalid alias name [{clash}]: an index or data stream exists with the same name as the alias"),
+        );
+    }
+    for alias in new_aliases {
+        state
+            .aliases
+            .entry(alias)
+            .or_default()
+            .insert(index.to_owned());
+    }
     let body = if request.body.is_empty() {
         json!({})
     } else {
@@ -805,7 +907,9 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
             .and_then(|a| a.iter().next())
             .map(|(op, meta)| (op.clone(), meta.clone()))
             .expect("bulk action");
-        let target = meta["_index"].as_str().unwrap_or(index).to_owned();
+        let named = meta["_index"].as_str().unwrap_or(index).to_owned();
+        // Writes through an alias land in its index; the pipeline's `_index` is the name given.
+        let target = single_index(state, &named).unwrap_or_else(|| named.clone());
         let id = meta["_id"].as_str().unwrap_or_default().to_owned();
         let item = |index: &str, status: u16, extra: Value| {
             let mut result = json!({"_index": index, "_id": id, "status": status});
@@ -874,9 +978,9 @@ fn bulk(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
                     (failure @ Some(_), _) | (failure @ None, None) => {
                         let message = failure.unwrap_or_default();
                         // on_failure: record the error, redirect to <index>-failed
-                        document["error"] = json!({"message": message, "processor_type": "inference", "original_index": target});
+                        document["error"] = json!({"message": message, "processor_type": "inference", "original_index": named});
                         document["failed_at"] = json!("2026-12-02T00:00:00.000Z");
-                        destination = format!("{target}-failed");
+                        destination = format!("{named}-failed");
                     }
                     (None, Some(image)) => {
                         let object = document.as_object_mut().expect("document object");
@@ -1422,4 +1526,249 @@ pub fn keys(value: &Value) -> Vec<String> {
         .flatten()
         .cloned()
         .collect()
+}
+
+/// The index an alias of exactly one index points at.
+fn single_index(state: &EsState, name: &str) -> Option<String> {
+    let indices = state.aliases.get(name)?;
+    (indices.len() == 1)
+        .then(|| indices.iter().next().cloned())
+        .flatten()
+}
+
+/// [`Script::search_during_bulk`] and [`Script::bulks_before_outage`], before a `_bulk`.
+fn before_bulk(state: &mut EsState) -> Option<(u16, Value)> {
+    if let Some((name, body)) = state.script.search_during_bulk.clone() {
+        let index = single_index(state, &name).unwrap_or(name);
+        let search = Recorded {
+            method: "POST".to_owned(),
+            path: format!("/{index}/_search"),
+            query: String::new(),
+            headers: HeaderMap::new(),
+            body: serde_json::to_vec(&body).expect("search body"),
+        };
+        let answer = crate::fake_es::search(state, &index, &search, false);
+        state.during_bulk.push(answer);
+    }
+    match state.script.bulks_before_outage.as_mut() {
+        Some(0) => Some(es_error(
+            503,
+            "unavailable_shards_exception",
+            "scripted outage: primary shard is not active",
+        )),
+        Some(left) => {
+            *left -= 1;
+            None
+        }
+        None => None,
+    }
+}
+
+/// A `size: 0` search that asks for the exact total: a count.
+fn is_count(request: &Recorded) -> bool {
+    let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+        return false;
+    };
+    body["size"] == 0 && body["track_total_hits"] == true
+}
+
+fn count(state: &EsState, index: &str) -> (u16, Value) {
+    match state.indices.get(index) {
+        Some(found) => (
+            200,
+            json!({"took": 1, "timed_out": false, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+                   "hits": {"total": {"value": found.docs.len(), "relation": "eq"}, "max_score": null, "hits": []}}),
+        ),
+        None => es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        ),
+    }
+}
+
+/// `POST <index>/_pit?keep_alive=…`.
+fn open_pit(state: &mut EsState, index: &str, request: &Recorded) -> (u16, Value) {
+    if request.param("keep_alive").is_none() {
+        return es_error(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: [keep_alive] is not set;",
+        );
+    }
+    let Some(found) = state.indices.get(index) else {
+        return es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        );
+    };
+    let mut docs: Vec<(String, Value)> = found
+        .docs
+        .iter()
+        .map(|(id, source)| (id.clone(), source.clone()))
+        .collect();
+    docs.sort_by(|a, b| {
+        let key = |doc: &(String, Value)| doc.1["content_hash"].as_str().map(str::to_owned);
+        match (key(a), key(b)) {
+            (Some(x), Some(y)) => x.cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        }
+    });
+    state.opened_pits += 1;
+    let id = base64::engine::general_purpose::STANDARD
+        .encode(format!("fake-pit-{}-{index}", state.opened_pits));
+    state.pits.insert(
+        id.clone(),
+        Pit {
+            index: index.to_owned(),
+            docs,
+        },
+    );
+    (
+        200,
+        json!({"id": id, "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0}}),
+    )
+}
+
+/// `_search` with `pit` (and no index in the path), sorted by `content_hash` plus the implicit
+/// `_shard_doc` tiebreaker ES adds to every PIT search.
+fn pit_search(state: &EsState, request: &Recorded) -> (u16, Value) {
+    let body = request.json();
+    let Some(id) = body.pointer("/pit/id").and_then(Value::as_str) else {
+        return es_error(
+            400,
+            "illegal_argument_exception",
+            "fake ES answers _search without an index only with a point in time",
+        );
+    };
+    let Some(pit) = state.pits.get(id) else {
+        return es_error(
+            404,
+            "search_context_missing_exception",
+            &format!("No search context found for id [{id}]"),
+        );
+    };
+    if body.pointer("/sort/0/content_hash").is_none() {
+        return es_error(
+            400,
+            "illegal_argument_exception",
+            "fake ES sorts points in time by content_hash only",
+        );
+    }
+    let after = body
+        .pointer("/search_after/1")
+        .and_then(Value::as_i64)
+        .unwrap_or(-1);
+    let size = body["size"].as_u64().unwrap_or(10) as usize;
+    let hits: Vec<Value> = pit
+        .docs
+        .iter()
+        .enumerate()
+        .filter(|(position, _)| *position as i64 > after)
+        .take(size)
+        .map(|(position, (id, source))| {
+            json!({"_index": pit.index, "_id": id, "_score": null, "_source": source,
+                   "sort": [source["content_hash"].clone(), position]})
+        })
+        .collect();
+    let mut answer = json!({"pit_id": id, "took": 1, "timed_out": false,
+        "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+        "hits": {"max_score": null, "hits": hits}});
+    if body["track_total_hits"] == true {
+        answer["hits"]["total"] = json!({"value": pit.docs.len(), "relation": "eq"});
+    }
+    (200, answer)
+}
+
+/// `DELETE _pit` with `{"id": …}`.
+fn close_pit(state: &mut EsState, request: &Recorded) -> (u16, Value) {
+    let body = request.json();
+    let id = body["id"].as_str().unwrap_or_default();
+    match state.pits.remove(id) {
+        Some(_) => (200, json!({"succeeded": true, "num_freed": 1})),
+        None => (404, json!({"succeeded": true, "num_freed": 0})),
+    }
+}
+
+/// `POST _aliases`: every action is checked first and then all are applied, or none.
+fn update_aliases(state: &mut EsState, request: &Recorded) -> (u16, Value) {
+    let body = request.json();
+    let Some(actions) = body["actions"].as_array() else {
+        return es_error(
+            400,
+            "action_request_validation_exception",
+            "Validation Failed: 1: no actions;",
+        );
+    };
+    let mut aliases = state.aliases.clone();
+    let mut removed_indices = Vec::new();
+    let missing_index = |index: &str| {
+        es_error(
+            404,
+            "index_not_found_exception",
+            &format!("no such index [{index}]"),
+        )
+    };
+    for action in actions {
+        let Some((kind, spec)) = action.as_object().and_then(|a| a.iter().next()) else {
+            return es_error(400, "parsing_exception", "an alias action is not an object");
+        };
+        let index = spec["index"].as_str().unwrap_or_default();
+        let alias = spec["alias"].as_str().unwrap_or_default();
+        if !state.indices.contains_key(index) || removed_indices.contains(&index.to_owned()) {
+            return missing_index(index);
+        }
+        match kind.as_str() {
+            "add" => {
+                if state.indices.contains_key(alias)
+                    && !removed_indices.contains(&alias.to_owned())
+                    && !actions
+                        .iter()
+                        .any(|a| a.pointer("/remove_index/index") == Some(&json!(alias)))
+                {
+                    return es_error(
+                        400,
+                        "invalid_alias_name_exception",
+                        &format!("Invalid alias name [{alias}]: an index or data stream exists with the same name as the alias"),
+                    );
+                }
+                aliases
+                    .entry(alias.to_owned())
+                    .or_default()
+                    .insert(index.to_owned());
+            }
+            "remove" => {
+                let removed = aliases
+                    .get_mut(alias)
+                    .is_some_and(|indices| indices.remove(index));
+                if !removed {
+                    return es_error(
+                        404,
+                        "aliases_not_found_exception",
+                        &format!("aliases [{alias}] missing"),
+                    );
+                }
+            }
+            "remove_index" => removed_indices.push(index.to_owned()),
+            other => {
+                return es_error(
+                    400,
+                    "parsing_exception",
+                    &format!("Unknown field [{other}]"),
+                )
+            }
+        }
+    }
+    for index in &removed_indices {
+        state.indices.remove(index);
+        for indices in aliases.values_mut() {
+            indices.remove(index);
+        }
+    }
+    aliases.retain(|_, indices| !indices.is_empty());
+    state.aliases = aliases;
+    (200, json!({"acknowledged": true}))
 }

@@ -8,6 +8,7 @@ mod es_docker;
 mod es_e2e;
 mod es_ingest;
 mod es_modes;
+mod es_reindex;
 mod es_search;
 mod es_setup;
 mod es_shards;

@@ -79,7 +79,7 @@ pub(crate) fn classify_item(item: &BulkItem, index: &str) -> ItemOutcome {
 
 /// One document ready for `_bulk`.
 #[derive(Debug, Clone)]
-pub(super) struct Entry {
+pub(crate) struct Entry {
     path: PathBuf,
     id: String,
     action: Bytes,
@@ -98,7 +98,7 @@ enum RequestError {
     Final { status: u16, reason: String },
 }
 
-pub(super) fn make_entry(index: &str, path: &Path, id: &str, document: Value) -> Result<Entry> {
+pub(crate) fn make_entry(index: &str, path: &Path, id: &str, document: Value) -> Result<Entry> {
     // `create` so that a document is never overwritten: an id already there is a 409.
     make_entry_as("create", index, path, id, document)
 }
@@ -123,7 +123,7 @@ pub(super) fn make_entry_as(
 
 /// Ids among `ids` that the index already holds. When the check itself fails after retries,
 /// nothing is skipped: `create` still prevents duplicates, the run only does more work.
-pub(super) async fn existing_ids(context: &RunState, ids: &[String]) -> Result<HashSet<String>> {
+pub(crate) async fn existing_ids(context: &RunState, ids: &[String]) -> Result<HashSet<String>> {
     let index = context.config.index.as_str();
     let request = format!("POST {index}/_mget");
     let body = json!({"docs": ids.iter().map(|id| json!({"_id": id, "_source": false})).collect::<Vec<_>>()});

@@ -51,10 +51,12 @@ use super::client::{call, cluster_info};
 use super::image::{prepare, ImageOptions};
 use super::local::LocalEmbedder;
 use super::semantic_pipeline_name;
-use bulk::{existing_ids, make_entry, send_with_retries, Entry};
-use document::{build_document, content_id, DocumentVector};
-use failures::{FailureLog, FailureRecord};
-pub(crate) use redrive::redrive;
+use bulk::send_with_retries;
+pub(crate) use bulk::{existing_ids, make_entry, Entry};
+pub(crate) use document::{base64_vector, content_id};
+use document::{build_document, DocumentVector};
+pub(crate) use failures::{FailureLog, FailureRecord};
+pub(crate) use redrive::{parse_data_uri, redrive};
 pub(crate) use report::merge_failures;
 pub(crate) use retry::RetryPolicy;
 pub(crate) use shard::Shard;
@@ -125,7 +127,8 @@ impl IngestReport {
     }
 }
 
-struct RunState {
+/// One run's shared state; `reindex` builds one too, to send its documents the same way.
+pub(crate) struct RunState {
     client: Elasticsearch,
     config: IngestConfig,
     /// What preflight learnt about the cluster and the index.
@@ -136,7 +139,25 @@ struct RunState {
 }
 
 impl RunState {
-    fn fail(&self, record: FailureRecord, report: &mut IngestReport) -> Result<()> {
+    /// For another command that writes documents with `send_entries` (`reindex`).
+    pub(crate) fn new(
+        client: Elasticsearch,
+        config: IngestConfig,
+        target: Target,
+        failures: FailureLog,
+        progress: ProgressBar,
+    ) -> RunState {
+        RunState {
+            client,
+            config,
+            target,
+            seen: Mutex::new(HashSet::new()),
+            failures,
+            progress,
+        }
+    }
+
+    pub(crate) fn fail(&self, record: FailureRecord, report: &mut IngestReport) -> Result<()> {
         self.progress.suspend(|| {
             tracing::debug!(path = %record.path, stage = record.stage, reason = %record.reason, "image failed");
         });
@@ -503,7 +524,7 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
 }
 
 /// `_bulk` in requests of at most `--bulk-max-bytes`; returns the ids now in the index.
-async fn send_entries(
+pub(crate) async fn send_entries(
     context: &RunState,
     entries: Vec<Entry>,
     report: &mut IngestReport,

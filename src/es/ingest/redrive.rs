@@ -231,7 +231,7 @@ async fn entries(
 }
 
 /// `data:<mime>;base64,<payload>` → media type and bytes; `None` for anything else.
-fn parse_data_uri(text: &str) -> Option<(&'static str, Bytes)> {
+pub(crate) fn parse_data_uri(text: &str) -> Option<(&'static str, Bytes)> {
     let rest = text.strip_prefix("data:")?;
     let (header, payload) = rest.split_once(',')?;
     let mime = header.strip_suffix(";base64")?;
