@@ -11,7 +11,7 @@ use crate::common::*;
 use crate::multi_model::{negated_bundle, NEGATED};
 
 const TEXT: &str = "A dog in the snow";
-const OTHER: &str = "a small red car near the beach";
+const OTHER: &str = "DOG Dog dog";
 const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text"}"#;
 
 /// POSTs `inputs` to `model`, OpenAI dialect, base64 (exact bits) or floats.
