@@ -294,7 +294,11 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let models = Models::new(args.engine.start_each(&opts).await?)?;
     let info = models.first().info().clone();
-    let names: Vec<&str> = models.all().iter().map(|e| e.info().name.as_str()).collect();
+    let names: Vec<&str> = models
+        .all()
+        .iter()
+        .map(|e| e.info().name.as_str())
+        .collect();
     let names = names.join(",");
     let app = router(
         models,

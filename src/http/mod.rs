@@ -504,7 +504,9 @@ mod tests {
         let params = |q| query_params(q, d).map(|p| (p.hint, p.priority));
         assert_eq!(query_params(None, d).unwrap().model, None);
         assert_eq!(
-            query_params(Some("model=a%2Fb+c&model=d"), d).unwrap().model,
+            query_params(Some("model=a%2Fb+c&model=d"), d)
+                .unwrap()
+                .model,
             Some("a/b c".to_owned()),
             "percent-decoded, the first occurrence counts"
         );

@@ -131,12 +131,18 @@ async fn the_model_field_chooses_the_bundle_in_every_dialect() {
     // The custom service's body carries the endpoint's model too.
     let body = format!(r#"{{"input": ["{TEXT}"], "model": "{NEGATED}", "input_type": "query"}}"#);
     let reply = send(&app, custom_request(body)).await;
-    assert_eq!(bits(&es_custom_parse(&reply.body).unwrap()[0]), bits(&alone));
+    assert_eq!(
+        bits(&es_custom_parse(&reply.body).unwrap()[0]),
+        bits(&alone)
+    );
 
     // The HF dialect names its model in the URL.
     for (uri, want) in [
         (format!("/embed?model={NEGATED}"), alone.clone()),
-        (format!("/hf/embed?modality=text&model={NEGATED}"), alone.clone()),
+        (
+            format!("/hf/embed?modality=text&model={NEGATED}"),
+            alone.clone(),
+        ),
         ("/embed".to_owned(), negated(&alone)),
         (format!("/embed?model={FIRST}"), negated(&alone)),
     ] {
@@ -167,7 +173,10 @@ async fn an_unknown_model_is_a_400_listing_the_names_served() {
     assert_eq!(kind, "invalid_request_error");
     let reply = send(&app, hf_request("/embed?model=other", hf_body(&[TEXT]))).await;
     reply.assert_status(StatusCode::BAD_REQUEST);
-    assert_eq!(reply.hf_error(), format!("unknown model `other`: {listing}"));
+    assert_eq!(
+        reply.hf_error(),
+        format!("unknown model `other`: {listing}")
+    );
     // The URL and the body must not disagree.
     let reply = send(
         &app,
@@ -198,7 +207,11 @@ async fn an_unknown_model_is_a_400_listing_the_names_served() {
 #[tokio::test]
 async fn info_keeps_the_first_models_shape_and_lists_every_model() {
     let app = two_models();
-    let one = send(&router(engine(), http_config()), get("/info", Some(API_KEY))).await;
+    let one = send(
+        &router(engine(), http_config()),
+        get("/info", Some(API_KEY)),
+    )
+    .await;
     let info = send(&app, get("/info", Some(API_KEY))).await;
     info.assert_status(StatusCode::OK);
     let (one, info) = (one.json(), info.json());
@@ -206,11 +219,16 @@ async fn info_keeps_the_first_models_shape_and_lists_every_model() {
     let mut top = info.as_object().unwrap().clone();
     let models = top.remove("models").expect("a models list");
     let mut one = one.as_object().unwrap().clone();
-    let only = one.remove("models").expect("a one-model server lists its model");
+    let only = one
+        .remove("models")
+        .expect("a one-model server lists its model");
     assert_eq!(only.as_array().map(Vec::len), Some(1));
     assert_eq!(only[0], models[0]);
     assert_eq!(top, one, "the top level is the first model's");
-    assert_eq!(top.keys().last().map(String::as_str), Some("fingerprint"));
+    assert_eq!(
+        top.keys().next_back().map(String::as_str),
+        Some("fingerprint")
+    );
     let want: Vec<Value> = [engine(), negated_engine()]
         .iter()
         .map(|e| {
@@ -247,13 +265,15 @@ async fn ready_and_metrics_cover_every_model() {
     .await;
     let metrics = send(&app, get("/metrics", Some(API_KEY))).await.text();
     for modality in ["image", "text"] {
-        let inputs = format!(r#"sightline_inputs_total{{modality="{modality}",model="{NEGATED}"}}"#);
+        let inputs =
+            format!(r#"sightline_inputs_total{{modality="{modality}",model="{NEGATED}"}}"#);
         assert!(
             crate::child::sample_value(&metrics, &inputs) >= 1.0,
             "{inputs} in:\n{metrics}"
         );
         for model in [FIRST, NEGATED] {
-            let depth = format!(r#"sightline_queue_depth{{modality="{modality}",model="{model}"}}"#);
+            let depth =
+                format!(r#"sightline_queue_depth{{modality="{modality}",model="{model}"}}"#);
             assert!(metrics.contains(&depth), "{depth} in:\n{metrics}");
         }
     }

@@ -81,11 +81,7 @@ async fn a_repeated_text_is_answered_from_the_cache_bit_for_bit() {
     let mixed = packed(&post(&server, "tiny-clip", &[OTHER, TEXT, &image]).await);
     assert_eq!(mixed[1], computed[0]);
     assert_golden(&vector(&mixed[0]), &golden_text(OTHER), "new text");
-    assert_golden(
-        &vector(&mixed[2]),
-        &golden_image("landscape.jpg"),
-        "image",
-    );
+    assert_golden(&vector(&mixed[2]), &golden_image("landscape.jpg"), "image");
     assert_eq!(
         packed(&post(&server, "tiny-clip", &[OTHER]).await)[0],
         mixed[0]
