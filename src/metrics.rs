@@ -23,6 +23,7 @@ struct Metrics {
     dropped: IntCounterVec,
     inferred: IntCounterVec,
     decode_warnings: IntCounterVec,
+    query_cache: IntCounterVec,
 }
 
 fn metrics() -> &'static Metrics {
@@ -51,7 +52,7 @@ fn metrics() -> &'static Metrics {
                 "sightline_queue_depth",
                 "Inputs admitted and not yet answered.",
             ),
-            &["modality"],
+            &["modality", "model"],
         )
         .expect("valid metric");
         registry
@@ -71,8 +72,8 @@ fn metrics() -> &'static Metrics {
             ),
             inputs: counter(
                 "sightline_inputs_total",
-                "Inputs received by modality.",
-                &["modality"],
+                "Inputs received by modality and model.",
+                &["modality", "model"],
             ),
             input_errors: counter(
                 "sightline_input_errors_total",
@@ -106,6 +107,11 @@ fn metrics() -> &'static Metrics {
                 "Images decoded despite a recoverable defect the decoder warned about (libjpeg's \"Corrupt JPEG data: …\"), by format.",
                 &["format"],
             ),
+            query_cache: counter(
+                "sightline_query_cache_total",
+                "Text inputs looked up in the query cache, by model and result (`hit`, `miss`).",
+                &["model", "result"],
+            ),
             queue_depth,
             registry,
         }
@@ -122,11 +128,20 @@ pub(crate) fn request(route: &str, status: u16, elapsed: Duration) {
         .observe(elapsed.as_secs_f64());
 }
 
-pub(crate) fn inputs(modality: &str, n: usize) {
+pub(crate) fn inputs(modality: &str, model: &str, n: usize) {
     metrics()
         .inputs
-        .with_label_values(&[modality])
+        .with_label_values(&[modality, model])
         .inc_by(n as u64);
+}
+
+/// One text input looked up in the query cache of `model`.
+pub(crate) fn query_cache(model: &str, hit: bool) {
+    let result = if hit { "hit" } else { "miss" };
+    metrics()
+        .query_cache
+        .with_label_values(&[model, result])
+        .inc();
 }
 
 /// One failed input; `kind` is the error class's label (`bad_input`, `overloaded`…).
@@ -164,10 +179,10 @@ pub(crate) fn decode_warning(format: &str) {
     metrics().decode_warnings.with_label_values(&[format]).inc();
 }
 
-pub(crate) fn queue_depth(modality: &str, depth: usize) {
+pub(crate) fn queue_depth(modality: &str, model: &str, depth: usize) {
     metrics()
         .queue_depth
-        .with_label_values(&[modality])
+        .with_label_values(&[modality, model])
         .set(depth as i64);
 }
 
@@ -188,23 +203,25 @@ mod tests {
     fn recorded_values_appear_in_the_exposition() {
         request("/v1/embeddings", 400, Duration::from_millis(3));
         input_error("bad_input");
-        queue_depth("image", 5);
+        queue_depth("image", "m", 5);
         let text = render();
         assert!(text.contains(r#"sightline_requests_total{route="/v1/embeddings",status="400"}"#));
         assert!(text.contains(r#"sightline_input_errors_total{kind="bad_input"}"#));
-        assert!(text.contains(r#"sightline_queue_depth{modality="image"} 5"#));
+        assert!(text.contains(r#"sightline_queue_depth{modality="image",model="m"} 5"#));
     }
 
     /// Dashboards and alerts name these: each metric keeps its name, type and labels.
     #[test]
     fn every_metric_keeps_its_name_type_and_labels() {
         request("/embed", 200, Duration::from_millis(1));
-        inputs("text", 1);
+        inputs("text", "m", 1);
+        query_cache("m", true);
+        query_cache("m", false);
         input_error("timeout");
         stage_seconds("queue", "text", Duration::from_millis(1));
         batch_items("text", 3);
         dropped("text", "timeout", 1);
-        queue_depth("text", 0);
+        queue_depth("text", "m", 0);
         let text = render();
         for line in [
             "# TYPE sightline_requests_total counter",
@@ -212,7 +229,10 @@ mod tests {
             "# TYPE sightline_request_seconds histogram",
             r#"sightline_request_seconds_bucket{route="/embed",le="0.0001"}"#,
             "# TYPE sightline_inputs_total counter",
-            r#"sightline_inputs_total{modality="text"}"#,
+            r#"sightline_inputs_total{modality="text",model="m"}"#,
+            "# TYPE sightline_query_cache_total counter",
+            r#"sightline_query_cache_total{model="m",result="hit"}"#,
+            r#"sightline_query_cache_total{model="m",result="miss"}"#,
             "# TYPE sightline_input_errors_total counter",
             r#"sightline_input_errors_total{kind="timeout"}"#,
             "# TYPE sightline_stage_seconds histogram",
@@ -222,7 +242,7 @@ mod tests {
             "# TYPE sightline_dropped_total counter",
             r#"sightline_dropped_total{modality="text",reason="timeout"}"#,
             "# TYPE sightline_queue_depth gauge",
-            r#"sightline_queue_depth{modality="text"} 0"#,
+            r#"sightline_queue_depth{modality="text",model="m"} 0"#,
             "# TYPE sightline_inferred_total counter",
             r#"sightline_inferred_total{modality="text"}"#,
         ] {

@@ -1,19 +1,20 @@
 //! Engine flags shared by every command that embeds (`serve`, `embed`, `ingest --embed-locally`).
 //! Defaults come from [`EngineOptions::default`], so the flags and the library cannot disagree.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::engine::{DecodeOptions, EngineOptions};
 
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct EngineArgs {
-    /// Model bundle directory (holds `sightline.json`).
+    /// Model bundle directory (holds `sightline.json`). `serve` takes the flag more than once to
+    /// serve several models, chosen per request by name; the first answers requests naming none.
     #[arg(
         long,
         env = "SIGHTLINE_MODEL_DIR",
         default_value = "models/clip-ViT-B-32-multilingual-v1"
     )]
-    pub model_dir: PathBuf,
+    pub model_dir: Vec<PathBuf>,
     /// ONNX Runtime threads per encoder [default: number of cores].
     #[arg(long, env = "SIGHTLINE_THREADS")]
     pub threads: Option<usize>,
@@ -82,17 +83,33 @@ impl EngineArgs {
         }
     }
 
-    /// Starts the engine off the async runtime: loading sessions blocks for seconds.
+    /// Starts the engine of the one `--model-dir`.
     pub(super) async fn start(&self) -> anyhow::Result<crate::engine::Engine> {
-        self.start_with(self.options()).await
+        let [dir] = self.model_dir.as_slice() else {
+            anyhow::bail!(
+                "`--model-dir` is given {} times: only `serve` serves several models",
+                self.model_dir.len()
+            );
+        };
+        start(dir, self.options()).await
     }
 
-    /// [`EngineArgs::start`] with options a command adjusted (`serve` adds URL inputs).
-    pub(super) async fn start_with(
+    /// One engine per `--model-dir`, in order, each with `opts` (`serve` adjusts them), loaded one
+    /// after the other.
+    pub(super) async fn start_each(
         &self,
-        opts: EngineOptions,
-    ) -> anyhow::Result<crate::engine::Engine> {
-        let dir = self.model_dir.clone();
-        tokio::task::spawn_blocking(move || crate::engine::Engine::start(&dir, opts)).await?
+        opts: &EngineOptions,
+    ) -> anyhow::Result<Vec<crate::engine::Engine>> {
+        let mut engines = Vec::with_capacity(self.model_dir.len());
+        for dir in &self.model_dir {
+            engines.push(start(dir, opts.clone()).await?);
+        }
+        Ok(engines)
     }
+}
+
+/// Starts an engine off the async runtime: loading sessions blocks for seconds.
+async fn start(dir: &Path, opts: EngineOptions) -> anyhow::Result<crate::engine::Engine> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::engine::Engine::start(&dir, opts)).await?
 }

@@ -3,6 +3,7 @@
 //! `--shutdown-grace`, exit 0, over HTTP or, with `--tls-cert`/`--tls-key`, HTTPS
 //! (`http/tls.rs`). Connections are capped and timed by `http/server.rs` (`ConnArgs` below).
 //! URL inputs are off unless `--allow-url-hosts` names hosts (`src/url/` holds the rules).
+//! `--model-dir` repeated serves several models, one engine each (`http/models.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use super::engine_args::EngineArgs;
 use crate::http::fdlimit::{self, FD_HEADROOM};
 use crate::http::server::{HandshakeLimits, Server, ServerLimits};
 use crate::http::tls;
-use crate::http::{router, ApiKey, HttpConfig};
+use crate::http::{router, ApiKey, HttpConfig, Models, QueryCacheLimits};
 use crate::url::{Fetcher, HostRule, UrlOptions};
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +65,14 @@ pub(super) struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// Text vectors kept for queries that repeat, answered without the model (least recently
+    /// used first out, keyed by the model and the exact text); 0 turns the cache off.
+    #[arg(long, env = "SIGHTLINE_QUERY_CACHE", default_value_t = 10_000)]
+    query_cache: usize,
+    /// Most bytes the query cache holds (texts, vectors and a fixed overhead per entry); 0 turns
+    /// the cache off too.
+    #[arg(long, env = "SIGHTLINE_QUERY_CACHE_BYTES", default_value = "64MiB", value_parser = parse_bytes)]
+    query_cache_bytes: usize,
     #[command(flatten)]
     conns: ConnArgs,
     #[command(flatten)]
@@ -283,15 +292,25 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         );
         opts.url_fetcher = Some(Arc::new(Fetcher::new(urls)?));
     }
-    let engine = args.engine.start_with(opts).await?;
-    let info = engine.info().clone();
+    let models = Models::new(args.engine.start_each(&opts).await?)?;
+    let info = models.first().info().clone();
+    let names: Vec<&str> = models
+        .all()
+        .iter()
+        .map(|e| e.info().name.as_str())
+        .collect();
+    let names = names.join(",");
     let app = router(
-        engine,
+        models,
         HttpConfig {
             api_key,
             max_body: args.max_body,
             max_inputs: args.max_inputs,
             max_buffered_body: args.conns.max_buffered_body,
+            query_cache: QueryCacheLimits {
+                entries: args.query_cache,
+                bytes: args.query_cache_bytes,
+            },
         },
     );
     let listener = tokio::net::TcpListener::bind(args.addr)
@@ -309,6 +328,8 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         model = info.name,
         dimensions = info.dimensions,
         similarity = info.similarity.as_str(),
+        models = names,
+        query_cache = args.query_cache,
         "serving"
     );
     // One serve loop for both schemes, so limits and graceful shutdown behave the same.

@@ -35,6 +35,18 @@ pub struct ModelInfo {
     pub fingerprint: String,
 }
 
+/// The `/info` body of `sightline serve`: the first model served (the one a request naming no
+/// model gets) at the top level, in [`ModelInfo`]'s shape, so a client that knows one model reads
+/// it as before; then every model served, the first included, each without the serving limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    #[serde(flatten)]
+    pub default: ModelInfo,
+    /// Empty from a sidecar that predates serving several models.
+    #[serde(default)]
+    pub models: Vec<ModelInfo>,
+}
+
 /// The limits a client of `sightline serve` must respect, as `/info` reports them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServingLimits {
@@ -154,6 +166,34 @@ mod tests {
             r#"{"model":"m","dimensions":4,"similarity":"max_inner_product"}"#
         )
         .is_err());
+    }
+
+    #[test]
+    fn server_info_keeps_the_one_model_shape_and_lists_every_model() {
+        let mut other = served();
+        other.serving = None;
+        other.name = "other".to_owned();
+        other.fingerprint = "sha256:01".to_owned();
+        let mut first = served();
+        first.serving = None;
+        let info = ServerInfo {
+            default: served(),
+            models: vec![first, other],
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        let one = serde_json::to_string(&served()).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                r#"{},"models":[{{"model":"tiny-clip","dimensions":512,"normalized":true,"similarity":"dot_product","modalities":["image","text"],"max_seq_len":128,"fingerprint":"sha256:00"}},{{"model":"other","dimensions":512,"normalized":true,"similarity":"dot_product","modalities":["image","text"],"max_seq_len":128,"fingerprint":"sha256:01"}}]}}"#,
+                one.strip_suffix('}').unwrap()
+            )
+        );
+        // A one-model client reads the first model, limits included.
+        assert_eq!(serde_json::from_str::<ModelInfo>(&text).unwrap(), served());
+        assert_eq!(serde_json::from_str::<ServerInfo>(&text).unwrap(), info);
+        let older: ServerInfo = serde_json::from_str(&one).unwrap();
+        assert!(older.models.is_empty());
     }
 
     #[test]

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 pub use batcher::Priority;
 pub use bundle::Bundle;
 pub use error::{EmbedError, ErrorKind, InputError, RequestFailure};
-pub use info::{MaxBatch, ModelInfo, ServingLimits, Similarity};
+pub use info::{MaxBatch, ModelInfo, ServerInfo, ServingLimits, Similarity};
 pub use input::{Item, Modality, ModalityHint, UrlFetcher};
 pub use preprocess::DecodeOptions;
 

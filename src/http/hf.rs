@@ -1,5 +1,6 @@
 //! `POST /embed` (also `/hf/embed`): the Hugging Face / text-embeddings-inference dialect that
-//! Elasticsearch's `hugging_face` service sends (es-contract §2).
+//! Elasticsearch's `hugging_face` service sends (es-contract §2). Its body names no model: where
+//! several are served, the endpoint's URL chooses one with `?model=NAME`.
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -7,7 +8,9 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 
-use super::{embed_inputs, query_params, read_json, AppState, Dialect, RawInput, RequestError};
+use super::{
+    embed_inputs, query_params, read_json, select_model, AppState, Dialect, RawInput, RequestError,
+};
 
 /// `{"inputs": string | [string]}`; TEI's other fields (`truncate`, `normalize`) are ignored.
 #[derive(Debug, Deserialize)]
@@ -32,6 +35,7 @@ pub(crate) async fn embed(
     let dialect = Dialect::HuggingFace;
     let params = query_params(query.as_deref(), dialect)?;
     let request: HfEmbedRequest = read_json(&state, dialect, &headers, body).await?;
+    let engine = select_model(&state, dialect, params.model.as_deref(), None)?;
     let values = match request.inputs {
         HfInputs::One(s) => vec![s],
         HfInputs::Many(v) => v,
@@ -43,7 +47,7 @@ pub(crate) async fn embed(
             hint: params.hint,
         })
         .collect();
-    let embeddings = embed_inputs(&state, dialect, inputs, params.priority).await?;
+    let embeddings = embed_inputs(&state, dialect, engine, inputs, params.priority).await?;
     Ok(Json(embeddings.into_iter().map(|e| e.vector).collect()))
 }
 

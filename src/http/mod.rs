@@ -2,13 +2,16 @@
 //! and the one function every dialect uses to turn its inputs into vectors. Dialects own only
 //! their wire types and body shapes (`openai.rs`, `hf.rs`); `ops.rs` serves health and metrics;
 //! `status.rs` is the only place an error becomes a status code; `server.rs` accepts and times
-//! connections; `budget.rs` caps the request-body bytes held at once.
+//! connections; `budget.rs` caps the request-body bytes held at once; `models.rs` holds the
+//! models served and picks one per request; `query_cache.rs` answers repeated texts.
 
 mod budget;
 pub mod fdlimit;
 mod hf;
+mod models;
 mod openai;
 mod ops;
+mod query_cache;
 pub mod server;
 mod status;
 pub mod tls;
@@ -32,6 +35,9 @@ use crate::engine::{
     EmbedError, Embedding, Engine, ErrorKind, ModalityHint, Priority, RequestFailure,
 };
 use crate::metrics;
+pub use models::Models;
+use query_cache::QueryCache;
+pub use query_cache::QueryCacheLimits;
 use status::Failure;
 
 /// A bearer token. Its `Debug` never shows the value, so logging the config stays safe.
@@ -66,33 +72,39 @@ pub struct HttpConfig {
     pub max_inputs: usize,
     /// Request-body bytes held at once across all requests (`budget.rs`); beyond it, a 429.
     pub max_buffered_body: usize,
+    /// Text vectors kept for repeated queries (`query_cache.rs`).
+    pub query_cache: QueryCacheLimits,
 }
 
 impl Default for HttpConfig {
-    /// The CLI's defaults, without a key.
+    /// The CLI's defaults, without a key and without the query cache.
     fn default() -> Self {
         HttpConfig {
             api_key: None,
             max_body: 64 << 20,
             max_inputs: 2048,
             max_buffered_body: 512 << 20,
+            query_cache: QueryCacheLimits::default(),
         }
     }
 }
 
 #[derive(Clone)]
 struct AppState {
-    engine: Engine,
+    models: Models,
     cfg: Arc<HttpConfig>,
     budget: Arc<budget::BodyBudget>,
+    cache: Option<Arc<QueryCache>>,
 }
 
-/// The full application. `/health` and `/ready` stay open for orchestrators; every other
-/// route requires the API key when one is configured.
-pub fn router(engine: Engine, cfg: HttpConfig) -> Router {
+/// The full application over one model ([`Engine`]) or several ([`Models`]). `/health` and
+/// `/ready` stay open for orchestrators; every other route requires the API key when one is
+/// configured.
+pub fn router(models: impl Into<Models>, cfg: HttpConfig) -> Router {
     let state = AppState {
-        engine,
+        models: models.into(),
         budget: Arc::new(budget::BodyBudget::new(cfg.max_buffered_body)),
+        cache: QueryCache::new(cfg.query_cache).map(Arc::new),
         cfg: Arc::new(cfg),
     };
     let protected = Router::new()
@@ -341,12 +353,38 @@ struct RawInput {
     hint: ModalityHint,
 }
 
-/// Classifies and embeds a request's inputs in `priority`'s lane. An input that cannot be read
-/// (bad base64, not an image) fails the request at once, before any decoding or inference;
-/// otherwise the first input found failing is named, and the request's other work is dropped.
+/// The model a request asked for, by `?model=` or the body's own `model` field (OpenAI); a 400
+/// naming the models served when none has that name, or when the two name different models.
+fn select_model<'s>(
+    state: &'s AppState,
+    dialect: Dialect,
+    query: Option<&str>,
+    body: Option<&str>,
+) -> Result<&'s Engine, RequestError> {
+    let name = match (query, body) {
+        (Some(q), Some(b)) if !q.is_empty() && !b.is_empty() && q != b => {
+            return Err(RequestError::bad_request(
+                dialect,
+                format!("the URL's `?model={q}` and the body's `model` `{b}` name different models: send one name"),
+            ))
+        }
+        (Some(q), _) if !q.is_empty() => Some(q),
+        (_, body) => body,
+    };
+    state
+        .models
+        .select(name)
+        .map_err(|m| RequestError::bad_request(dialect, m))
+}
+
+/// Classifies and embeds a request's inputs with `engine` in `priority`'s lane, texts through the
+/// query cache. An input that cannot be read (bad base64, not an image) fails the request at once,
+/// before any decoding or inference; otherwise the first input found failing is named, and the
+/// request's other work is dropped.
 async fn embed_inputs(
     state: &AppState,
     dialect: Dialect,
+    engine: &Engine,
     inputs: Vec<RawInput>,
     priority: Priority,
 ) -> Result<Vec<Embedding>, RequestError> {
@@ -368,60 +406,57 @@ async fn embed_inputs(
     }
     let mut items = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.into_iter().enumerate() {
-        let item =
-            state
-                .engine
-                .parse_input(&input.value, input.hint)
-                .map_err(|e: EmbedError| {
-                    RequestError::engine(dialect, RequestFailure::Input(e.at(index)))
-                })?;
+        let item = engine
+            .parse_input(&input.value, input.hint)
+            .map_err(|e: EmbedError| {
+                RequestError::engine(dialect, RequestFailure::Input(e.at(index)))
+            })?;
         items.push(item);
     }
     let images = items
         .iter()
         .filter(|i| !matches!(i, crate::engine::Item::Text(_)))
         .count();
-    metrics::inputs("image", images);
-    metrics::inputs("text", items.len() - images);
+    let model = &engine.info().name;
+    metrics::inputs("image", model, images);
+    metrics::inputs("text", model, items.len() - images);
     // A request-level refusal (queue full or too slow to drain, request larger than the
     // queue) names no input.
-    state
-        .engine
-        .embed_request(items, priority)
+    query_cache::embed(state.cache.as_deref(), engine, items, priority)
         .await
         .map_err(|e| RequestError::engine(dialect, e))
 }
 
 /// What the query string of an embedding route says. The URL Elasticsearch calls is configured
 /// verbatim per inference endpoint, so its parameters are how an endpoint marks its inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct QueryParams {
     /// `modality=image|text|auto`: how to read the inputs.
     hint: ModalityHint,
     /// `priority=search`: the endpoint that serves queries, whose inputs overtake ingest.
     priority: Priority,
+    /// `model=NAME`: the model to use (`models.rs`); the only way the HF dialect can name one.
+    model: Option<String>,
 }
 
-/// Parses the query string of `/v1/embeddings` and `/embed`: the first occurrence of each known
-/// parameter counts, other parameters are ignored, a known one with an unknown value is a 400
-/// naming the value.
+/// Parses the query string of `/v1/embeddings` and `/embed`, percent-decoded: the first
+/// occurrence of each known parameter counts, other parameters are ignored, a known one with an
+/// unknown value is a 400 naming the value.
 fn query_params(query: Option<&str>, dialect: Dialect) -> Result<QueryParams, RequestError> {
-    let (mut hint, mut priority) = (None, None);
-    for pair in query.unwrap_or_default().split('&') {
-        let bad = |e: String| RequestError::bad_request(dialect, e);
-        if let Some(value) = pair.strip_prefix("modality=") {
-            if hint.is_none() {
-                hint = Some(value.parse().map_err(bad)?);
-            }
-        } else if let Some(value) = pair.strip_prefix("priority=") {
-            if priority.is_none() {
-                priority = Some(value.parse().map_err(bad)?);
-            }
+    let (mut hint, mut priority, mut model) = (None, None, None);
+    let bad = |e: String| RequestError::bad_request(dialect, e);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "modality" if hint.is_none() => hint = Some(value.parse().map_err(bad)?),
+            "priority" if priority.is_none() => priority = Some(value.parse().map_err(bad)?),
+            "model" if model.is_none() => model = Some(value.into_owned()),
+            _ => {}
         }
     }
     Ok(QueryParams {
         hint: hint.unwrap_or(ModalityHint::Auto),
         priority: priority.unwrap_or_default(),
+        model,
     })
 }
 
@@ -467,6 +502,14 @@ mod tests {
     fn modality_and_priority_parameters_are_read_from_the_query() {
         let d = Dialect::OpenAi;
         let params = |q| query_params(q, d).map(|p| (p.hint, p.priority));
+        assert_eq!(query_params(None, d).unwrap().model, None);
+        assert_eq!(
+            query_params(Some("model=a%2Fb+c&model=d"), d)
+                .unwrap()
+                .model,
+            Some("a/b c".to_owned()),
+            "percent-decoded, the first occurrence counts"
+        );
         assert_eq!(
             params(None).unwrap(),
             (ModalityHint::Auto, Priority::Ingest)

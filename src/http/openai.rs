@@ -10,7 +10,9 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use super::status::Failure;
-use super::{embed_inputs, query_params, read_json, AppState, Dialect, RawInput, RequestError};
+use super::{
+    embed_inputs, query_params, read_json, select_model, AppState, Dialect, RawInput, RequestError,
+};
 use crate::engine::ModalityHint;
 
 /// The request body. Unknown fields (`user`, `OpenAI-Organization` extras) are ignored, as
@@ -18,7 +20,8 @@ use crate::engine::ModalityHint;
 #[derive(Debug, Deserialize)]
 pub(crate) struct OpenAiRequest {
     input: OpenAiInput,
-    /// Echoed back; ES always sends it (es-contract §1.2).
+    /// Chooses the model when several are served (`models.rs`), and is echoed back; ES always
+    /// sends it (es-contract §1.2).
     #[serde(default)]
     model: Option<String>,
     /// Sent only when the endpoint was created with `dimensions`; must equal the model's.
@@ -106,7 +109,13 @@ pub(crate) async fn embeddings(
     let dialect = Dialect::OpenAi;
     let params = query_params(query.as_deref(), dialect)?;
     let request: OpenAiRequest = read_json(&state, dialect, &headers, body).await?;
-    let dims = state.engine.info().dimensions;
+    let engine = select_model(
+        &state,
+        dialect,
+        params.model.as_deref(),
+        request.model.as_deref(),
+    )?;
+    let dims = engine.info().dimensions;
     if let Some(asked) = request.dimensions {
         if asked != dims as u64 {
             return Err(RequestError::bad_request(
@@ -129,7 +138,7 @@ pub(crate) async fn embeddings(
     };
     let inputs = raw_inputs(request.input, params.hint)
         .map_err(|m| RequestError::bad_request(dialect, m))?;
-    let embeddings = embed_inputs(&state, dialect, inputs, params.priority).await?;
+    let embeddings = embed_inputs(&state, dialect, engine, inputs, params.priority).await?;
     let tokens = embeddings.iter().map(|e| e.tokens).sum();
     let data = embeddings
         .into_iter()
@@ -143,10 +152,7 @@ pub(crate) async fn embeddings(
             },
         })
         .collect();
-    let model = request
-        .model
-        .as_deref()
-        .unwrap_or(&state.engine.info().name);
+    let model = request.model.as_deref().unwrap_or(&engine.info().name);
     Ok(Json(OpenAiResponse {
         object: "list",
         data,

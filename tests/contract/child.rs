@@ -144,9 +144,10 @@ impl ChildServer {
         (sample("count"), sample("sum"))
     }
 
-    /// Waits until `/metrics` shows `depth` inputs admitted for `modality`.
+    /// Waits until `/metrics` shows `depth` inputs admitted for `modality` (of the tiny bundle).
     pub async fn wait_for_depth(&self, modality: &str, depth: usize) {
-        let sample = &format!(r#"sightline_queue_depth{{modality="{modality}"}}"#);
+        let sample =
+            &format!(r#"sightline_queue_depth{{modality="{modality}",model="tiny-clip"}}"#);
         wait_until(format!("{modality} queue depth {depth}"), || async move {
             self.metric(sample).await == depth as f64
         })
