@@ -161,6 +161,7 @@ pub(crate) async fn run(client: Elasticsearch, config: ReindexConfig) -> Result<
             image: config.image,
             progress: config.progress,
             refresh: false,
+            shard: None,
         },
         Target {
             base64_vectors: cluster.accepts_base64_vectors(),
