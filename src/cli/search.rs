@@ -10,7 +10,6 @@ use anyhow::{Context, Result};
 use crate::engine::Similarity;
 use crate::es::client::{cluster_info, EsConnectArgs};
 use crate::es::image::{prepare, ImageOptions, PreparedImage};
-use crate::es::ingest::index_fingerprint;
 use crate::es::local::{EngineEmbedder, LocalEmbedder};
 use crate::es::mode::{self, choose_mode, parse_mode_flag, Mode};
 use crate::es::model_info;
@@ -158,23 +157,11 @@ async fn recorded_mode(
     cluster: &Cluster,
     index: &str,
 ) -> Result<Mode> {
-    let request = format!("GET {index}/_mapping");
-    let indices = [index];
-    let namespace = client.indices();
-    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
-        &indices,
-    ));
-    let recorded = match crate::es::client::call::<serde_json::Value>(&request, get.send()).await {
-        Ok(mapping) => mapping.as_object().and_then(|indices| {
-            indices.values().find_map(|index| {
-                index
-                    .pointer("/mappings/_meta/mode")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(|mode| mode.parse::<Mode>().ok())
-            })
-        }),
-        Err(_) => None,
-    };
+    // An unreadable mapping is not fatal here: the licence still tells the mode.
+    let recorded = model_info::read_index_record(client, index)
+        .await
+        .ok()
+        .and_then(|record| record.mode);
     if let Some(mode) = recorded {
         return Ok(mode);
     }
@@ -208,7 +195,9 @@ async fn embed_query(
             .context("--embed-locally needs --model-dir DIR")?;
         let embedder = EngineEmbedder::start(dir)?;
         if let Some(client) = client {
-            let recorded = index_fingerprint(client, &args.index).await?;
+            let recorded = model_info::read_index_record(client, &args.index)
+                .await?
+                .fingerprint;
             model_info::check_same_model(&args.index, recorded.as_deref(), embedder.model())?;
         }
         return match image {
@@ -230,7 +219,9 @@ async fn embed_query(
     }
     let sidecar = args.sidecar.connect().await?;
     if let Some(client) = client {
-        let recorded = index_fingerprint(client, &args.index).await?;
+        let recorded = model_info::read_index_record(client, &args.index)
+                .await?
+                .fingerprint;
         model_info::check_same_model(&args.index, recorded.as_deref(), sidecar.model())?;
     }
     let mut vectors = match image {

@@ -6,7 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use elasticsearch::http::StatusCode;
+use elasticsearch::indices::IndicesGetMappingParts;
+use elasticsearch::Elasticsearch;
 
+use super::client::call;
+use super::mode::Mode;
 use crate::engine::{ModelInfo, Similarity};
 
 /// `dense_vector` accepts at most 4096 dimensions.
@@ -32,6 +37,41 @@ pub(crate) fn validate(info: &ModelInfo) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `setup` (or `reindex`) recorded in an index's mapping `_meta`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct IndexRecord {
+    /// `_meta.model_fingerprint`: the model whose vectors the index holds.
+    pub(crate) fingerprint: Option<String>,
+    /// `_meta.mode`: how vectors reach the index.
+    pub(crate) mode: Option<Mode>,
+}
+
+/// The [`IndexRecord`] of `index` (an index or an alias); empty when the index does not exist
+/// or predates the records.
+pub(crate) async fn read_index_record(client: &Elasticsearch, index: &str) -> Result<IndexRecord> {
+    let request = format!("GET {index}/_mapping");
+    let indices = [index];
+    let namespace = client.indices();
+    let get = namespace.get_mapping(IndicesGetMappingParts::Index(&indices));
+    match call::<serde_json::Value>(&request, get.send()).await {
+        Ok(mapping) => Ok(IndexRecord {
+            fingerprint: recorded_fingerprint(&mapping),
+            mode: recorded_mode(&mapping),
+        }),
+        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => Ok(IndexRecord::default()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+fn recorded_mode(mapping: &serde_json::Value) -> Option<Mode> {
+    mapping.as_object()?.values().find_map(|index| {
+        index
+            .pointer("/mappings/_meta/mode")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|mode| mode.parse::<Mode>().ok())
+    })
 }
 
 /// `_meta.model_fingerprint` of each index in a `GET <index>/_mapping` answer that records one.

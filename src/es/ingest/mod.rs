@@ -50,6 +50,7 @@ use super::assets::{self, IndexParams};
 use super::client::{call, cluster_info};
 use super::image::{prepare, ImageOptions};
 use super::local::LocalEmbedder;
+use super::model_info::read_index_record;
 use super::semantic_pipeline_name;
 use bulk::send_with_retries;
 pub(crate) use bulk::{existing_ids, make_entry, Entry};
@@ -240,42 +241,32 @@ pub(crate) struct Target {
     pub(crate) recorded_fingerprint: Option<String>,
 }
 
-/// `_meta.model_fingerprint` of `index`'s mapping; `None` when the index does not exist or
-/// records none.
-pub(crate) async fn index_fingerprint(
-    client: &Elasticsearch,
-    index: &str,
-) -> Result<Option<String>> {
-    let request = format!("GET {index}/_mapping");
-    let indices = [index];
-    let namespace = client.indices();
-    let get = namespace.get_mapping(elasticsearch::indices::IndicesGetMappingParts::Index(
-        &indices,
-    ));
-    match call::<serde_json::Value>(&request, get.send()).await {
-        Ok(mapping) => Ok(super::model_info::recorded_fingerprint(&mapping)),
-        Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => Ok(None),
-        Err(err) => Err(err.into()),
-    }
-}
-
 /// Fails early, with a fix, on what would otherwise fail every document.
 async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<Target> {
     let cluster = cluster_info(client).await?;
-    let recorded_fingerprint = index_fingerprint(client, &config.index).await?;
+    let record = read_index_record(client, &config.index).await?;
     if let IngestMode::Vectors(embedder) = &config.mode {
         super::model_info::check_same_model(
             &config.index,
-            recorded_fingerprint.as_deref(),
+            record.fingerprint.as_deref(),
             embedder.model(),
         )?;
     }
     let target = Target {
         base64_vectors: cluster.accepts_base64_vectors(),
-        recorded_fingerprint,
+        recorded_fingerprint: record.fingerprint,
     };
     match &config.mode {
         IngestMode::Pipeline(pipeline) => {
+            // A vectors-mode index (e.g. one `reindex` filled with another model) may hold
+            // vectors of a model the pipeline's endpoint does not serve: the pipeline cannot
+            // check that, so it is not used there.
+            if record.mode == Some(super::mode::Mode::Vectors) {
+                bail!(
+                    "index {} was set up for vectors from the sidecar (`_meta.mode: vectors`, by `setup --mode vectors` or `reindex`); its pipeline could embed with another model: drop --via-pipeline",
+                    config.index
+                );
+            }
             if !cluster.has_inference_api() {
                 bail!(
                     "Elasticsearch {} cannot call the sidecar (the inference API needs 8.12+); drop --via-pipeline (ingest then sends vectors from the sidecar) or use --embed-locally --model-dir DIR",

@@ -41,12 +41,12 @@ use super::assets::{self, IndexParams};
 use super::client::{call, cluster_info};
 use super::image::{prepare, ImageOptions};
 use super::ingest::{
-    base64_vector, content_id, existing_ids, index_fingerprint, make_entry, parse_data_uri,
+    base64_vector, content_id, existing_ids, make_entry, parse_data_uri,
     send_entries, FailureLog, FailureRecord, IngestConfig, IngestMode, IngestReport, RetryPolicy,
     RunState, Target,
 };
 use super::local::{LocalEmbedder, Payload};
-use super::model_info::check_same_model;
+use super::model_info::{check_same_model, read_index_record};
 use super::{physical_index_name, template_name, FINGERPRINT_FIELD, IMAGE_FIELD, SEMANTIC_FIELD};
 use crate::engine::ModelInfo;
 pub(crate) use alias::Layout;
@@ -243,7 +243,7 @@ async fn ensure_target(
         Ok(()) => {
             // An earlier, interrupted run, or an index of another model: only the first may be
             // continued.
-            let recorded = index_fingerprint(client, target).await?;
+            let recorded = read_index_record(client, target).await?.fingerprint;
             return check_same_model(target, recorded.as_deref(), model);
         }
         Err(err) if err.status() == Some(StatusCode::NOT_FOUND) => {}
