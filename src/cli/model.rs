@@ -197,9 +197,13 @@ fn print_bundle(created: &CreatedBundle) {
         (TextPooling::Mean, Some(dense)) => format!("mean pooling + {dense}"),
         _ => "pooled by the graph".to_owned(),
     };
+    let inputs = match &m.text.attention_mask {
+        Some(mask) => format!("`{}`, `{mask}`", m.text.input_ids),
+        None => format!("`{}` (mask derived by the graph)", m.text.input_ids),
+    };
     println!(
-        "  text:  {} `{}`, `{}` -> `{}` ({pooling})",
-        m.text.onnx, m.text.input_ids, m.text.attention_mask, m.text.output
+        "  text:  {} {inputs} -> `{}` ({pooling})",
+        m.text.onnx, m.text.output
     );
     println!("  fingerprint: {}", created.fingerprint);
 }

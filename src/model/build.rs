@@ -18,10 +18,12 @@ use super::install::{
     existing_bundle, install, link_or_copy, same_bundle, Staging, DENSE_FILE, IMAGE_FILE,
     TEXT_FILE, TOKENIZER_FILE,
 };
-use crate::engine::bundle::{Bundle, ImageEncoder, Manifest, Preprocess, TextEncoder, MANIFEST};
+use crate::engine::bundle::{
+    Bundle, ImageEncoder, Manifest, Padding, Preprocess, TextClean, TextEncoder, MANIFEST,
+};
 use crate::engine::format::sample_jpeg;
 use crate::engine::runtime::open_session;
-use crate::engine::text::TextTokenizer;
+use crate::engine::text::{detect_kind, TextTokenizer, TokenizerSettings};
 use crate::engine::{Engine, EngineOptions, Item};
 
 /// Preprocessing size when the graph's spatial dimensions are dynamic (CLIP ViT-B/32).
@@ -247,7 +249,14 @@ fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
             spec.name
         );
     }
-    TextTokenizer::load(&spec.tokenizer, spec.max_seq_len)?;
+    let tokenizer_kind = detect_kind(&spec.tokenizer)?;
+    TextTokenizer::load(
+        &spec.tokenizer,
+        TokenizerSettings {
+            kind: tokenizer_kind,
+            ..TokenizerSettings::word_piece(spec.max_seq_len)
+        },
+    )?;
 
     Ok(Manifest {
         name: spec.name.clone(),
@@ -262,15 +271,20 @@ fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
         text: TextEncoder {
             onnx: TEXT_FILE.to_owned(),
             input_ids: text.input_ids,
-            attention_mask: text.attention_mask,
+            attention_mask: Some(text.attention_mask),
             output: text.output,
             pooling: text.pooling,
             dense: spec.dense.as_ref().map(|_| DENSE_FILE.to_owned()),
+            tokenizer_kind,
+            clean: TextClean::default(),
+            padding: Padding::default(),
+            pad_id: 0,
         },
         preprocess: Preprocess {
             size,
             ..Preprocess::default()
         },
+        outputs_normalized: false,
     })
 }
 
