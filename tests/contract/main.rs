@@ -10,6 +10,7 @@ mod es_ingest;
 mod es_modes;
 mod es_search;
 mod es_setup;
+mod families;
 mod fake_es;
 mod faults;
 mod gallery;

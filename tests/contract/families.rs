@@ -1,0 +1,170 @@
+//! Golden tests for the open_clip model families (`tests/fixtures/tiny-xlmr-openclip`,
+//! `tiny-nllb-siglip`, written by `tools/make_families.py`): Rust, driven by each fixture's
+//! `sightline.json`, must reproduce `tools/open_clip_reference.py`, which reads the family's own
+//! open_clip config files instead. Crops within 2/255 on smooth images, identical padded token
+//! ids and truncation flags, vectors at cosine ≥ 0.9999 — through graphs with a fixed batch of
+//! 1, int32 token ids and no attention-mask input, as Immich exports them.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sightline::engine::bundle::Bundle;
+use sightline::engine::preprocess::{decode_rgb, resize_crop, DecodeOptions};
+use sightline::engine::text::{pad_batch, PadSettings, TextTokenizer, TokenizerSettings};
+use sightline::engine::{Engine, EngineOptions, Item};
+
+use crate::common::{cosine, fixture, test_options};
+
+const FAMILIES: [&str; 2] = ["tiny-xlmr-openclip", "tiny-nllb-siglip"];
+
+/// The reference decodes every JPEG pixel.
+const EXACT: DecodeOptions = DecodeOptions {
+    max_pixels: 100_000_000,
+    max_alloc: 1 << 30,
+    jpeg_prescale: false,
+};
+
+#[derive(Deserialize)]
+struct FamilyGolden {
+    context_length: usize,
+    pad_id: i64,
+    images: Vec<ImageCase>,
+    texts: Vec<TextCase>,
+}
+
+#[derive(Deserialize)]
+struct ImageCase {
+    file: String,
+    smooth: bool,
+    pre: String,
+    embedding: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+struct TextCase {
+    text: String,
+    ids: Vec<i64>,
+    truncated: bool,
+    embedding: Vec<f32>,
+}
+
+fn golden(family: &str) -> FamilyGolden {
+    let path = fixture(&format!("golden/families/{family}.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn image_path(file: &str) -> PathBuf {
+    fixture("images").join(file)
+}
+
+fn max_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap()
+}
+
+#[test]
+fn crops_match_each_familys_own_transform() {
+    for family in FAMILIES {
+        let bundle = Bundle::load(&fixture(family)).unwrap();
+        let cfg = &bundle.manifest.preprocess;
+        let golden = golden(family);
+        assert!(golden.images.iter().filter(|c| c.smooth).count() >= 7);
+        for case in &golden.images {
+            let bytes = std::fs::read(image_path(&case.file)).unwrap();
+            let rgb = decode_rgb(&bytes, &EXACT, cfg.size).unwrap();
+            let ours = resize_crop(&rgb, cfg).unwrap();
+            let theirs = image::open(fixture("golden").join(&case.pre))
+                .unwrap()
+                .into_rgb8();
+            let diff = max_diff(&ours, &theirs);
+            if case.smooth {
+                assert!(diff <= 2, "{family} {}: max pixel difference {diff}", case.file);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_default_crop_rule_would_miss_open_clips_window() {
+    // landscape.jpg resizes to 335×224: open_clip's window starts at round(55.5) = 56, the
+    // default rule's at 55. The golden crops tell the two apart, so the test above checks the
+    // rounding, not just the resize.
+    let bundle = Bundle::load(&fixture("tiny-xlmr-openclip")).unwrap();
+    let floor = sightline::engine::bundle::Preprocess {
+        crop: sightline::engine::bundle::CropRule::Center,
+        ..bundle.manifest.preprocess.clone()
+    };
+    let bytes = std::fs::read(image_path("landscape.jpg")).unwrap();
+    let rgb = decode_rgb(&bytes, &EXACT, 224).unwrap();
+    let theirs = image::open(fixture("golden/families/tiny-xlmr-openclip/landscape.jpg.png"))
+        .unwrap()
+        .into_rgb8();
+    assert!(max_diff(&resize_crop(&rgb, &floor).unwrap(), &theirs) > 2);
+    assert!(max_diff(&resize_crop(&rgb, &bundle.manifest.preprocess).unwrap(), &theirs) <= 2);
+}
+
+#[test]
+fn padded_token_ids_match_the_reference() {
+    for family in FAMILIES {
+        let bundle = Bundle::load(&fixture(family)).unwrap();
+        let m = &bundle.manifest;
+        let golden = golden(family);
+        assert_eq!(
+            (m.max_seq_len, i64::from(m.text.pad_id)),
+            (golden.context_length, golden.pad_id)
+        );
+        let tokenizer =
+            TextTokenizer::load(&bundle.path(&m.tokenizer), TokenizerSettings::of(m)).unwrap();
+        for case in &golden.texts {
+            let tokens = tokenizer.tokenize(&case.text).unwrap();
+            let (ids, _) = pad_batch([tokens.ids.as_slice()].into_iter(), PadSettings::of(m));
+            assert_eq!(ids.row(0).to_vec(), case.ids, "{family} {:?}", case.text);
+            assert_eq!(tokens.truncated, case.truncated, "{family} {:?}", case.text);
+        }
+        assert!(golden.texts.iter().any(|c| c.truncated));
+    }
+}
+
+fn engine(dir: &Path) -> Engine {
+    Engine::start(
+        dir,
+        EngineOptions {
+            decode: EXACT,
+            ..test_options()
+        },
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn vectors_match_the_reference_through_batch_one_graphs() {
+    for family in FAMILIES {
+        let golden = golden(family);
+        let engine = engine(&fixture(family));
+        assert!(engine.info().normalized);
+        // One request with every image and text: the batcher forms batches larger than the
+        // graphs' fixed batch of 1, which the workers run row by row.
+        let mut items: Vec<Item> = golden
+            .images
+            .iter()
+            .map(|c| Item::Image(std::fs::read(image_path(&c.file)).unwrap()))
+            .collect();
+        items.extend(golden.texts.iter().map(|c| Item::Text(c.text.clone())));
+        let results = engine.embed(items).await.unwrap();
+        let expected = golden
+            .images
+            .iter()
+            .map(|c| (&c.file, &c.embedding))
+            .chain(golden.texts.iter().map(|c| (&c.text, &c.embedding)));
+        for ((what, want), got) in expected.zip(results) {
+            let got = got.unwrap_or_else(|e| panic!("{family} {what:?}: {e}"));
+            let cos = cosine(&got.vector, want);
+            assert!(cos >= 0.9999, "{family} {what:?}: cosine {cos}");
+        }
+    }
+}
