@@ -3,15 +3,18 @@
 //! `sightline.json`, must reproduce `tools/open_clip_reference.py`, which reads the family's own
 //! open_clip config files instead. Crops within 2/255 on smooth images, identical padded token
 //! ids and truncation flags, vectors at cosine ≥ 0.9999 — through graphs with a fixed batch of
-//! 1, int32 token ids and no attention-mask input, as Immich exports them.
+//! 1, int32 token ids and no attention-mask input, as Immich exports them. `model init
+//! --from-open-clip` on the same directories must write the manifest the fixtures hold.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde::Deserialize;
 use sightline::engine::bundle::Bundle;
 use sightline::engine::preprocess::{decode_rgb, resize_crop, DecodeOptions};
 use sightline::engine::text::{pad_batch, PadSettings, TextTokenizer, TokenizerSettings};
 use sightline::engine::{Engine, EngineOptions, Item};
+use sightline::model::{create_bundle, read_export, BundleSpec};
 
 use crate::common::{cosine, fixture, test_options};
 
@@ -167,4 +170,122 @@ async fn vectors_match_the_reference_through_batch_one_graphs() {
             assert!(cos >= 0.9999, "{family} {what:?}: cosine {cos}");
         }
     }
+}
+
+#[tokio::test]
+async fn init_from_open_clip_writes_the_manifest_the_fixture_describes() {
+    for family in FAMILIES {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join(family);
+        let export = read_export(&fixture(family)).unwrap();
+        let spec = BundleSpec::from_open_clip(&export, family.to_owned(), out.clone(), false);
+        let created = create_bundle(spec).await.unwrap();
+        // The fixture's hand-written manifest names the export's own paths; a written bundle
+        // uses Sightline's file names. Everything else must be what the export's files say.
+        let mut expected = Bundle::load(&fixture(family)).unwrap().manifest;
+        expected.image.onnx = "image_encoder.onnx".into();
+        expected.text.onnx = "text_encoder.onnx".into();
+        expected.tokenizer = "tokenizer.json".into();
+        assert_eq!(created.manifest, expected, "{family}");
+        assert_eq!(Bundle::load(&out).unwrap().manifest, expected);
+        // And it embeds like the reference.
+        let golden = golden(family);
+        let engine = engine(&out);
+        let text = &golden.texts[0];
+        let got = engine.embed(vec![Item::Text(text.text.clone())]).await.unwrap();
+        let cos = cosine(&got[0].as_ref().unwrap().vector, &text.embedding);
+        assert!(cos >= 0.9999, "{family}: cosine {cos}");
+    }
+}
+
+#[test]
+fn the_cli_lists_presets_and_inits_from_an_open_clip_export() {
+    let run = |args: &[&std::ffi::OsStr]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sightline"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (output.status.code(), text(&output.stdout), text(&output.stderr))
+    };
+    let (code, stdout, stderr) = run(&["model".as_ref(), "list".as_ref()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for name in [
+        "clip-ViT-B-32-multilingual-v1 (default)",
+        "xlm-roberta-base-vit-b-32",
+        "nllb-clip-base-siglip",
+        "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k",
+        "XM3600 mean recall 69.7 EN / 72.9 ZH (Immich's table)",
+    ] {
+        assert!(stdout.contains(name), "{name}: {stdout}");
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nllb");
+    let dir = fixture("tiny-nllb-siglip");
+    let init = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "model".as_ref(),
+            "init".as_ref(),
+            "--from-open-clip".as_ref(),
+            dir.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend(extra);
+        run(&args)
+    };
+    let (code, stdout, stderr) = init(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("`nllb`, 768 dimensions, max_seq_len 77")
+            && stdout.contains("[N, 3, 384, 384]")
+            && stdout.contains("`text` (mask derived by the graph)"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = init(&["--tokenizer".as_ref(), "x.json".as_ref()]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--from-open-clip") && stderr.contains("--tokenizer"), "{stderr}");
+}
+
+/// `family`'s files in a temporary directory, with `edit` applied to its `sightline.json`.
+fn edited_copy(family: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = fixture(family);
+    for entry in walkdir::WalkDir::new(&src) {
+        let entry = entry.unwrap();
+        let to = tmp.path().join(entry.path().strip_prefix(&src).unwrap());
+        if entry.file_type().is_dir() {
+            std::fs::create_dir_all(&to).unwrap();
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+    let path = tmp.path().join("sightline.json");
+    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, json.to_string()).unwrap();
+    tmp
+}
+
+#[test]
+fn manifests_that_contradict_their_graphs_are_refused_at_start() {
+    let start_error = |dir: &Path| match Engine::start(dir, test_options()) {
+        Ok(_) => panic!("{} must not start", dir.display()),
+        Err(e) => format!("{e:#}"),
+    };
+    // The text graph takes exactly 77 tokens: padding to the longest text cannot feed it.
+    let dir = edited_copy("tiny-xlmr-openclip", |m| m["text"]["padding"] = "longest".into());
+    let err = start_error(dir.path());
+    assert!(err.contains("`text.padding`") && err.contains("77"), "{err}");
+    // tiny-clip's graphs do not normalise: the probe catches a manifest that says they do.
+    let dir = edited_copy("tiny-clip", |m| m["outputs_normalized"] = true.into());
+    let err = start_error(dir.path());
+    assert!(err.contains("`outputs_normalized`"), "{err}");
+    // The family's tokenizer is Unigram, not the default WordPiece.
+    let dir = edited_copy("tiny-xlmr-openclip", |m| {
+        m["text"].as_object_mut().unwrap().remove("tokenizer_kind");
+    });
+    let err = start_error(dir.path());
+    assert!(err.contains("`text.tokenizer_kind`") && err.contains("Unigram"), "{err}");
 }
