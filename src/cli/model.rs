@@ -126,7 +126,8 @@ async fn init(args: InitArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // clap requires all three without --from-open-clip.
-    let required = |file: Option<PathBuf>, flag: &str| file.with_context(|| format!("{flag} is required"));
+    let required =
+        |file: Option<PathBuf>, flag: &str| file.with_context(|| format!("{flag} is required"));
     let spec = BundleSpec {
         name,
         image_onnx: required(args.image_onnx, "--image-onnx")?,

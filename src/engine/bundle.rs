@@ -381,7 +381,9 @@ mod tests {
         // New settings default to today's behaviour and are left out when they do, so the
         // fingerprint of a bundle written before them does not change.
         for name in ["tiny-clip", "tiny-clip-tokens"] {
-            let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name);
             let bundle = Bundle::load(&dir).unwrap();
             let written: serde_json::Value =
                 serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
@@ -401,7 +403,12 @@ mod tests {
             let text = &bundle.manifest.text;
             assert_eq!(
                 (text.tokenizer_kind, text.clean, text.padding, text.pad_id),
-                (TokenizerKind::WordPiece, TextClean::Trim, Padding::Longest, 0)
+                (
+                    TokenizerKind::WordPiece,
+                    TextClean::Trim,
+                    Padding::Longest,
+                    0
+                )
             );
             assert_eq!(text.attention_mask.as_deref(), Some("attention_mask"));
             assert!(!bundle.manifest.outputs_normalized);
@@ -411,22 +418,45 @@ mod tests {
     #[test]
     fn unknown_values_are_refused_naming_the_field() {
         for (from, to, field) in [
-            (r#""resize":"shortest_edge""#, r#""resize":"longest""#, "preprocess.resize"),
-            (r#""interpolation":"bicubic""#, r#""interpolation":"lanczos""#, "preprocess.interpolation"),
-            (r#""pooling":"none""#, r#""pooling":"none","padding":"max""#, "text.padding"),
-            (r#""pooling":"none""#, r#""pooling":"none","tokenizer_kind":"spm""#, "text.tokenizer_kind"),
+            (
+                r#""resize":"shortest_edge""#,
+                r#""resize":"longest""#,
+                "preprocess.resize",
+            ),
+            (
+                r#""interpolation":"bicubic""#,
+                r#""interpolation":"lanczos""#,
+                "preprocess.interpolation",
+            ),
+            (
+                r#""pooling":"none""#,
+                r#""pooling":"none","padding":"max""#,
+                "text.padding",
+            ),
+            (
+                r#""pooling":"none""#,
+                r#""pooling":"none","tokenizer_kind":"spm""#,
+                "text.tokenizer_kind",
+            ),
         ] {
             let json = with_preprocess(&manifest_json("none", None), "shortest_edge", "center");
             let json = json.replacen(from, to, 1);
             let dir = bundle_dir(&json);
             let err = format!("{:#}", Bundle::load(dir.path()).unwrap_err());
-            assert!(err.contains(&format!("`{field}`")) && err.contains("unknown variant"), "{err}");
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains("unknown variant"),
+                "{err}"
+            );
         }
     }
 
     #[test]
     fn contradictory_resize_and_crop_are_refused() {
-        for (resize, crop) in [("squash", "center"), ("squash", "center_round"), ("shortest_edge", "none")] {
+        for (resize, crop) in [
+            ("squash", "center"),
+            ("squash", "center_round"),
+            ("shortest_edge", "none"),
+        ] {
             let dir = bundle_dir(&with_preprocess(&manifest_json("none", None), resize, crop));
             let err = Bundle::load(dir.path()).unwrap_err().to_string();
             assert!(err.contains("`preprocess.crop`"), "{resize}+{crop}: {err}");
@@ -440,10 +470,15 @@ mod tests {
             r#""output":"out","input_ids":"text","attention_mask":"text""#,
             1,
         );
-        let err = Bundle::load(bundle_dir(&json).path()).unwrap_err().to_string();
+        let err = Bundle::load(bundle_dir(&json).path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`text.attention_mask`"), "{err}");
-        let json = manifest_json("none", None)
-            .replacen(r#""output":"out""#, r#""output":"out","attention_mask":null"#, 1);
+        let json = manifest_json("none", None).replacen(
+            r#""output":"out""#,
+            r#""output":"out","attention_mask":null"#,
+            1,
+        );
         let b = Bundle::load(bundle_dir(&json).path()).unwrap();
         assert_eq!(b.manifest.text.attention_mask, None);
     }

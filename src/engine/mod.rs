@@ -138,8 +138,7 @@ impl Engine {
     pub fn start(model_dir: &Path, opts: EngineOptions) -> Result<Engine> {
         let bundle = Bundle::load(model_dir)?;
         let m = &bundle.manifest;
-        let tokenizer =
-            TextTokenizer::load(&bundle.path(&m.tokenizer), TokenizerSettings::of(m))?;
+        let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), TokenizerSettings::of(m))?;
         let mut text_model = TextModel::open(&bundle, opts.threads)?;
         // A probe through the encoder: a manifest whose `dimensions` do not match the graph
         // fails here, at start, rather than failing every batch with a 500 (issue 6, F4).
@@ -148,7 +147,11 @@ impl Engine {
             "the text encoder failed its start-up probe (check `dimensions` in sightline.json)",
         )?;
         if m.outputs_normalized {
-            let norm = probed[0].iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            let norm = probed[0]
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
             anyhow::ensure!(
                 (norm - 1.0).abs() < 1e-3,
                 "`outputs_normalized` is true in sightline.json, but the text encoder's probe \

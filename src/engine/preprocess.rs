@@ -532,13 +532,19 @@ mod tests {
         // 481×321 → 335×224: 111 spare columns, the window starts at 55 floored, 56 rounded.
         // Each crop must be that window of the whole resized image.
         let img = RgbImage::from_fn(481, 321, |x, y| {
-            image::Rgb([(x * 37 % 251) as u8, (y * 11 % 253) as u8, ((x ^ y) % 256) as u8])
+            image::Rgb([
+                (x * 37 % 251) as u8,
+                (y * 11 % 253) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
         });
         let src = fr::images::ImageRef::new(481, 321, img.as_raw(), fr::PixelType::U8x3).unwrap();
         let mut whole = fr::images::Image::new(335, 224, fr::PixelType::U8x3);
         let bicubic = fr::ResizeOptions::new()
             .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
-        fr::Resizer::new().resize(&src, &mut whole, &bicubic).unwrap();
+        fr::Resizer::new()
+            .resize(&src, &mut whole, &bicubic)
+            .unwrap();
         let whole = RgbImage::from_raw(335, 224, whole.into_vec()).unwrap();
         let max_diff = |crop: &RgbImage, left: u32| {
             crop.enumerate_pixels()

@@ -842,8 +842,14 @@ mod tests {
             kind: TokenizerKind::Unigram,
             ..TokenizerSettings::word_piece(16)
         };
-        let err = TextTokenizer::load(&path, unigram).err().unwrap().to_string();
-        assert!(err.contains("WordPiece") && err.contains("`text.tokenizer_kind`"), "{err}");
+        let err = TextTokenizer::load(&path, unigram)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("WordPiece") && err.contains("`text.tokenizer_kind`"),
+            "{err}"
+        );
         let far = TokenizerSettings {
             pad_id: 1 << 30,
             ..TokenizerSettings::word_piece(16)
@@ -862,7 +868,10 @@ mod tests {
             ..TokenizerSettings::word_piece(16)
         };
         let t = TextTokenizer::load(&path, clean).unwrap();
-        assert_eq!(t.tokenize(" dog \n\n cat ").unwrap(), t.tokenize("dog cat").unwrap());
+        assert_eq!(
+            t.tokenize(" dog \n\n cat ").unwrap(),
+            t.tokenize("dog cat").unwrap()
+        );
         assert!(t.tokenize("\u{3000}\t").is_err());
     }
 

@@ -14,11 +14,11 @@ use super::inspect::{
     dense_shape, image_signature, inspect, open_clip_text_signature, probe_image_dimensions,
     text_signature, GraphSig, TensorOverrides,
 };
-use super::open_clip::OpenClipExport;
 use super::install::{
     existing_bundle, install, link_or_copy, same_bundle, Staging, DENSE_FILE, IMAGE_FILE,
     TEXT_FILE, TOKENIZER_FILE,
 };
+use super::open_clip::OpenClipExport;
 use crate::engine::bundle::{
     Bundle, ImageEncoder, Manifest, Padding, Preprocess, TextClean, TextEncoder, TextPooling,
     TokenizerKind, MANIFEST,
@@ -62,7 +62,12 @@ pub enum Family {
 impl BundleSpec {
     /// The spec for an open_clip export directory (`model init --from-open-clip`, and `pull`
     /// of an open_clip preset once its files are in the cache).
-    pub fn from_open_clip(export: &OpenClipExport, name: String, out: PathBuf, force: bool) -> BundleSpec {
+    pub fn from_open_clip(
+        export: &OpenClipExport,
+        name: String,
+        out: PathBuf,
+        force: bool,
+    ) -> BundleSpec {
         BundleSpec {
             name,
             image_onnx: export.visual.clone(),
@@ -254,8 +259,12 @@ fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
     let text_graph = inspect(&spec.text_onnx).context("cannot open the text encoder")?;
     let tokenizer_kind = detect_kind(&spec.tokenizer)?;
     let (text, text_dims) = match &spec.family {
-        Family::SentenceTransformers => sentence_transformers_text(spec, &text_graph, tokenizer_kind)?,
-        Family::OpenClip { pad_id, .. } => open_clip_text(spec, &text_graph, tokenizer_kind, *pad_id)?,
+        Family::SentenceTransformers => {
+            sentence_transformers_text(spec, &text_graph, tokenizer_kind)?
+        }
+        Family::OpenClip { pad_id, .. } => {
+            open_clip_text(spec, &text_graph, tokenizer_kind, *pad_id)?
+        }
     };
     if let Some(text_dims) = text_dims {
         ensure!(

@@ -163,7 +163,11 @@ pub fn preset_table() -> String {
             } => format!("{text_repo} + {image_repo}"),
             Source::OpenClip { repo } => (*repo).to_owned(),
         };
-        let default = if p.name == DEFAULT_MODEL { " (default)" } else { "" };
+        let default = if p.name == DEFAULT_MODEL {
+            " (default)"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "{}{default}", p.name);
         for (label, value) in [
             ("dimensions", p.dimensions.to_string()),
@@ -232,7 +236,11 @@ pub(crate) fn plan(
             image_onnx_quantized,
         } => {
             let (image_repo, image_onnx, text_onnx) = if quantized {
-                (image_repo_quantized, image_onnx_quantized, text_onnx_quantized)
+                (
+                    image_repo_quantized,
+                    image_onnx_quantized,
+                    text_onnx_quantized,
+                )
             } else {
                 (image_repo, image_onnx, text_onnx)
             };
@@ -258,7 +266,12 @@ pub(crate) fn plan(
                 file(Role::OpenClipConfig, repo, revision, open_clip::PREPROCESS),
                 file(Role::TextEncoder, repo, revision, open_clip::TEXTUAL),
                 file(Role::Tokenizer, repo, revision, open_clip::TOKENIZER),
-                file(Role::OpenClipConfig, repo, revision, open_clip::TOKENIZER_CONFIG),
+                file(
+                    Role::OpenClipConfig,
+                    repo,
+                    revision,
+                    open_clip::TOKENIZER_CONFIG,
+                ),
             ];
             (Layout::OpenClip, files)
         }
@@ -370,7 +383,10 @@ mod tests {
     #[test]
     fn open_clip_presets_fetch_one_immich_repository_in_its_layout() {
         let p = plan("xlm-roberta-base-vit-b-32", "main", "ignored", false).unwrap();
-        assert_eq!((p.layout, p.dimensions, p.max_seq_len), (Layout::OpenClip, 512, 77));
+        assert_eq!(
+            (p.layout, p.dimensions, p.max_seq_len),
+            (Layout::OpenClip, 512, 77)
+        );
         let repo = "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k";
         let paths: Vec<&str> = p.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
@@ -384,12 +400,17 @@ mod tests {
                 "textual/tokenizer_config.json"
             ]
         );
-        assert!(p.files.iter().all(|f| f.repo == repo && f.revision == "main"));
+        assert!(p
+            .files
+            .iter()
+            .all(|f| f.repo == repo && f.revision == "main"));
         assert_eq!(plan(repo, "main", "main", false).unwrap(), p);
         let nllb = plan("nllb-clip-base-siglip", "main", "main", false).unwrap();
         assert_eq!(nllb.dimensions, 768);
         assert_eq!(nllb.files[0].repo, "immich-app/nllb-clip-base-siglip__v1");
-        let err = plan("nllb-clip-base-siglip", "main", "main", true).unwrap_err().to_string();
+        let err = plan("nllb-clip-base-siglip", "main", "main", true)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no int8 export"), "{err}");
     }
 
@@ -397,7 +418,9 @@ mod tests {
     fn the_list_shows_every_preset_with_its_figures() {
         let table = preset_table();
         for p in PRESETS {
-            assert!(table.contains(p.name) && table.contains(p.recall) && table.contains(p.licence));
+            assert!(
+                table.contains(p.name) && table.contains(p.recall) && table.contains(p.licence)
+            );
         }
         assert!(table.contains("clip-ViT-B-32-multilingual-v1 (default)"));
         assert!(table.contains("dimensions 768") && table.contains("context    77 tokens"));

@@ -123,8 +123,12 @@ enum PadToken {
 
 fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Result<T> {
     let path = dir.join(name);
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read `{}` (an open_clip export has it)", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read `{}` (an open_clip export has it)",
+            path.display()
+        )
+    })?;
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
         .map_err(|e| anyhow::anyhow!("`{}`: {}", e.path(), e.inner()))
         .with_context(|| format!("invalid `{}`", path.display()))
@@ -138,14 +142,25 @@ pub fn read_export(dir: &Path) -> Result<OpenClipExport> {
     let size = match cfg.size {
         Size::One(s) => s,
         Size::Pair([h, w]) if h == w => h,
-        Size::Pair([h, w]) => bail!("{} is {h}×{w}: only square inputs are supported", pre("size")),
+        Size::Pair([h, w]) => bail!(
+            "{} is {h}×{w}: only square inputs are supported",
+            pre("size")
+        ),
     };
     ensure!(size > 0, "{} must be positive", pre("size"));
-    ensure!(cfg.mode == "RGB", "{} is `{}`: only RGB is supported", pre("mode"), cfg.mode);
+    ensure!(
+        cfg.mode == "RGB",
+        "{} is `{}`: only RGB is supported",
+        pre("mode"),
+        cfg.mode
+    );
     let interpolation = match cfg.interpolation.as_str() {
         "bicubic" => Interpolation::Bicubic,
         "bilinear" => Interpolation::Bilinear,
-        other => bail!("{} is `{other}`: Sightline implements bicubic and bilinear", pre("interpolation")),
+        other => bail!(
+            "{} is `{other}`: Sightline implements bicubic and bilinear",
+            pre("interpolation")
+        ),
     };
     let (resize, crop) = match cfg.resize_mode.as_str() {
         "shortest" => (ResizeRule::ShortestEdge, CropRule::CenterRound),
@@ -192,21 +207,34 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
     }
 
     #[test]
     fn the_family_fixtures_read_as_open_clip_configures_them() {
         let xlmr = read_export(&fixture("tiny-xlmr-openclip")).unwrap();
-        assert_eq!((xlmr.dimensions, xlmr.context_length, xlmr.pad_id), (512, 77, 1));
         assert_eq!(
-            (xlmr.preprocess.size, xlmr.preprocess.resize, xlmr.preprocess.crop),
+            (xlmr.dimensions, xlmr.context_length, xlmr.pad_id),
+            (512, 77, 1)
+        );
+        assert_eq!(
+            (
+                xlmr.preprocess.size,
+                xlmr.preprocess.resize,
+                xlmr.preprocess.crop
+            ),
             (224, ResizeRule::ShortestEdge, CropRule::CenterRound)
         );
         let nllb = read_export(&fixture("tiny-nllb-siglip")).unwrap();
         assert_eq!((nllb.dimensions, nllb.preprocess.size), (768, 384));
         assert_eq!(
-            (nllb.preprocess.resize, nllb.preprocess.crop, nllb.preprocess.mean),
+            (
+                nllb.preprocess.resize,
+                nllb.preprocess.crop,
+                nllb.preprocess.mean
+            ),
             (ResizeRule::Squash, CropRule::None, [0.5; 3])
         );
     }
@@ -223,17 +251,32 @@ mod tests {
         let cfg = dir.path().join(PREPROCESS);
         let original = std::fs::read_to_string(&cfg).unwrap();
         for (from, to, field) in [
-            (r#""resize_mode": "shortest""#, r#""resize_mode": "longest""#, "resize_mode"),
-            (r#""interpolation": "bicubic""#, r#""interpolation": "random""#, "interpolation"),
+            (
+                r#""resize_mode": "shortest""#,
+                r#""resize_mode": "longest""#,
+                "resize_mode",
+            ),
+            (
+                r#""interpolation": "bicubic""#,
+                r#""interpolation": "random""#,
+                "interpolation",
+            ),
             (r#""size": 224"#, r#""size": [224, 256]"#, "size"),
         ] {
             assert!(original.contains(from), "{from}");
             std::fs::write(&cfg, original.replacen(from, to, 1)).unwrap();
             let err = format!("{:#}", read_export(dir.path()).unwrap_err());
-            assert!(err.contains(&format!("`{field}`")) && err.contains("preprocess_cfg.json"), "{err}");
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains("preprocess_cfg.json"),
+                "{err}"
+            );
         }
         std::fs::write(&cfg, original).unwrap();
-        std::fs::write(dir.path().join(TOKENIZER_CONFIG), r#"{"pad_token": "<nope>"}"#).unwrap();
+        std::fs::write(
+            dir.path().join(TOKENIZER_CONFIG),
+            r#"{"pad_token": "<nope>"}"#,
+        )
+        .unwrap();
         let err = format!("{:#}", read_export(dir.path()).unwrap_err());
         assert!(err.contains("`pad_token` `<nope>`"), "{err}");
     }

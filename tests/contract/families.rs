@@ -86,7 +86,11 @@ fn crops_match_each_familys_own_transform() {
                 .into_rgb8();
             let diff = max_diff(&ours, &theirs);
             if case.smooth {
-                assert!(diff <= 2, "{family} {}: max pixel difference {diff}", case.file);
+                assert!(
+                    diff <= 2,
+                    "{family} {}: max pixel difference {diff}",
+                    case.file
+                );
             }
         }
     }
@@ -104,11 +108,18 @@ fn the_default_crop_rule_would_miss_open_clips_window() {
     };
     let bytes = std::fs::read(image_path("landscape.jpg")).unwrap();
     let rgb = decode_rgb(&bytes, &EXACT, 224).unwrap();
-    let theirs = image::open(fixture("golden/families/tiny-xlmr-openclip/landscape.jpg.png"))
-        .unwrap()
-        .into_rgb8();
+    let theirs = image::open(fixture(
+        "golden/families/tiny-xlmr-openclip/landscape.jpg.png",
+    ))
+    .unwrap()
+    .into_rgb8();
     assert!(max_diff(&resize_crop(&rgb, &floor).unwrap(), &theirs) > 2);
-    assert!(max_diff(&resize_crop(&rgb, &bundle.manifest.preprocess).unwrap(), &theirs) <= 2);
+    assert!(
+        max_diff(
+            &resize_crop(&rgb, &bundle.manifest.preprocess).unwrap(),
+            &theirs
+        ) <= 2
+    );
 }
 
 #[test]
@@ -192,7 +203,10 @@ async fn init_from_open_clip_writes_the_manifest_the_fixture_describes() {
         let golden = golden(family);
         let engine = engine(&out);
         let text = &golden.texts[0];
-        let got = engine.embed(vec![Item::Text(text.text.clone())]).await.unwrap();
+        let got = engine
+            .embed(vec![Item::Text(text.text.clone())])
+            .await
+            .unwrap();
         let cos = cosine(&got[0].as_ref().unwrap().vector, &text.embedding);
         assert!(cos >= 0.9999, "{family}: cosine {cos}");
     }
@@ -206,7 +220,11 @@ fn the_cli_lists_presets_and_inits_from_an_open_clip_export() {
             .output()
             .unwrap();
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (output.status.code(), text(&output.stdout), text(&output.stderr))
+        (
+            output.status.code(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
     };
     let (code, stdout, stderr) = run(&["model".as_ref(), "list".as_ref()]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -245,7 +263,10 @@ fn the_cli_lists_presets_and_inits_from_an_open_clip_export() {
     );
     let (code, _, stderr) = init(&["--tokenizer".as_ref(), "x.json".as_ref()]);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("--from-open-clip") && stderr.contains("--tokenizer"), "{stderr}");
+    assert!(
+        stderr.contains("--from-open-clip") && stderr.contains("--tokenizer"),
+        "{stderr}"
+    );
 }
 
 /// `family`'s files in a temporary directory, with `edit` applied to its `sightline.json`.
@@ -262,7 +283,8 @@ fn edited_copy(family: &str, edit: impl Fn(&mut serde_json::Value)) -> tempfile:
         }
     }
     let path = tmp.path().join("sightline.json");
-    let mut json: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     edit(&mut json);
     std::fs::write(&path, json.to_string()).unwrap();
     tmp
@@ -275,9 +297,14 @@ fn manifests_that_contradict_their_graphs_are_refused_at_start() {
         Err(e) => format!("{e:#}"),
     };
     // The text graph takes exactly 77 tokens: padding to the longest text cannot feed it.
-    let dir = edited_copy("tiny-xlmr-openclip", |m| m["text"]["padding"] = "longest".into());
+    let dir = edited_copy("tiny-xlmr-openclip", |m| {
+        m["text"]["padding"] = "longest".into()
+    });
     let err = start_error(dir.path());
-    assert!(err.contains("`text.padding`") && err.contains("77"), "{err}");
+    assert!(
+        err.contains("`text.padding`") && err.contains("77"),
+        "{err}"
+    );
     // tiny-clip's graphs do not normalise: the probe catches a manifest that says they do.
     let dir = edited_copy("tiny-clip", |m| m["outputs_normalized"] = true.into());
     let err = start_error(dir.path());
@@ -287,5 +314,8 @@ fn manifests_that_contradict_their_graphs_are_refused_at_start() {
         m["text"].as_object_mut().unwrap().remove("tokenizer_kind");
     });
     let err = start_error(dir.path());
-    assert!(err.contains("`text.tokenizer_kind`") && err.contains("Unigram"), "{err}");
+    assert!(
+        err.contains("`text.tokenizer_kind`") && err.contains("Unigram"),
+        "{err}"
+    );
 }
