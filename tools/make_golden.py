@@ -19,6 +19,7 @@ Usage:  .venv/bin/python tools/make_golden.py [--fixtures tests/fixtures]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -212,6 +213,12 @@ FAMILY_TEXTS = [
 ]
 
 
+# Neither family resizes bilinearly, but open_clip's CLIPA configs do: these crops of the first family with
+# `interpolation: bilinear` check that path (an upscaled smooth image, where the filters differ by > 2 levels,
+# and hard edges).
+BILINEAR_IMAGES = ["small-100x50.png", "landscape.jpg", "edges-481x321.png"]
+
+
 def golden_families(fixtures: Path, golden: Path) -> list[str]:
     images = fixtures / "images"
     smooth = {case.file: case.smooth for case in make_images.IMAGES}
@@ -236,6 +243,15 @@ def golden_families(fixtures: Path, golden: Path) -> list[str]:
             text_cases.append({"text": text, "ids": tokens.ids, "truncated": tokens.truncated,
                                "embedding": reference.floats(open_clip_reference.embed_tokens(export, tokens))})
         assert any(c["truncated"] for c in text_cases) and not all(c["truncated"] for c in text_cases)
+        bilinear_cases = []
+        if family is make_families.FAMILIES[0]:
+            bilinear = dataclasses.replace(export, preprocess={**export.preprocess, "interpolation": "bilinear"})
+            (pre_dir / "bilinear").mkdir(exist_ok=True)
+            for file in BILINEAR_IMAGES:
+                crop = open_clip_reference.resize_crop(bilinear, reference.decode_image(images / file))
+                Image.fromarray(crop, "RGB").save(pre_dir / "bilinear" / f"{file}.png", optimize=True)
+                bilinear_cases.append({"file": file, "smooth": smooth[file],
+                                       "pre": f"families/{family.dir}/bilinear/{file}.png"})
         collapsed = open_clip_reference.tokenize(export, "a dog in the snow")
         assert text_cases[8]["ids"] == collapsed.ids, "white space runs must tokenize like single spaces"
         dump_json({"model": family.dir, "open_clip": f"{family.model} {family.pretrained}",
@@ -243,7 +259,8 @@ def golden_families(fixtures: Path, golden: Path) -> list[str]:
                    "note": "from the family's own config files (open_clip_reference.py); ids are padded to the "
                            "context length as the graph gets them; pre: the crop before /255 (smooth: compare "
                            "within 2 levels); embeddings are L2-normalised by the graph",
-                   "images": image_cases, "texts": text_cases}, golden / "families" / f"{family.dir}.json")
+                   "images": image_cases, "texts": text_cases, "bilinear": bilinear_cases},
+                  golden / "families" / f"{family.dir}.json")
         summaries.append(f"{family.dir}: {len(image_cases)} images, {len(text_cases)} texts")
     return summaries
 

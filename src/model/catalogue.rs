@@ -86,24 +86,24 @@ enum Source {
 
 /// A model `pull` knows, with what `model list` says about it.
 #[derive(Debug)]
-pub struct Preset {
-    pub name: &'static str,
+pub(crate) struct Preset {
+    pub(crate) name: &'static str,
     source: Source,
-    pub dimensions: usize,
-    pub max_seq_len: usize,
-    pub languages: &'static str,
-    pub licence: &'static str,
-    /// FP32 download size.
-    pub size: &'static str,
+    pub(crate) dimensions: usize,
+    pub(crate) max_seq_len: usize,
+    pub(crate) languages: &'static str,
+    pub(crate) licence: &'static str,
+    /// FP32 size.
+    pub(crate) size: &'static str,
     /// The reported retrieval quality, with its source.
-    pub recall: &'static str,
+    pub(crate) recall: &'static str,
 }
 
 /// The presets, the default first. Figures are cited, not measured here (no hub is reachable
 /// from the development machine): recall from Immich's published multilingual table
 /// (Crossmodal-3600, mean of recall@1/5/10, as quoted in issue 13) where it lists the model,
 /// else from Babel-ImageNet (model.md §5); sizes from model.md §3 (measured) or parameter counts.
-pub const PRESETS: &[Preset] = &[
+pub(crate) const PRESETS: &[Preset] = &[
     Preset {
         name: DEFAULT_MODEL,
         source: Source::SentenceTransformers {

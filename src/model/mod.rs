@@ -24,9 +24,7 @@ mod pull;
 
 pub use build::{create_bundle, BundleSpec, CreatedBundle, Family, Outcome};
 pub use cache::cache_root;
-pub use catalogue::{
-    preset_table, HubFile, Preset, Role, DEFAULT_MODEL, DEFAULT_REVISION, PRESETS,
-};
+pub use catalogue::{preset_table, HubFile, Role, DEFAULT_MODEL, DEFAULT_REVISION};
 pub use checksum::Checksum;
 pub use download::Fetched;
 pub use inspect::TensorOverrides;

@@ -33,6 +33,15 @@ struct FamilyGolden {
     pad_id: i64,
     images: Vec<ImageCase>,
     texts: Vec<TextCase>,
+    /// Crops of the first family with `interpolation: bilinear` (no preset uses it).
+    bilinear: Vec<CropCase>,
+}
+
+#[derive(Deserialize)]
+struct CropCase {
+    file: String,
+    smooth: bool,
+    pre: String,
 }
 
 #[derive(Deserialize)]
@@ -119,6 +128,57 @@ fn the_default_crop_rule_would_miss_open_clips_window() {
             &resize_crop(&rgb, &bundle.manifest.preprocess).unwrap(),
             &theirs
         ) <= 2
+    );
+}
+
+fn mean_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    let sum: u64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    sum as f64 / a.as_raw().len() as f64
+}
+
+#[test]
+fn bilinear_crops_match_pils_bilinear() {
+    let bundle = Bundle::load(&fixture("tiny-xlmr-openclip")).unwrap();
+    let bicubic = bundle.manifest.preprocess.clone();
+    let bilinear = sightline::engine::bundle::Preprocess {
+        interpolation: sightline::engine::bundle::Interpolation::Bilinear,
+        ..bicubic.clone()
+    };
+    let cases = golden("tiny-xlmr-openclip").bilinear;
+    assert_eq!(cases.len(), 3);
+    let mut told_apart = 0;
+    for case in &cases {
+        let bytes = std::fs::read(image_path(&case.file)).unwrap();
+        let rgb = decode_rgb(&bytes, &EXACT, 224).unwrap();
+        let theirs = image::open(fixture("golden").join(&case.pre))
+            .unwrap()
+            .into_rgb8();
+        let ours = resize_crop(&rgb, &bilinear).unwrap();
+        let other = resize_crop(&rgb, &bicubic).unwrap();
+        if case.smooth {
+            assert!(max_diff(&ours, &theirs) <= 2, "{}", case.file);
+        }
+        // The filter is the one asked for: closer to PIL's bilinear than bicubic is, by far
+        // where the two filters visibly differ (upscaling, hard edges).
+        let distinct = max_diff(&other, &theirs) > 2;
+        told_apart += usize::from(distinct);
+        let margin = if distinct { 4.0 } else { 1.0 };
+        assert!(
+            mean_diff(&ours, &theirs) < mean_diff(&other, &theirs) / margin,
+            "{}: {} vs {}",
+            case.file,
+            mean_diff(&ours, &theirs),
+            mean_diff(&other, &theirs)
+        );
+    }
+    assert!(
+        told_apart >= 2,
+        "the cases must include ones where the filters differ"
     );
 }
 
