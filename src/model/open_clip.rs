@@ -57,6 +57,10 @@ struct ModelConfig {
 #[derive(Deserialize, Default)]
 struct TextCfg {
     context_length: Option<usize>,
+    /// Options of open_clip's tokenizer (`clean: canonicalize`, `lower_case`, ...): Sightline
+    /// implements the default white-space clean only.
+    #[serde(default)]
+    tokenizer_kwargs: serde_json::Map<String, serde_json::Value>,
 }
 
 /// open_clip's `PreprocessCfg` as `get_model_preprocess_cfg` saves it.
@@ -137,6 +141,14 @@ fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> Result<T> 
 /// Reads the export in `dir` (see the module docs).
 pub fn read_export(dir: &Path) -> Result<OpenClipExport> {
     let config: ModelConfig = read_json(dir, CONFIG)?;
+    for (key, value) in &config.text_cfg.tokenizer_kwargs {
+        ensure!(
+            key == "clean" && value == "whitespace",
+            "`text_cfg.tokenizer_kwargs.{key}` is {value} in `{}`: Sightline implements only \
+             open_clip's default text cleaning (white space), not this tokenizer option",
+            dir.join(CONFIG).display()
+        );
+    }
     let cfg: PreprocessCfg = read_json(dir, PREPROCESS)?;
     let pre = |field: &str| format!("`{field}` in `{}`", dir.join(PREPROCESS).display());
     let size = match cfg.size {
