@@ -9,6 +9,9 @@ first; `tools/regenerate.sh` runs all three).
                      `batch_check` (padding must not change a vector) and `rejected_texts` (empty after trim)
     forms.json       the same texts through tiny-clip-tokens (form b: pooling + Dense outside the graph), which
                      must match tiny-clip (form a) with cosine >= 0.99999
+    families/<dir>.json, families/<dir>/<file>.png
+                     each open_clip family fixture (make_families.py) through open_clip_reference.py, which reads
+                     the family's own config files: crops, image vectors, padded token ids, text vectors
 
 The generator asserts the invariants it records, so a broken reference fails here rather than in Rust.
 Usage:  .venv/bin/python tools/make_golden.py [--fixtures tests/fixtures]
@@ -16,6 +19,7 @@ Usage:  .venv/bin/python tools/make_golden.py [--fixtures tests/fixtures]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -23,8 +27,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+import make_families
 import make_fixtures
 import make_images
+import open_clip_reference
 import reference
 
 MAX_SEQ_TEXTS = {
@@ -188,6 +194,77 @@ def golden_forms(form_a: reference.Bundle, form_b: reference.Bundle, vectors_a: 
                       for t, c, v in zip(TEXTS, cosines, vectors_b)]}
 
 
+# RGB files only (open_clip converts to RGB after resizing; see open_clip_reference.py): odd and even crop offsets,
+# both orientations, extreme ratios, upscaling, a prescale-sized JPEG, and hard edges (vectors only).
+FAMILY_IMAGES = ["landscape.jpg", "portrait.png", "wide-1000x120.png", "tall-90x700.png", "small-100x50.png",
+                 "large-2400x1600.jpg", "image.tiff", "edges-481x321.png"]
+FAMILY_TEXTS = [
+    "A dog in the snow",
+    "a small red car near the beach at night",
+    "Eine Katze schläft im Schnee",
+    "Un perro en la playa",
+    "Le chat dort sur la neige",
+    "Кошка спит на снегу",
+    "一只猫在雪地里睡觉",
+    "雪の中で眠る猫",
+    "  a   dog \t\n in  the\u3000snow  ",  # runs of white space: open_clip collapses them
+    "Zebra 🦓!",  # no piece for the emoji: <unk>
+    "a dog in the snow " * 20,  # over the 77-token context: truncated, </s> kept
+]
+
+
+# Neither family resizes bilinearly, but open_clip's CLIPA configs do: these crops of the first family with
+# `interpolation: bilinear` check that path (an upscaled smooth image, where the filters differ by > 2 levels,
+# and hard edges).
+BILINEAR_IMAGES = ["small-100x50.png", "landscape.jpg", "edges-481x321.png"]
+
+
+def golden_families(fixtures: Path, golden: Path) -> list[str]:
+    images = fixtures / "images"
+    smooth = {case.file: case.smooth for case in make_images.IMAGES}
+    summaries = []
+    for family in make_families.FAMILIES:
+        export = open_clip_reference.load_export(fixtures / family.dir)
+        pre_dir = golden / "families" / family.dir
+        pre_dir.mkdir(parents=True, exist_ok=True)
+        image_cases = []
+        for file in FAMILY_IMAGES:
+            rgb = reference.decode_image(images / file)
+            crop = open_clip_reference.resize_crop(export, rgb)
+            Image.fromarray(crop, "RGB").save(pre_dir / f"{file}.png", optimize=True)
+            vector = open_clip_reference.embed_crop(export, crop)
+            assert abs(float(np.linalg.norm(vector)) - 1) < 1e-5, "the visual graph must normalise"
+            image_cases.append({"file": file, "smooth": smooth[file], "pre": f"families/{family.dir}/{file}.png",
+                                "embedding": reference.floats(vector)})
+        text_cases = []
+        for text in FAMILY_TEXTS:
+            tokens = open_clip_reference.tokenize(export, text)
+            assert len(tokens.ids) == export.context_length
+            text_cases.append({"text": text, "ids": tokens.ids, "truncated": tokens.truncated,
+                               "embedding": reference.floats(open_clip_reference.embed_tokens(export, tokens))})
+        assert any(c["truncated"] for c in text_cases) and not all(c["truncated"] for c in text_cases)
+        bilinear_cases = []
+        if family is make_families.FAMILIES[0]:
+            bilinear = dataclasses.replace(export, preprocess={**export.preprocess, "interpolation": "bilinear"})
+            (pre_dir / "bilinear").mkdir(exist_ok=True)
+            for file in BILINEAR_IMAGES:
+                crop = open_clip_reference.resize_crop(bilinear, reference.decode_image(images / file))
+                Image.fromarray(crop, "RGB").save(pre_dir / "bilinear" / f"{file}.png", optimize=True)
+                bilinear_cases.append({"file": file, "smooth": smooth[file],
+                                       "pre": f"families/{family.dir}/bilinear/{file}.png"})
+        collapsed = open_clip_reference.tokenize(export, "a dog in the snow")
+        assert text_cases[8]["ids"] == collapsed.ids, "white space runs must tokenize like single spaces"
+        dump_json({"model": family.dir, "open_clip": f"{family.model} {family.pretrained}",
+                   "context_length": export.context_length, "pad_id": export.pad_id,
+                   "note": "from the family's own config files (open_clip_reference.py); ids are padded to the "
+                           "context length as the graph gets them; pre: the crop before /255 (smooth: compare "
+                           "within 2 levels); embeddings are L2-normalised by the graph",
+                   "images": image_cases, "texts": text_cases, "bilinear": bilinear_cases},
+                  golden / "families" / f"{family.dir}.json")
+        summaries.append(f"{family.dir}: {len(image_cases)} images, {len(text_cases)} texts")
+    return summaries
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fixtures", type=Path, default=make_fixtures.DEFAULT_OUT,
@@ -206,6 +283,8 @@ def main() -> None:
     dump_json(forms, golden / "forms.json")
     print(f"{golden}: {len(make_images.IMAGES)} images, {len(TEXTS)} texts, "
           f"form a/b min cosine {forms['min_cosine']:.9f}")
+    for line in golden_families(args.fixtures, golden):
+        print(f"{golden}/families: {line}")
 
 
 if __name__ == "__main__":

@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${1:-.venv/bin/python}"
 "$PY" tools/make_fixtures.py
+"$PY" tools/make_families.py
 "$PY" tools/make_images.py
 "$PY" tools/make_golden.py

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::engine::bundle::TextPooling;
 use crate::model::{
-    self, create_bundle, BundleSpec, Checksum, CreatedBundle, Outcome, PullRequest,
+    self, create_bundle, BundleSpec, Checksum, CreatedBundle, Family, Outcome, PullRequest,
     TensorOverrides, DEFAULT_ENDPOINT, DEFAULT_MODEL, DEFAULT_REVISION,
 };
 
@@ -19,22 +19,29 @@ pub(super) enum ModelCommand {
     /// Write a bundle from ONNX files you already have; the graphs are inspected for tensor
     /// names and shapes, and the bundle is smoke-tested before it is moved into place.
     Init(InitArgs),
-    /// Download the default bundle from the Hugging Face hub (cached, resumable, checksummed).
+    /// Download a known model from the Hugging Face hub (cached, resumable, checksummed).
     Pull(PullArgs),
+    /// The models `pull` knows: dimensions, languages, weights licence, size, reported recall.
+    List,
 }
 
 #[derive(Debug, clap::Args)]
 pub(super) struct InitArgs {
+    /// An open_clip export in Immich's layout (`config.json`, `visual/model.onnx`,
+    /// `visual/preprocess_cfg.json`, `textual/model.onnx`, `textual/tokenizer.json`,
+    /// `textual/tokenizer_config.json`): every setting comes from its files.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["image_onnx", "text_onnx", "tokenizer", "dense", "max_seq_len"])]
+    from_open_clip: Option<PathBuf>,
     /// Image encoder: float32 [N, 3, H, W] in (`pixel_values`), [N, D] out (`image_embeds`).
-    #[arg(long, value_name = "FILE")]
-    image_onnx: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_open_clip")]
+    image_onnx: Option<PathBuf>,
     /// Text encoder taking int64 `input_ids` and `attention_mask`: either the pooled sentence
     /// embedding [N, D] out, or token states [N, L, H] out together with --dense.
-    #[arg(long, value_name = "FILE")]
-    text_onnx: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_open_clip")]
+    text_onnx: Option<PathBuf>,
     /// The text model's `tokenizer.json`.
-    #[arg(long, value_name = "FILE")]
-    tokenizer: PathBuf,
+    #[arg(long, value_name = "FILE", required_unless_present = "from_open_clip")]
+    tokenizer: Option<PathBuf>,
     /// sentence-transformers Dense weights (`2_Dense/model.safetensors`, `linear.weight`
     /// [D, H]); Sightline mean-pools the token states and projects them with it.
     #[arg(long, value_name = "FILE")]
@@ -64,7 +71,7 @@ pub(super) struct InitArgs {
 
 #[derive(Debug, clap::Args)]
 pub(super) struct PullArgs {
-    /// Model to download (its name or its sentence-transformers repo id).
+    /// Model to download: a name `sightline model list` shows, or its repo id.
     #[arg(default_value = DEFAULT_MODEL)]
     name: String,
     /// Bundle directory [default: models/NAME, models/NAME-int8 with --quantized].
@@ -95,6 +102,10 @@ pub(super) async fn run(cmd: ModelCommand) -> Result<ExitCode> {
     match cmd {
         ModelCommand::Init(args) => init(args).await,
         ModelCommand::Pull(args) => pull(args).await,
+        ModelCommand::List => {
+            print!("{}", model::preset_table());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -107,11 +118,21 @@ async fn init(args: InitArgs) -> Result<ExitCode> {
             .map(|n| n.to_string_lossy().into_owned())
             .context("--out names no directory; pass --name")?,
     };
+    if let Some(dir) = &args.from_open_clip {
+        let export = model::read_export(dir)?;
+        let spec = BundleSpec::from_open_clip(&export, name, args.out, args.force);
+        let created = create_bundle(spec).await?;
+        print_bundle(&created);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // clap requires all three without --from-open-clip.
+    let required =
+        |file: Option<PathBuf>, flag: &str| file.with_context(|| format!("{flag} is required"));
     let spec = BundleSpec {
         name,
-        image_onnx: args.image_onnx,
-        text_onnx: args.text_onnx,
-        tokenizer: args.tokenizer,
+        image_onnx: required(args.image_onnx, "--image-onnx")?,
+        text_onnx: required(args.text_onnx, "--text-onnx")?,
+        tokenizer: required(args.tokenizer, "--tokenizer")?,
         dense: args.dense,
         max_seq_len: args.max_seq_len,
         out: args.out,
@@ -122,6 +143,7 @@ async fn init(args: InitArgs) -> Result<ExitCode> {
             text_output: args.text_output,
         },
         expect_dimensions: None,
+        family: Family::SentenceTransformers,
     };
     let created = create_bundle(spec).await?;
     print_bundle(&created);
@@ -197,9 +219,13 @@ fn print_bundle(created: &CreatedBundle) {
         (TextPooling::Mean, Some(dense)) => format!("mean pooling + {dense}"),
         _ => "pooled by the graph".to_owned(),
     };
+    let inputs = match &m.text.attention_mask {
+        Some(mask) => format!("`{}`, `{mask}`", m.text.input_ids),
+        None => format!("`{}` (mask derived by the graph)", m.text.input_ids),
+    };
     println!(
-        "  text:  {} `{}`, `{}` -> `{}` ({pooling})",
-        m.text.onnx, m.text.input_ids, m.text.attention_mask, m.text.output
+        "  text:  {} {inputs} -> `{}` ({pooling})",
+        m.text.onnx, m.text.output
     );
     println!("  fingerprint: {}", created.fingerprint);
 }

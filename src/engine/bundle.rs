@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -32,6 +32,10 @@ pub struct Manifest {
     pub text: TextEncoder,
     #[serde(default)]
     pub preprocess: Preprocess,
+    /// The graphs return unit-length vectors already (open_clip exports normalise inside);
+    /// checked by the engine's start-up probe.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub outputs_normalized: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -50,8 +54,9 @@ pub struct TextEncoder {
     pub onnx: String,
     #[serde(default = "default_input_ids")]
     pub input_ids: String,
+    /// `null`: the graph takes no mask (open_clip exports derive it from `pad_id` inside).
     #[serde(default = "default_attention_mask")]
-    pub attention_mask: String,
+    pub attention_mask: Option<String>,
     pub output: String,
     /// What the graph's output is: the sentence embedding itself (form a), or token states
     /// that Sightline mean-pools and projects with `dense` (form b).
@@ -59,6 +64,56 @@ pub struct TextEncoder {
     /// `2_Dense/model.safetensors` (`linear.weight` [dimensions, hidden], no bias); form b only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dense: Option<String>,
+    /// The model of `tokenizer.json` (checked against the file when the tokenizer loads).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tokenizer_kind: TokenizerKind,
+    /// What happens to a text before it is tokenized.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub clean: TextClean,
+    /// How a batch of token sequences is padded.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub padding: Padding,
+    /// The id padded positions get (0 = `[PAD]` of BERT vocabularies; 1 = `<pad>` of XLM-R and NLLB).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pad_id: u32,
+}
+
+/// New settings are left out of `sightline.json` when they hold today's behaviour, so an existing
+/// bundle serialises, and so fingerprints, exactly as before.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenizerKind {
+    /// BERT-family WordPiece (the default model's mBERT vocabulary).
+    #[default]
+    WordPiece,
+    /// SentencePiece Unigram (XLM-RoBERTa).
+    Unigram,
+    /// Byte-pair encoding, SentencePiece or byte-level (NLLB, CLIP's own tokenizer).
+    Bpe,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TextClean {
+    /// Leading and trailing white space removed (sentence-transformers' `str.strip()`).
+    #[default]
+    Trim,
+    /// Also every run of white space inside made one space (open_clip's `whitespace_clean`).
+    Whitespace,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// Each batch padded to its longest sequence (sentence-transformers).
+    #[default]
+    Longest,
+    /// Every sequence padded to `max_seq_len` (open_clip's `padding="max_length"`).
+    Fixed,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -70,8 +125,8 @@ pub enum TextPooling {
     Mean,
 }
 
-/// Image preprocessing settings (model.md §2.1). Only the rule the reference uses is supported,
-/// so the enums have one variant each: a bundle asking for anything else is refused at load.
+/// Image preprocessing settings (model.md §2.1 for the default; open_clip's `PreprocessCfg` for
+/// the open_clip families). A value outside the enums is refused at load, naming the field.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Preprocess {
@@ -86,15 +141,24 @@ pub struct Preprocess {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ResizeRule {
-    /// Shorter side to `size`, longer side `int(size * long / short)` in f64.
+    /// Shorter side to `size`, longer side `int(size * long / short)` in f64 (transformers'
+    /// `get_resize_output_image_size`, torchvision's `Resize(int)`); a crop follows.
     ShortestEdge,
+    /// Straight to `size`×`size`, aspect ratio not kept (open_clip `resize_mode: squash`, the
+    /// SigLIP default); no crop.
+    Squash,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CropRule {
-    /// `size`×`size` at `((w - size) / 2, (h - size) / 2)`, floored.
+    /// `size`×`size` at `((w - size) / 2, (h - size) / 2)`, floored (transformers' `center_crop`).
     Center,
+    /// `size`×`size` at `round((w - size) / 2)`, halves to even (torchvision's `CenterCrop`,
+    /// which open_clip uses: Python's `int(round(x / 2.0))`).
+    CenterRound,
+    /// No crop: only with `resize: squash`.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,6 +166,8 @@ pub enum CropRule {
 pub enum Interpolation {
     /// PIL BICUBIC (Keys a = −0.5, i.e. Catmull-Rom) with antialiasing.
     Bicubic,
+    /// PIL BILINEAR (triangle filter) with antialiasing.
+    Bilinear,
 }
 
 impl Default for Preprocess {
@@ -126,8 +192,8 @@ fn default_image_embeds() -> String {
 fn default_input_ids() -> String {
     "input_ids".into()
 }
-fn default_attention_mask() -> String {
-    "attention_mask".into()
+fn default_attention_mask() -> Option<String> {
+    Some("attention_mask".into())
 }
 
 /// A validated bundle: the manifest plus absolute paths of the files it names.
@@ -147,8 +213,11 @@ impl Bundle {
                 path.display()
             )
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .with_context(|| format!("invalid model manifest `{}`", path.display()))?;
+        // The path in the error names the field (`preprocess.resize: unknown variant …`).
+        let manifest: Manifest =
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(&text))
+                .map_err(|e| anyhow!("`{}`: {}", e.path(), e.inner()))
+                .with_context(|| format!("invalid model manifest `{}`", path.display()))?;
         let bundle = Bundle {
             dir: dir.to_path_buf(),
             manifest,
@@ -169,6 +238,27 @@ impl Bundle {
             m.preprocess.std.iter().all(|s| *s > 0.0),
             "`preprocess.std` must be positive"
         );
+        match (m.preprocess.resize, m.preprocess.crop) {
+            (ResizeRule::Squash, CropRule::Center | CropRule::CenterRound) => bail!(
+                "`preprocess.crop` must be `none` with `preprocess.resize: squash` (the squashed \
+                 image is already `size`×`size`)"
+            ),
+            (ResizeRule::ShortestEdge, CropRule::None) => bail!(
+                "`preprocess.crop` must be `center` or `center_round` with \
+                 `preprocess.resize: shortest_edge` (the longer side is wider than `size`)"
+            ),
+            _ => {}
+        }
+        ensure!(
+            m.preprocess.mean.iter().all(|v| v.is_finite()),
+            "`preprocess.mean` must be finite"
+        );
+        if let Some(mask) = &m.text.attention_mask {
+            ensure!(
+                !mask.is_empty() && *mask != m.text.input_ids,
+                "`text.attention_mask` must name a second input (or be null)"
+            );
+        }
         match (m.text.pooling, &m.text.dense) {
             (TextPooling::Mean, None) => {
                 bail!("`text.pooling` is `mean` but `text.dense` names no projection weights")
@@ -232,6 +322,15 @@ mod tests {
         )
     }
 
+    /// `json` with a full `preprocess` block using `resize` and `crop`.
+    fn with_preprocess(json: &str, resize: &str, crop: &str) -> String {
+        let pre = format!(
+            r#","preprocess":{{"size":224,"mean":[0.5,0.5,0.5],"std":[0.5,0.5,0.5],"resize":"{resize}","crop":"{crop}","interpolation":"bicubic"}}}}"#
+        );
+        let end = json.rfind('}').unwrap();
+        format!("{}{pre}", &json[..end])
+    }
+
     fn bundle_dir(json: &str) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         for f in ["tok.json", "img.onnx", "txt.onnx", "dense.safetensors"] {
@@ -275,6 +374,113 @@ mod tests {
             err.contains("txt.onnx") && err.contains("does not exist"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn existing_bundles_serialise_exactly_as_written() {
+        // New settings default to today's behaviour and are left out when they do, so the
+        // fingerprint of a bundle written before them does not change.
+        for name in ["tiny-clip", "tiny-clip-tokens"] {
+            let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(name);
+            let bundle = Bundle::load(&dir).unwrap();
+            let written: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(dir.join(MANIFEST)).unwrap()).unwrap();
+            // f32 settings come back as their f64 widening: compare the fields, not the digits.
+            fn shape(v: serde_json::Value) -> serde_json::Value {
+                match v {
+                    serde_json::Value::Number(_) => serde_json::Value::Null,
+                    serde_json::Value::Array(a) => a.into_iter().map(shape).collect(),
+                    serde_json::Value::Object(o) => {
+                        o.into_iter().map(|(k, v)| (k, shape(v))).collect()
+                    }
+                    other => other,
+                }
+            }
+            let ours = serde_json::to_value(&bundle.manifest).unwrap();
+            assert_eq!(shape(ours), shape(written), "{name}");
+            let text = &bundle.manifest.text;
+            assert_eq!(
+                (text.tokenizer_kind, text.clean, text.padding, text.pad_id),
+                (
+                    TokenizerKind::WordPiece,
+                    TextClean::Trim,
+                    Padding::Longest,
+                    0
+                )
+            );
+            assert_eq!(text.attention_mask.as_deref(), Some("attention_mask"));
+            assert!(!bundle.manifest.outputs_normalized);
+        }
+    }
+
+    #[test]
+    fn unknown_values_are_refused_naming_the_field() {
+        for (from, to, field) in [
+            (
+                r#""resize":"shortest_edge""#,
+                r#""resize":"longest""#,
+                "preprocess.resize",
+            ),
+            (
+                r#""interpolation":"bicubic""#,
+                r#""interpolation":"lanczos""#,
+                "preprocess.interpolation",
+            ),
+            (
+                r#""pooling":"none""#,
+                r#""pooling":"none","padding":"max""#,
+                "text.padding",
+            ),
+            (
+                r#""pooling":"none""#,
+                r#""pooling":"none","tokenizer_kind":"spm""#,
+                "text.tokenizer_kind",
+            ),
+        ] {
+            let json = with_preprocess(&manifest_json("none", None), "shortest_edge", "center");
+            let json = json.replacen(from, to, 1);
+            let dir = bundle_dir(&json);
+            let err = format!("{:#}", Bundle::load(dir.path()).unwrap_err());
+            assert!(
+                err.contains(&format!("`{field}`")) && err.contains("unknown variant"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn contradictory_resize_and_crop_are_refused() {
+        for (resize, crop) in [
+            ("squash", "center"),
+            ("squash", "center_round"),
+            ("shortest_edge", "none"),
+        ] {
+            let dir = bundle_dir(&with_preprocess(&manifest_json("none", None), resize, crop));
+            let err = Bundle::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("`preprocess.crop`"), "{resize}+{crop}: {err}");
+        }
+        for (resize, crop) in [("squash", "none"), ("shortest_edge", "center_round")] {
+            let dir = bundle_dir(&with_preprocess(&manifest_json("none", None), resize, crop));
+            assert!(Bundle::load(dir.path()).is_ok(), "{resize}+{crop}");
+        }
+        let json = manifest_json("none", None).replacen(
+            r#""output":"out""#,
+            r#""output":"out","input_ids":"text","attention_mask":"text""#,
+            1,
+        );
+        let err = Bundle::load(bundle_dir(&json).path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`text.attention_mask`"), "{err}");
+        let json = manifest_json("none", None).replacen(
+            r#""output":"out""#,
+            r#""output":"out","attention_mask":null"#,
+            1,
+        );
+        let b = Bundle::load(bundle_dir(&json).path()).unwrap();
+        assert_eq!(b.manifest.text.attention_mask, None);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub use preprocess::DecodeOptions;
 
 use batcher::{Admission, Job, Queue, QueueConfig};
 use bundle::Preprocess;
-use text::TextTokenizer;
+use text::{TextTokenizer, TokenizerSettings};
 use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
 
 /// Engine settings; every field has a CLI flag in `sightline serve`.
@@ -138,19 +138,33 @@ impl Engine {
     pub fn start(model_dir: &Path, opts: EngineOptions) -> Result<Engine> {
         let bundle = Bundle::load(model_dir)?;
         let m = &bundle.manifest;
-        let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), m.max_seq_len)?;
+        let tokenizer = TextTokenizer::load(&bundle.path(&m.tokenizer), TokenizerSettings::of(m))?;
         let mut text_model = TextModel::open(&bundle, opts.threads)?;
         // A probe through the encoder: a manifest whose `dimensions` do not match the graph
         // fails here, at start, rather than failing every batch with a 500 (issue 6, F4).
         let probe = tokenizer.tokenize("probe")?;
-        text_model.run(&[&probe.ids]).context(
+        let probed = text_model.run(&[&probe.ids]).context(
             "the text encoder failed its start-up probe (check `dimensions` in sightline.json)",
         )?;
+        if m.outputs_normalized {
+            let norm = probed[0]
+                .iter()
+                .map(|v| f64::from(*v).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            anyhow::ensure!(
+                (norm - 1.0).abs() < 1e-3,
+                "`outputs_normalized` is true in sightline.json, but the text encoder's probe \
+                 vector has length {norm:.4}"
+            );
+        }
+        // Unit-length either way: the workers normalise, or the graphs already did.
+        let normalized = opts.normalize || m.outputs_normalized;
         let info = ModelInfo {
             name: m.name.clone(),
             dimensions: m.dimensions,
-            normalized: opts.normalize,
-            similarity: Similarity::for_vectors(opts.normalize),
+            normalized,
+            similarity: Similarity::for_vectors(normalized),
             modalities: [Modality::Image, Modality::Text]
                 .map(|modality| modality.label().to_owned())
                 .to_vec(),

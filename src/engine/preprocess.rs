@@ -12,7 +12,7 @@ use std::io::Cursor;
 use fast_image_resize as fr;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
 
-use super::bundle::Preprocess;
+use super::bundle::{CropRule, Interpolation, Preprocess, ResizeRule};
 use super::error::EmbedError;
 use super::format;
 use super::jpeg;
@@ -46,7 +46,7 @@ pub fn preprocess(
     opts: &DecodeOptions,
 ) -> Result<Vec<f32>, EmbedError> {
     let rgb = decode_rgb(bytes, opts, cfg.size)?;
-    let crop = resize_crop(&rgb, cfg.size)?;
+    let crop = resize_crop(&rgb, cfg)?;
     Ok(normalize(&crop, cfg))
 }
 
@@ -398,13 +398,22 @@ pub fn resized_dims(w: u32, h: u32, size: u32) -> (u32, u32) {
     }
 }
 
-/// Resize shorter side to `size` with antialiased Catmull-Rom (PIL BICUBIC) and take the
-/// centred `size × size` window. Only the window is computed: resizing through a source crop
-/// box gives the same pixels as resizing the whole image and cropping afterwards.
-pub fn resize_crop(rgb: &RgbImage, size: u32) -> Result<RgbImage, EmbedError> {
+/// Resize and crop to the model's `size × size` input as `cfg` says (see [`Preprocess`]): the
+/// shorter side to `size` and a centred window, or the whole image squashed to the square. Only
+/// the window is computed: resizing through a source crop box gives the same pixels as resizing
+/// the whole image and cropping afterwards.
+pub fn resize_crop(rgb: &RgbImage, cfg: &Preprocess) -> Result<RgbImage, EmbedError> {
+    let size = cfg.size;
     let (w, h) = rgb.dimensions();
-    let (nw, nh) = resized_dims(w, h, size);
-    let (left, top) = ((nw - size) / 2, (nh - size) / 2);
+    let (nw, nh) = match cfg.resize {
+        ResizeRule::ShortestEdge => resized_dims(w, h, size),
+        ResizeRule::Squash => (size, size),
+    };
+    let offset = |extra: u32| match cfg.crop {
+        CropRule::Center | CropRule::None => extra / 2,
+        CropRule::CenterRound => half_to_even(extra),
+    };
+    let (left, top) = (offset(nw - size), offset(nh - size));
     let (sx, sy) = (f64::from(w) / f64::from(nw), f64::from(h) / f64::from(nh));
     let src = fr::images::ImageRef::new(w, h, rgb.as_raw(), fr::PixelType::U8x3)
         .map_err(|e| EmbedError::bad_input(format!("image buffer: {e}")))?;
@@ -414,13 +423,27 @@ pub fn resize_crop(rgb: &RgbImage, size: u32) -> Result<RgbImage, EmbedError> {
     let (x0, y0) = (f64::from(left) * sx, f64::from(top) * sy);
     let crop_w = (f64::from(size) * sx).min(f64::from(w) - x0);
     let crop_h = (f64::from(size) * sy).min(f64::from(h) - y0);
+    let filter = match cfg.interpolation {
+        Interpolation::Bicubic => fr::FilterType::CatmullRom,
+        Interpolation::Bilinear => fr::FilterType::Bilinear,
+    };
     let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom))
+        .resize_alg(fr::ResizeAlg::Convolution(filter))
         .crop(x0, y0, crop_w, crop_h);
     fr::Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| EmbedError::bad_input(format!("cannot resize the image: {e}")))?;
     RgbImage::from_raw(size, size, dst.into_vec()).ok_or_else(|| buffer_error(size, size))
+}
+
+/// `int(round(extra / 2.0))` in Python: an odd `extra` gives a half, rounded to the even side.
+fn half_to_even(extra: u32) -> u32 {
+    let half = extra / 2;
+    if extra % 2 == 1 && half % 2 == 1 {
+        half + 1
+    } else {
+        half
+    }
 }
 
 /// `(p / 255 − mean) / std` per channel, NCHW.
@@ -475,9 +498,83 @@ mod tests {
         sizes.extend((1..60).map(|i| (97 * i % 2000 + 1, 61 * i % 1500 + 1)));
         for (w, h) in sizes {
             let rgb = RgbImage::new(w, h);
-            let out = resize_crop(&rgb, 224).unwrap_or_else(|e| panic!("{w}×{h}: {e}"));
-            assert_eq!(out.dimensions(), (224, 224), "{w}×{h}");
+            for cfg in every_resize_rule() {
+                let out = resize_crop(&rgb, &cfg).unwrap_or_else(|e| panic!("{w}×{h}: {e}"));
+                assert_eq!(out.dimensions(), (cfg.size, cfg.size), "{w}×{h} {cfg:?}");
+            }
         }
+    }
+
+    /// The default and each open_clip family's resize rule.
+    fn every_resize_rule() -> Vec<Preprocess> {
+        let base = Preprocess::default();
+        vec![
+            base.clone(),
+            Preprocess {
+                crop: CropRule::CenterRound,
+                ..base.clone()
+            },
+            Preprocess {
+                size: 384,
+                resize: ResizeRule::Squash,
+                crop: CropRule::None,
+                interpolation: Interpolation::Bilinear,
+                ..base
+            },
+        ]
+    }
+
+    #[test]
+    fn centre_offsets_floor_or_round_half_to_even() {
+        // Python: int(round(d / 2.0)) for d = 0..8 is 0, 0, 1, 2, 2, 2, 3, 4, 4.
+        let rounded: Vec<u32> = (0..9).map(half_to_even).collect();
+        assert_eq!(rounded, [0, 0, 1, 2, 2, 2, 3, 4, 4]);
+        // 481×321 → 335×224: 111 spare columns, the window starts at 55 floored, 56 rounded.
+        // Each crop must be that window of the whole resized image.
+        let img = RgbImage::from_fn(481, 321, |x, y| {
+            image::Rgb([
+                (x * 37 % 251) as u8,
+                (y * 11 % 253) as u8,
+                ((x ^ y) % 256) as u8,
+            ])
+        });
+        let src = fr::images::ImageRef::new(481, 321, img.as_raw(), fr::PixelType::U8x3).unwrap();
+        let mut whole = fr::images::Image::new(335, 224, fr::PixelType::U8x3);
+        let bicubic = fr::ResizeOptions::new()
+            .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::CatmullRom));
+        fr::Resizer::new()
+            .resize(&src, &mut whole, &bicubic)
+            .unwrap();
+        let whole = RgbImage::from_raw(335, 224, whole.into_vec()).unwrap();
+        let max_diff = |crop: &RgbImage, left: u32| {
+            crop.enumerate_pixels()
+                .flat_map(|(x, y, p)| {
+                    let q = whole.get_pixel(x + left, y);
+                    (0..3).map(move |c| p[c].abs_diff(q[c]))
+                })
+                .max()
+                .unwrap()
+        };
+        let floor = resize_crop(&img, &Preprocess::default()).unwrap();
+        let round = resize_crop(&img, &every_resize_rule()[1]).unwrap();
+        assert!(max_diff(&floor, 55) <= 1 && max_diff(&round, 56) <= 1);
+        assert!(max_diff(&floor, 56) > 50 && max_diff(&round, 55) > 50);
+    }
+
+    #[test]
+    fn squash_keeps_the_whole_image() {
+        // Left half black, right half white: squashed, the edge stays in the middle; a centre
+        // crop of the shortest-edge resize would be all white or all black at the borders too.
+        let img = RgbImage::from_fn(1000, 100, |x, _| {
+            image::Rgb(if x < 500 { [0; 3] } else { [255; 3] })
+        });
+        let cfg = &every_resize_rule()[2];
+        let out = resize_crop(&img, cfg).unwrap();
+        assert_eq!(out.dimensions(), (384, 384));
+        assert_eq!(out.get_pixel(0, 200).0, [0; 3]);
+        assert_eq!(out.get_pixel(383, 200).0, [255; 3]);
+        assert_eq!(out.get_pixel(150, 0).0, [0; 3]);
+        assert_eq!(out.get_pixel(233, 383).0, [255; 3]);
     }
 
     #[test]

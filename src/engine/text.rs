@@ -1,6 +1,8 @@
-//! Text side: tokenisation (trim, WordPiece, truncation to `max_seq_len` flagged rather than
-//! failed), per-batch padding, and for text form (b) the masked mean pooling and the Dense
-//! projection that sentence-transformers applies after the transformer (model.md §1.1).
+//! Text side: tokenisation (trim or open_clip's white-space clean, the bundle's `tokenizer.json`
+//! of the declared kind, truncation to `max_seq_len` flagged rather than failed), padding
+//! (per batch, or to a fixed length with the bundle's pad id), and for text form (b) the masked
+//! mean pooling and the Dense projection that sentence-transformers applies after the
+//! transformer (model.md §1.1).
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer, TruncationParams};
 use unicode_categories::UnicodeCategories;
 
+use super::bundle::{Manifest, Padding, TextClean, TokenizerKind};
 use super::error::EmbedError;
 
 /// Token ids of one text, with [CLS] and [SEP].
@@ -24,19 +27,89 @@ pub struct Tokens {
     pub truncated: bool,
 }
 
-/// The tokenizer configured the way sentence-transformers configures it.
+/// What the manifest says about tokenizing (see [`TextEncoder`](super::bundle::TextEncoder)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenizerSettings {
+    pub max_seq_len: usize,
+    pub kind: TokenizerKind,
+    pub clean: TextClean,
+    pub pad_id: u32,
+}
+
+impl TokenizerSettings {
+    pub fn of(m: &Manifest) -> TokenizerSettings {
+        TokenizerSettings {
+            max_seq_len: m.max_seq_len,
+            kind: m.text.tokenizer_kind,
+            clean: m.text.clean,
+            pad_id: m.text.pad_id,
+        }
+    }
+
+    /// The default model's settings (sentence-transformers, mBERT WordPiece) at `max_seq_len`.
+    pub fn word_piece(max_seq_len: usize) -> TokenizerSettings {
+        TokenizerSettings {
+            max_seq_len,
+            kind: TokenizerKind::WordPiece,
+            clean: TextClean::Trim,
+            pad_id: 0,
+        }
+    }
+}
+
+/// The kind of model a `tokenizer.json` holds, if it is one a bundle can declare.
+fn tokenizer_kind(tokenizer: &Tokenizer) -> Option<TokenizerKind> {
+    match tokenizer.get_model() {
+        ModelWrapper::WordPiece(_) => Some(TokenizerKind::WordPiece),
+        ModelWrapper::Unigram(_) => Some(TokenizerKind::Unigram),
+        ModelWrapper::BPE(_) => Some(TokenizerKind::Bpe),
+        ModelWrapper::WordLevel(_) => None,
+    }
+}
+
+/// The kind of the `tokenizer.json` at `path` (what `model init` records in the manifest).
+pub fn detect_kind(path: &Path) -> Result<TokenizerKind> {
+    let tokenizer = Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("cannot load the tokenizer `{}`", path.display()))?;
+    tokenizer_kind(&tokenizer).with_context(|| {
+        format!(
+            "the tokenizer `{}` is a WordLevel model: only WordPiece, Unigram and BPE are supported",
+            path.display()
+        )
+    })
+}
+
+/// The tokenizer configured the way the bundle's model family configures it.
 pub struct TextTokenizer {
     tokenizer: Tokenizer,
+    clean: TextClean,
     /// How to bound the work of a long text; `None` for a tokenizer outside the BERT family
     /// the bound is derived for, whose texts are tokenized whole.
     bound: Option<BertBound>,
 }
 
 impl TextTokenizer {
-    pub fn load(path: &Path, max_seq_len: usize) -> Result<TextTokenizer> {
+    pub fn load(path: &Path, settings: TokenizerSettings) -> Result<TextTokenizer> {
+        let max_seq_len = settings.max_seq_len;
         let mut tokenizer = Tokenizer::from_file(path)
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("cannot load the tokenizer `{}`", path.display()))?;
+        let found = tokenizer_kind(&tokenizer);
+        ensure!(
+            found == Some(settings.kind),
+            "the tokenizer `{}` is {}, but `text.tokenizer_kind` says {:?}",
+            path.display(),
+            found.map_or("a WordLevel model".to_owned(), |k| format!("{k:?}")),
+            settings.kind
+        );
+        ensure!(
+            tokenizer.id_to_token(settings.pad_id).is_some(),
+            "`text.pad_id` {} is not an id of the tokenizer `{}` ({} ids)",
+            settings.pad_id,
+            path.display(),
+            tokenizer.get_vocab_size(true)
+        );
         // The real tokenizer.json stores no truncation block (model.md §8): always set it here.
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -55,20 +128,28 @@ impl TextTokenizer {
                 None
             }
         };
-        Ok(TextTokenizer { tokenizer, bound })
+        Ok(TextTokenizer {
+            tokenizer,
+            clean: settings.clean,
+            bound,
+        })
     }
 
-    /// Trims like sentence-transformers, then tokenizes; an empty text is an input error.
-    /// The ids are those of the whole text, however long it is; the work is bounded by
-    /// [`BertBound`] (a few hundred words are tokenized, whatever the text's size).
+    /// Cleans the text as the bundle says (trim, or open_clip's white-space clean), then
+    /// tokenizes; an empty text is an input error. The ids are those of the whole text, however
+    /// long it is; for BERT-family tokenizers the work is bounded by [`BertBound`] (a few
+    /// hundred words are tokenized, whatever the text's size).
     pub fn tokenize(&self, text: &str) -> Result<Tokens, EmbedError> {
-        let text = text.trim();
+        let text = match self.clean {
+            TextClean::Trim => Cow::Borrowed(text.trim()),
+            TextClean::Whitespace => Cow::Owned(collapse_whitespace(text)),
+        };
         if text.is_empty() {
             return Err(EmbedError::bad_input("the text is empty"));
         }
         match &self.bound {
-            Some(bound) => self.encode(&bound.equivalent_prefix(text)),
-            None => self.encode(text),
+            Some(bound) => self.encode(&bound.equivalent_prefix(&text)),
+            None => self.encode(&text),
         }
     }
 
@@ -341,13 +422,43 @@ fn is_bert_punctuation(c: char) -> bool {
     c.is_ascii_punctuation() || c.is_punctuation()
 }
 
-/// Pads a batch to its longest member with id 0 and builds the attention mask.
+/// open_clip's `whitespace_clean`: every run of white space one space, none at either end.
+/// White space is Unicode's White_Space property (`char::is_whitespace`).
+fn collapse_whitespace(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// How [`pad_batch`] pads: the manifest's `text.padding`, `max_seq_len` and `text.pad_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PadSettings {
+    pub padding: Padding,
+    pub max_seq_len: usize,
+    pub pad_id: i64,
+}
+
+impl PadSettings {
+    pub fn of(m: &Manifest) -> PadSettings {
+        PadSettings {
+            padding: m.text.padding,
+            max_seq_len: m.max_seq_len,
+            pad_id: i64::from(m.text.pad_id),
+        }
+    }
+}
+
+/// Pads a batch to its longest member (or to `max_seq_len` with fixed padding) with the pad id
+/// and builds the attention mask (1 for real tokens).
 pub fn pad_batch<'a>(
     batch: impl ExactSizeIterator<Item = &'a [i64]> + Clone,
+    pad: PadSettings,
 ) -> (Array2<i64>, Array2<i64>) {
     let rows = batch.len();
-    let cols = batch.clone().map(<[i64]>::len).max().unwrap_or(0);
-    let mut ids = Array2::<i64>::zeros((rows, cols));
+    let longest = batch.clone().map(<[i64]>::len).max().unwrap_or(0);
+    let cols = match pad.padding {
+        Padding::Longest => longest,
+        Padding::Fixed => pad.max_seq_len.max(longest),
+    };
+    let mut ids = Array2::<i64>::from_elem((rows, cols), pad.pad_id);
     let mut mask = Array2::<i64>::zeros((rows, cols));
     for (r, seq) in batch.enumerate() {
         for (c, &id) in seq.iter().enumerate() {
@@ -433,7 +544,7 @@ mod tests {
     fn bundle_tokenizer(max_seq_len: usize) -> TextTokenizer {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
-        TextTokenizer::load(&path, max_seq_len).unwrap()
+        TextTokenizer::load(&path, TokenizerSettings::word_piece(max_seq_len)).unwrap()
     }
 
     /// The bundle's tokenizer with its normaliser's `lowercase` set (accents kept).
@@ -447,7 +558,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, json.to_string()).unwrap();
-        let tokenizer = TextTokenizer::load(&path, max_seq_len).unwrap();
+        let tokenizer =
+            TextTokenizer::load(&path, TokenizerSettings::word_piece(max_seq_len)).unwrap();
         assert!(tokenizer.bound.as_ref().is_some_and(|b| b.lowercase));
         tokenizer
     }
@@ -689,7 +801,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokenizer.json");
         std::fs::write(&path, json.to_string()).unwrap();
-        let t = TextTokenizer::load(&path, 16).unwrap();
+        let t = TextTokenizer::load(&path, TokenizerSettings::word_piece(16)).unwrap();
         assert!(t.bound.is_none());
         let text = repeat_to("dog!!! ", 4 << 10);
         assert_same_as_whole(&t, "Whitespace pre-tokenizer", &text);
@@ -699,9 +811,68 @@ mod tests {
     fn padding_fills_zeros_and_masks_them() {
         let a = [101i64, 7, 102];
         let b = [101i64, 102];
-        let (ids, mask) = pad_batch([&a[..], &b[..]].into_iter());
+        let longest = PadSettings {
+            padding: Padding::Longest,
+            max_seq_len: 128,
+            pad_id: 0,
+        };
+        let (ids, mask) = pad_batch([&a[..], &b[..]].into_iter(), longest);
         assert_eq!(ids, ndarray::arr2(&[[101, 7, 102], [101, 102, 0]]));
         assert_eq!(mask, ndarray::arr2(&[[1, 1, 1], [1, 1, 0]]));
+    }
+
+    #[test]
+    fn fixed_padding_fills_the_context_with_the_pad_id() {
+        let a = [0i64, 7, 2];
+        let fixed = PadSettings {
+            padding: Padding::Fixed,
+            max_seq_len: 5,
+            pad_id: 1,
+        };
+        let (ids, mask) = pad_batch([&a[..]].into_iter(), fixed);
+        assert_eq!(ids, ndarray::arr2(&[[0, 7, 2, 1, 1]]));
+        assert_eq!(mask, ndarray::arr2(&[[1, 1, 1, 0, 0]]));
+    }
+
+    #[test]
+    fn kind_and_pad_id_are_checked_against_the_file() {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let unigram = TokenizerSettings {
+            kind: TokenizerKind::Unigram,
+            ..TokenizerSettings::word_piece(16)
+        };
+        let err = TextTokenizer::load(&path, unigram)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("WordPiece") && err.contains("`text.tokenizer_kind`"),
+            "{err}"
+        );
+        let far = TokenizerSettings {
+            pad_id: 1 << 30,
+            ..TokenizerSettings::word_piece(16)
+        };
+        let err = TextTokenizer::load(&path, far).err().unwrap().to_string();
+        assert!(err.contains("`text.pad_id`"), "{err}");
+    }
+
+    #[test]
+    fn whitespace_clean_collapses_runs_like_open_clip() {
+        assert_eq!(collapse_whitespace("  a \t\n b\u{3000}c  "), "a b c");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip/tokenizer.json");
+        let clean = TokenizerSettings {
+            clean: TextClean::Whitespace,
+            ..TokenizerSettings::word_piece(16)
+        };
+        let t = TextTokenizer::load(&path, clean).unwrap();
+        assert_eq!(
+            t.tokenize(" dog \n\n cat ").unwrap(),
+            t.tokenize("dog cat").unwrap()
+        );
+        assert!(t.tokenize("\u{3000}\t").is_err());
     }
 
     #[test]

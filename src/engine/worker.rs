@@ -12,13 +12,13 @@ use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::{Array2, Array4, Ix2, Ix3};
 use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorElementType, ValueType};
 
 use super::batcher::{collect, timeout_error, triage, Receiver, Triage};
 use super::bundle::Bundle;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
-use super::text::{pad_batch, Dense};
+use super::text::{pad_batch, Dense, PadSettings};
 use crate::metrics;
 
 /// A model that turns a batch of prepared inputs into one raw vector per input.
@@ -34,6 +34,39 @@ pub(crate) struct ImageModel {
     output: String,
     size: usize,
     dimensions: usize,
+    /// Inputs per run: 1 when the graph fixes its batch dimension to 1 (Immich's exports).
+    rows_per_run: usize,
+}
+
+/// Element type and shape (−1 for dynamic) of the graph input `name`, if it is a tensor.
+fn input_sig(session: &Session, name: &str) -> Option<(TensorElementType, Vec<i64>)> {
+    let outlet = session.inputs().iter().find(|o| o.name() == name)?;
+    match outlet.dtype() {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+/// 1 when the input's batch dimension is fixed to 1, else unbounded.
+fn rows_per_run(shape: &[i64]) -> usize {
+    if shape.first() == Some(&1) {
+        1
+    } else {
+        usize::MAX
+    }
+}
+
+/// Runs `inputs` in slices of at most `rows` and concatenates the answers.
+fn in_slices<T>(
+    inputs: &[&T],
+    rows: usize,
+    mut run: impl FnMut(&[&T]) -> Result<Vec<Vec<f32>>>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for slice in inputs.chunks(rows) {
+        out.extend(run(slice)?);
+    }
+    Ok(out)
 }
 
 impl ImageModel {
@@ -46,7 +79,9 @@ impl ImageModel {
         let session =
             super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, prepacked)?;
         check_names(&session, &[&m.image.input], &m.image.output, "image")?;
+        let shape = input_sig(&session, &m.image.input).map_or_else(Vec::new, |(_, s)| s);
         Ok(ImageModel {
+            rows_per_run: rows_per_run(&shape),
             session,
             input: m.image.input.clone(),
             output: m.image.output.clone(),
@@ -61,6 +96,12 @@ impl BatchModel for ImageModel {
     type Input = Vec<f32>;
 
     fn run(&mut self, inputs: &[&Vec<f32>]) -> Result<Vec<Vec<f32>>> {
+        in_slices(inputs, self.rows_per_run, |slice| self.run_slice(slice))
+    }
+}
+
+impl ImageModel {
+    fn run_slice(&mut self, inputs: &[&Vec<f32>]) -> Result<Vec<Vec<f32>>> {
         let plane = 3 * self.size * self.size;
         let mut data = Vec::with_capacity(inputs.len() * plane);
         for t in inputs {
@@ -82,33 +123,60 @@ impl BatchModel for ImageModel {
 pub(crate) struct TextModel {
     session: Session,
     input_ids: String,
-    attention_mask: String,
+    /// `None`: the graph derives the mask itself (open_clip exports).
+    attention_mask: Option<String>,
+    /// The token inputs are int32 (Immich's open_clip exports), not int64.
+    int32: bool,
     output: String,
     dense: Option<Dense>,
     dimensions: usize,
+    pad: PadSettings,
+    rows_per_run: usize,
 }
 
 impl TextModel {
     pub(crate) fn open(bundle: &Bundle, threads: usize) -> Result<TextModel> {
         let m = &bundle.manifest;
         let session = super::runtime::open_session(&bundle.path(&m.text.onnx), threads)?;
-        check_names(
-            &session,
-            &[&m.text.input_ids, &m.text.attention_mask],
-            &m.text.output,
-            "text",
-        )?;
+        let mut inputs = vec![m.text.input_ids.as_str()];
+        inputs.extend(m.text.attention_mask.as_deref());
+        check_names(&session, &inputs, &m.text.output, "text")?;
+        let (elem, shape) = input_sig(&session, &m.text.input_ids)
+            .with_context(|| format!("the text input `{}` is not a tensor", m.text.input_ids))?;
+        let int32 = match elem {
+            TensorElementType::Int64 => false,
+            TensorElementType::Int32 => true,
+            other => {
+                return Err(anyhow!(
+                    "the text input `{}` is {other}: Sightline feeds int64 or int32 token ids",
+                    m.text.input_ids
+                ))
+            }
+        };
+        let pad = PadSettings::of(m);
+        // A graph with a fixed sequence length takes exactly that many tokens per row.
+        if let Some(&len) = shape.get(1).filter(|&&l| l > 0) {
+            ensure!(
+                pad.padding == super::bundle::Padding::Fixed && len as usize == m.max_seq_len,
+                "the text input `{}` has a fixed length of {len} tokens: set `text.padding` to \
+                 `fixed` and `max_seq_len` to {len} in sightline.json",
+                m.text.input_ids
+            );
+        }
         let dense = match &m.text.dense {
             Some(file) => Some(Dense::load(&bundle.path(file), m.dimensions)?),
             None => None,
         };
         Ok(TextModel {
+            rows_per_run: rows_per_run(&shape),
             session,
             input_ids: m.text.input_ids.clone(),
             attention_mask: m.text.attention_mask.clone(),
+            int32,
             output: m.text.output.clone(),
             dense,
             dimensions: m.dimensions,
+            pad,
         })
     }
 }
@@ -118,11 +186,28 @@ impl BatchModel for TextModel {
     type Input = Vec<i64>;
 
     fn run(&mut self, inputs: &[&Vec<i64>]) -> Result<Vec<Vec<f32>>> {
-        let (ids, mask) = pad_batch(inputs.iter().map(|v| v.as_slice()));
-        let outputs = self.session.run(ort::inputs![
-            self.input_ids.as_str() => Tensor::from_array(ids)?,
-            self.attention_mask.as_str() => Tensor::from_array(mask.clone())?,
-        ])?;
+        in_slices(inputs, self.rows_per_run, |slice| self.run_slice(slice))
+    }
+}
+
+impl TextModel {
+    /// A token tensor in the element type the graph takes (ids fit in i32: vocabularies are
+    /// far below 2³¹).
+    fn token_tensor(&self, values: &Array2<i64>) -> Result<ort::value::DynValue> {
+        Ok(if self.int32 {
+            Tensor::from_array(values.mapv(|v| v as i32))?.into_dyn()
+        } else {
+            Tensor::from_array(values.clone())?.into_dyn()
+        })
+    }
+
+    fn run_slice(&mut self, inputs: &[&Vec<i64>]) -> Result<Vec<Vec<f32>>> {
+        let (ids, mask) = pad_batch(inputs.iter().map(|v| v.as_slice()), self.pad);
+        let mut feeds = vec![(self.input_ids.clone(), self.token_tensor(&ids)?)];
+        if let Some(name) = &self.attention_mask {
+            feeds.push((name.clone(), self.token_tensor(&mask)?));
+        }
+        let outputs = self.session.run(feeds)?;
         let out = outputs[self.output.as_str()].try_extract_array::<f32>()?;
         let vectors = match &self.dense {
             None => out

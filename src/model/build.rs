@@ -11,17 +11,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
 use super::inspect::{
-    dense_shape, image_signature, inspect, probe_image_dimensions, text_signature, GraphSig,
-    TensorOverrides,
+    dense_shape, image_signature, inspect, open_clip_text_signature, probe_image_dimensions,
+    text_signature, GraphSig, TensorOverrides,
 };
 use super::install::{
     existing_bundle, install, link_or_copy, same_bundle, Staging, DENSE_FILE, IMAGE_FILE,
     TEXT_FILE, TOKENIZER_FILE,
 };
-use crate::engine::bundle::{Bundle, ImageEncoder, Manifest, Preprocess, TextEncoder, MANIFEST};
+use super::open_clip::OpenClipExport;
+use crate::engine::bundle::{
+    Bundle, ImageEncoder, Manifest, Padding, Preprocess, TextClean, TextEncoder, TextPooling,
+    TokenizerKind, MANIFEST,
+};
 use crate::engine::format::sample_jpeg;
 use crate::engine::runtime::open_session;
-use crate::engine::text::TextTokenizer;
+use crate::engine::text::{detect_kind, TextTokenizer, TokenizerSettings};
 use crate::engine::{Engine, EngineOptions, Item};
 
 /// Preprocessing size when the graph's spatial dimensions are dynamic (CLIP ViT-B/32).
@@ -43,6 +47,44 @@ pub struct BundleSpec {
     pub overrides: TensorOverrides,
     /// Refuse files whose vectors have another length (a known model's `pull`).
     pub expect_dimensions: Option<usize>,
+    pub family: Family,
+}
+
+/// Where the settings the graphs do not show come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Family {
+    /// sentence-transformers text (form a or b) beside a CLIP image tower: model.md's settings.
+    SentenceTransformers,
+    /// An open_clip export (`open_clip.rs`): its preprocessing and its tokenizer's pad id.
+    OpenClip { preprocess: Preprocess, pad_id: u32 },
+}
+
+impl BundleSpec {
+    /// The spec for an open_clip export directory (`model init --from-open-clip`, and `pull`
+    /// of an open_clip preset once its files are in the cache).
+    pub fn from_open_clip(
+        export: &OpenClipExport,
+        name: String,
+        out: PathBuf,
+        force: bool,
+    ) -> BundleSpec {
+        BundleSpec {
+            name,
+            image_onnx: export.visual.clone(),
+            text_onnx: export.textual.clone(),
+            tokenizer: export.tokenizer.clone(),
+            dense: None,
+            max_seq_len: export.context_length,
+            out,
+            force,
+            overrides: TensorOverrides::default(),
+            expect_dimensions: Some(export.dimensions),
+            family: Family::OpenClip {
+                preprocess: export.preprocess.clone(),
+                pad_id: export.pad_id,
+            },
+        }
+    }
 }
 
 /// What [`create_bundle`] did to the target directory.
@@ -215,7 +257,80 @@ fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
     drop(image_session);
 
     let text_graph = inspect(&spec.text_onnx).context("cannot open the text encoder")?;
-    let text = text_signature(&text_graph, spec.dense.is_some(), &spec.overrides)
+    let tokenizer_kind = detect_kind(&spec.tokenizer)?;
+    let (text, text_dims) = match &spec.family {
+        Family::SentenceTransformers => {
+            sentence_transformers_text(spec, &text_graph, tokenizer_kind)?
+        }
+        Family::OpenClip { pad_id, .. } => {
+            open_clip_text(spec, &text_graph, tokenizer_kind, *pad_id)?
+        }
+    };
+    if let Some(text_dims) = text_dims {
+        ensure!(
+            text_dims == image_dims,
+            "text vectors would have {text_dims} dimensions but image vectors {image_dims}: \
+             the encoders do not share one embedding space"
+        );
+    }
+    if let Some(expected) = spec.expect_dimensions {
+        ensure!(
+            image_dims == expected,
+            "the encoders produce {image_dims}-dimensional vectors, expected {expected} for `{}`",
+            spec.name
+        );
+    }
+    TextTokenizer::load(
+        &spec.tokenizer,
+        TokenizerSettings {
+            max_seq_len: spec.max_seq_len,
+            kind: text.tokenizer_kind,
+            clean: text.clean,
+            pad_id: text.pad_id,
+        },
+    )?;
+    let (preprocess, outputs_normalized) = match &spec.family {
+        Family::SentenceTransformers => (
+            Preprocess {
+                size,
+                ..Preprocess::default()
+            },
+            false,
+        ),
+        Family::OpenClip { preprocess, .. } => {
+            ensure!(
+                image.size.is_none_or(|s| s == preprocess.size),
+                "the image encoder takes {size}×{size} images but `preprocess_cfg.json` says `size` {}",
+                preprocess.size
+            );
+            // Immich's exports call `encode_image(normalize=True)`, `encode_text(normalize=True)`.
+            (preprocess.clone(), true)
+        }
+    };
+
+    Ok(Manifest {
+        name: spec.name.clone(),
+        dimensions: image_dims,
+        max_seq_len: spec.max_seq_len,
+        tokenizer: TOKENIZER_FILE.to_owned(),
+        image: ImageEncoder {
+            onnx: IMAGE_FILE.to_owned(),
+            input: image.input,
+            output: image.output,
+        },
+        text,
+        preprocess,
+        outputs_normalized,
+    })
+}
+
+/// The text encoder of a sentence-transformers model, form (a) or (b) (model.md §3).
+fn sentence_transformers_text(
+    spec: &BundleSpec,
+    graph: &GraphSig,
+    tokenizer_kind: TokenizerKind,
+) -> Result<(TextEncoder, Option<usize>)> {
+    let text = text_signature(graph, spec.dense.is_some(), &spec.overrides)
         .with_context(|| format!("--text-onnx `{}`", spec.text_onnx.display()))?;
     let text_dims = match &spec.dense {
         Some(dense) => {
@@ -233,45 +348,53 @@ fn plan_manifest(spec: &BundleSpec) -> Result<Manifest> {
         }
         None => text.width,
     };
-    if let Some(text_dims) = text_dims {
-        ensure!(
-            text_dims == image_dims,
-            "text vectors would have {text_dims} dimensions but image vectors {image_dims}: \
-             the encoders do not share one embedding space"
-        );
-    }
-    if let Some(expected) = spec.expect_dimensions {
-        ensure!(
-            image_dims == expected,
-            "the encoders produce {image_dims}-dimensional vectors, expected {expected} for `{}`",
-            spec.name
-        );
-    }
-    TextTokenizer::load(&spec.tokenizer, spec.max_seq_len)?;
+    let encoder = TextEncoder {
+        onnx: TEXT_FILE.to_owned(),
+        input_ids: text.input_ids,
+        attention_mask: Some(text.attention_mask),
+        output: text.output,
+        pooling: text.pooling,
+        dense: spec.dense.as_ref().map(|_| DENSE_FILE.to_owned()),
+        tokenizer_kind,
+        clean: TextClean::Trim,
+        padding: Padding::Longest,
+        pad_id: 0,
+    };
+    Ok((encoder, text_dims))
+}
 
-    Ok(Manifest {
-        name: spec.name.clone(),
-        dimensions: image_dims,
-        max_seq_len: spec.max_seq_len,
-        tokenizer: TOKENIZER_FILE.to_owned(),
-        image: ImageEncoder {
-            onnx: IMAGE_FILE.to_owned(),
-            input: image.input,
-            output: image.output,
-        },
-        text: TextEncoder {
-            onnx: TEXT_FILE.to_owned(),
-            input_ids: text.input_ids,
-            attention_mask: text.attention_mask,
-            output: text.output,
-            pooling: text.pooling,
-            dense: spec.dense.as_ref().map(|_| DENSE_FILE.to_owned()),
-        },
-        preprocess: Preprocess {
-            size,
-            ..Preprocess::default()
-        },
-    })
+/// The text encoder of an open_clip export: open_clip's tokenizer call (white-space clean,
+/// fixed-length padding with the pad id, truncation to the context length), no mask input.
+fn open_clip_text(
+    spec: &BundleSpec,
+    graph: &GraphSig,
+    tokenizer_kind: TokenizerKind,
+    pad_id: u32,
+) -> Result<(TextEncoder, Option<usize>)> {
+    let text = open_clip_text_signature(graph)
+        .with_context(|| format!("`{}`", spec.text_onnx.display()))?;
+    if let Some(length) = text.length {
+        ensure!(
+            length == spec.max_seq_len,
+            "the text encoder `{}` takes {length} tokens but the context length is {} \
+             (`text_cfg.context_length` in config.json, 77 when absent)",
+            spec.text_onnx.display(),
+            spec.max_seq_len
+        );
+    }
+    let encoder = TextEncoder {
+        onnx: TEXT_FILE.to_owned(),
+        input_ids: text.input,
+        attention_mask: None,
+        output: text.output,
+        pooling: TextPooling::None,
+        dense: None,
+        tokenizer_kind,
+        clean: TextClean::Whitespace,
+        padding: Padding::Fixed,
+        pad_id,
+    };
+    Ok((encoder, text.width))
 }
 
 /// One text and one tiny image through the real engine: a bundle that passes serves.

@@ -357,6 +357,53 @@ pub(crate) fn text_signature(
     })
 }
 
+/// What an open_clip text graph offers: one token input (int32 or int64 [N, C]) and the pooled,
+/// normalised embedding [N, D]; the graph derives the attention mask from the pad id itself.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OpenClipTextSignature {
+    pub(crate) input: String,
+    pub(crate) output: String,
+    /// The sequence length when the graph fixes it.
+    pub(crate) length: Option<usize>,
+    pub(crate) width: Option<usize>,
+}
+
+pub(crate) fn open_clip_text_signature(graph: &GraphSig) -> Result<OpenClipTextSignature> {
+    let [input] = graph.inputs.as_slice() else {
+        bail!(
+            "an open_clip text encoder takes one token input (`text`); this one takes {}",
+            graph.describe_inputs()
+        );
+    };
+    let ids = matches!(
+        input.elem,
+        Some(TensorElementType::Int32 | TensorElementType::Int64)
+    );
+    ensure!(
+        ids && input.dims.len() == 2,
+        "the text input `{input}` is not int32 or int64 [N, C] token ids"
+    );
+    let output = pick(&graph.outputs, &["embedding"], |t| t.dims.len() == 2).map_err(|why| {
+        anyhow!(
+            "cannot find the text embedding ({why}); the graph's outputs: {}",
+            graph.describe_outputs()
+        )
+    })?;
+    ensure!(
+        output.is(TensorElementType::Float32, 2),
+        "the text output `{output}` is not float32 [N, D]"
+    );
+    Ok(OpenClipTextSignature {
+        input: input.name.clone(),
+        output: output.name.clone(),
+        length: match input.dims[1] {
+            Dim::Fixed(n) if n > 0 => Some(n as usize),
+            _ => None,
+        },
+        width: output.last_fixed(),
+    })
+}
+
 /// Explains a missing text output, pointing at `--dense` when the graph has the other form.
 fn text_output_error(graph: &GraphSig, with_dense: bool, why: &str) -> anyhow::Error {
     let of_rank = |rank: usize| {

@@ -8,6 +8,7 @@
 //! - `catalogue.rs`: the models `pull` knows and the files each needs;
 //! - `protocol.rs`, `checksum.rs`, `download.rs`: the hub's answers, its checksums, the client;
 //! - `cache.rs`: the download cache on disk;
+//! - `open_clip.rs`: [`read_export`], the settings of an open_clip export in Immich's layout;
 //! - `pull.rs`: [`pull`], the catalogue plus the client plus [`create_bundle`].
 
 mod build;
@@ -17,14 +18,16 @@ mod checksum;
 mod download;
 mod inspect;
 mod install;
+mod open_clip;
 mod protocol;
 mod pull;
 
-pub use build::{create_bundle, BundleSpec, CreatedBundle, Outcome};
+pub use build::{create_bundle, BundleSpec, CreatedBundle, Family, Outcome};
 pub use cache::cache_root;
-pub use catalogue::{HubFile, Role, DEFAULT_MODEL, DEFAULT_REVISION};
+pub use catalogue::{preset_table, HubFile, Role, DEFAULT_MODEL, DEFAULT_REVISION};
 pub use checksum::Checksum;
 pub use download::Fetched;
 pub use inspect::TensorOverrides;
+pub use open_clip::{read_export, OpenClipExport};
 pub use protocol::DEFAULT_ENDPOINT;
 pub use pull::{pull, PullRequest, Pulled};

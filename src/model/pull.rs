@@ -1,14 +1,16 @@
 //! `sightline model pull`: plan the files of a known model, fetch each into the cache, and
-//! hand the cached files to [`create_bundle`], the same code `model init` uses.
+//! hand the cached files to [`create_bundle`], the same code `model init` uses (an open_clip
+//! preset's cached repository directory is read like `model init --from-open-clip`).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Result};
 
-use super::build::{create_bundle, BundleSpec, CreatedBundle};
-use super::catalogue::{plan, HubFile, Role};
+use super::build::{create_bundle, BundleSpec, CreatedBundle, Family};
+use super::catalogue::{plan, HubFile, Layout, Role};
 use super::download::{Fetched, HubClient};
 use super::inspect::TensorOverrides;
+use super::open_clip::{read_export, CONFIG};
 
 /// Everything `sightline model pull` needs; the CLI fills it from flags and the environment.
 #[derive(Debug, Clone)]
@@ -65,6 +67,27 @@ pub async fn pull(request: &PullRequest) -> Result<Pulled> {
             .map(|(_, fetched)| fetched.path.clone())
             .ok_or_else(|| anyhow!("the {role:?} file was not fetched"))
     };
+    let out = request
+        .dir
+        .clone()
+        .unwrap_or_else(|| Path::new("models").join(&plan.name));
+    if plan.layout == Layout::OpenClip {
+        // The cache keeps each repository's paths, so the export directory is where
+        // `config.json` landed.
+        let config = &files
+            .iter()
+            .find(|(f, _)| f.path == CONFIG)
+            .ok_or_else(|| anyhow!("the plan has no `{CONFIG}`"))?
+            .1
+            .path;
+        let dir = config
+            .parent()
+            .ok_or_else(|| anyhow!("`{}` has no directory", config.display()))?;
+        let export = read_export(dir)?;
+        let spec = BundleSpec::from_open_clip(&export, plan.name.clone(), out, request.force);
+        let bundle = create_bundle(spec).await?;
+        return Ok(Pulled { files, bundle });
+    }
     let spec = BundleSpec {
         name: plan.name.clone(),
         image_onnx: path(Role::ImageEncoder)?,
@@ -72,13 +95,11 @@ pub async fn pull(request: &PullRequest) -> Result<Pulled> {
         tokenizer: path(Role::Tokenizer)?,
         dense: Some(path(Role::Dense)?),
         max_seq_len: plan.max_seq_len,
-        out: request
-            .dir
-            .clone()
-            .unwrap_or_else(|| Path::new("models").join(&plan.name)),
+        out,
         force: request.force,
         overrides: TensorOverrides::default(),
         expect_dimensions: Some(plan.dimensions),
+        family: Family::SentenceTransformers,
     };
     let bundle = create_bundle(spec).await?;
     Ok(Pulled { files, bundle })

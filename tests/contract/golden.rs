@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use axum::http::StatusCode;
 use serde::Deserialize;
+use sightline::engine::bundle::Preprocess;
 use sightline::engine::preprocess::{decode_rgb, resize_crop, DecodeOptions};
-use sightline::engine::text::TextTokenizer;
+use sightline::engine::text::{TextTokenizer, TokenizerSettings};
 use sightline::engine::{Engine, EngineOptions, Item};
 
 use crate::child::ChildServer;
@@ -102,7 +103,7 @@ fn preprocessed_pixels_match_the_reference() {
             "{}: size after EXIF",
             case.file
         );
-        let ours = resize_crop(&rgb, 224).unwrap();
+        let ours = resize_crop(&rgb, &Preprocess::default()).unwrap();
         let theirs = image::open(fixtures().join("golden").join(&case.pre))
             .unwrap()
             .into_rgb8();
@@ -171,7 +172,7 @@ async fn token_ids_and_text_vectors_match_the_reference() {
     let golden: TextGolden = load("texts.json");
     let tokenizer = TextTokenizer::load(
         &fixtures().join("tiny-clip/tokenizer.json"),
-        golden.max_seq_len,
+        TokenizerSettings::word_piece(golden.max_seq_len),
     )
     .unwrap();
     for case in &golden.cases {

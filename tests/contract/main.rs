@@ -13,6 +13,7 @@ mod es_search;
 mod es_setup;
 mod es_shards;
 mod fake_es;
+mod families;
 mod faults;
 mod gallery;
 mod gallery_ui;

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use sightline::engine::bundle::{Bundle, Manifest};
 use sightline::engine::{Engine, Item};
-use sightline::model::{create_bundle, BundleSpec, Outcome, TensorOverrides};
+use sightline::model::{create_bundle, BundleSpec, Family, Outcome, TensorOverrides};
 
 use crate::common::{fixture, test_options};
 
@@ -57,6 +57,7 @@ fn spec_from(bundle: &str, out: &Path) -> BundleSpec {
         force: false,
         overrides: TensorOverrides::default(),
         expect_dimensions: None,
+        family: Family::SentenceTransformers,
     }
 }
 

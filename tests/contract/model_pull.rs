@@ -575,3 +575,44 @@ async fn a_file_changed_upstream_is_fetched_again() {
         changed
     );
 }
+
+#[tokio::test]
+async fn an_open_clip_preset_is_pulled_from_its_immich_repository() {
+    // The tiny XLM-R family fixture is in the layout of Immich's export repositories.
+    let repo = "immich-app/XLM-Roberta-Base-ViT-B-32__laion5b_s13b_b90k";
+    let dir = fixture("tiny-xlmr-openclip");
+    let files = [
+        "config.json",
+        "visual/model.onnx",
+        "visual/preprocess_cfg.json",
+        "textual/model.onnx",
+        "textual/tokenizer.json",
+        "textual/tokenizer_config.json",
+    ]
+    .map(|path| {
+        let served = Served {
+            bytes: std::fs::read(dir.join(path)).unwrap(),
+            lfs: path.ends_with(".onnx"),
+            advertised: None,
+        };
+        (resolve(repo, "main", path), served)
+    });
+    let hub = FakeHub::start(HashMap::from(files), true).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let req = PullRequest {
+        model: "xlm-roberta-base-vit-b-32".into(),
+        ..request(&hub, tmp.path())
+    };
+    let pulled = model::pull(&req).await.unwrap();
+    assert_eq!(pulled.files.len(), 6);
+    let mut expected = Bundle::load(&dir).unwrap().manifest;
+    expected.name = "xlm-roberta-base-vit-b-32".into();
+    expected.image.onnx = "image_encoder.onnx".into();
+    expected.text.onnx = "text_encoder.onnx".into();
+    expected.tokenizer = "tokenizer.json".into();
+    assert_eq!(
+        Bundle::load(&tmp.path().join("bundle")).unwrap().manifest,
+        expected
+    );
+    assert!(cached(tmp.path(), repo, "main", "visual/preprocess_cfg.json").is_file());
+}
