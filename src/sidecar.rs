@@ -38,7 +38,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::ModelInfo;
+use crate::engine::{ModelInfo, ServerInfo};
 
 /// The `--sidecar-url` / `--sidecar-api-key` flags of commands that call the sidecar themselves
 /// (`ingest`, `search`): where this machine reaches it, which may differ from the URL
@@ -263,6 +263,26 @@ impl SidecarClient {
             options,
             model: placeholder_model(),
         })
+    }
+
+    /// Uses the model named `name` of a sidecar that serves several (`serve --model-dir A
+    /// --model-dir B`): its `/info` entry becomes [`Self::model`], and every request names it.
+    pub async fn select_model(mut self, name: &str) -> Result<Self, SidecarError> {
+        let url = format!("{}/info", self.base);
+        let body = self.send_with_retries(&url, None).await?;
+        let info: ServerInfo =
+            serde_json::from_slice(&body).map_err(|err| SidecarError::BadAnswer {
+                url: url.clone(),
+                reason: format!("not the /info JSON Sightline expects: {err}"),
+            })?;
+        self.model = info
+            .select(Some(name))
+            .map_err(|message| SidecarError::Refused {
+                url,
+                status: 404,
+                message,
+            })?;
+        Ok(self)
     }
 
     /// The base URL, without a trailing slash.

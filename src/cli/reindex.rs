@@ -68,7 +68,14 @@ pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
     if args.bulk_size == 0 {
         bail!("--bulk-size must be at least 1");
     }
-    let embedder = Arc::new(SidecarEmbedder::new(args.sidecar.connect().await?));
+    // The sidecar may serve several models: --model picks the one every request names.
+    let sidecar = args
+        .sidecar
+        .connect()
+        .await?
+        .select_model(&args.model)
+        .await?;
+    let embedder = Arc::new(SidecarEmbedder::new(sidecar));
     let client = args.es.connect()?;
     let config = ReindexConfig {
         from: args.from.clone(),

@@ -220,8 +220,8 @@ async fn embed_query(
     let sidecar = args.sidecar.connect().await?;
     if let Some(client) = client {
         let recorded = model_info::read_index_record(client, &args.index)
-                .await?
-                .fingerprint;
+            .await?
+            .fingerprint;
         model_info::check_same_model(&args.index, recorded.as_deref(), sidecar.model())?;
     }
     let mut vectors = match image {

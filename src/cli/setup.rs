@@ -143,17 +143,13 @@ pub(crate) async fn run(args: SetupArgs) -> Result<ExitCode> {
                 .sidecar_info_url
                 .clone()
                 .unwrap_or_else(|| model_info::info_url(&args.sidecar_url));
-            let info = model_info::fetch(&info_url, args.sidecar_api_key.as_deref()).await?;
-            if let Some(wanted) = &args.model {
-                if info.name != *wanted {
-                    bail!(
-                        "--model {wanted}, but the sidecar at {info_url} serves {} ({}); start `sightline serve` with the bundle of {wanted}",
-                        info.name,
-                        info.fingerprint
-                    );
-                }
-            }
-            info
+            // With --model, that model of a sidecar serving several; else its first one.
+            model_info::fetch(
+                &info_url,
+                args.sidecar_api_key.as_deref(),
+                args.model.as_deref(),
+            )
+            .await?
         }
         _ => bail!("--model-name, --dimensions and --similarity go together"),
     };

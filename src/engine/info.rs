@@ -47,6 +47,32 @@ pub struct ServerInfo {
     pub models: Vec<ModelInfo>,
 }
 
+impl ServerInfo {
+    /// The model a client names (`None`: the first one), with the server's limits, or a message
+    /// listing the names served.
+    pub fn select(&self, name: Option<&str>) -> Result<ModelInfo, String> {
+        let Some(name) = name.filter(|n| *n != self.default.name) else {
+            return Ok(self.default.clone());
+        };
+        match self.models.iter().find(|m| m.name == name) {
+            Some(model) => Ok(ModelInfo {
+                serving: self.default.serving.clone(),
+                ..model.clone()
+            }),
+            None => {
+                let mut served: Vec<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+                if served.is_empty() {
+                    served.push(&self.default.name);
+                }
+                Err(format!(
+                    "the sidecar does not serve the model `{name}`; it serves `{}` (start `sightline serve` with `--model-dir` of {name} too)",
+                    served.join("`, `")
+                ))
+            }
+        }
+    }
+}
+
 /// The limits a client of `sightline serve` must respect, as `/info` reports them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServingLimits {
@@ -194,6 +220,24 @@ mod tests {
         assert_eq!(serde_json::from_str::<ServerInfo>(&text).unwrap(), info);
         let older: ServerInfo = serde_json::from_str(&one).unwrap();
         assert!(older.models.is_empty());
+
+        // Selecting by name: the named model, with the server's limits.
+        assert_eq!(info.select(None).unwrap(), served());
+        assert_eq!(info.select(Some("tiny-clip")).unwrap(), served());
+        let chosen = info.select(Some("other")).unwrap();
+        assert_eq!(
+            (chosen.name.as_str(), chosen.fingerprint.as_str()),
+            ("other", "sha256:01")
+        );
+        assert_eq!(chosen.serving, served().serving);
+        assert_eq!(
+            info.select(Some("nope")).unwrap_err(),
+            "the sidecar does not serve the model `nope`; it serves `tiny-clip`, `other` (start `sightline serve` with `--model-dir` of nope too)"
+        );
+        assert!(older
+            .select(Some("nope"))
+            .unwrap_err()
+            .contains("serves `tiny-clip`"));
     }
 
     #[test]

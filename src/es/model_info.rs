@@ -12,7 +12,7 @@ use elasticsearch::Elasticsearch;
 
 use super::client::call;
 use super::mode::Mode;
-use crate::engine::{ModelInfo, Similarity};
+use crate::engine::{ModelInfo, ServerInfo, Similarity};
 
 /// `dense_vector` accepts at most 4096 dimensions.
 const MAX_DIMS: usize = 4096;
@@ -109,7 +109,11 @@ pub(crate) fn info_url(sidecar_url: &str) -> String {
 }
 
 /// Fetches and validates `/info`.
-pub(crate) async fn fetch(url: &str, api_key: Option<&str>) -> Result<ModelInfo> {
+pub(crate) async fn fetch(
+    url: &str,
+    api_key: Option<&str>,
+    wanted: Option<&str>,
+) -> Result<ModelInfo> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -126,9 +130,12 @@ pub(crate) async fn fetch(url: &str, api_key: Option<&str>) -> Result<ModelInfo>
         let body = response.text().await.unwrap_or_default();
         bail!("GET {url}: the sidecar answered {status}: {}", body.trim());
     }
-    let info: ModelInfo = response.json().await.with_context(|| {
+    let info: ServerInfo = response.json().await.with_context(|| {
         format!("GET {url}: the answer is not the /info JSON Sightline expects")
     })?;
+    let info = info
+        .select(wanted)
+        .map_err(|message| anyhow::anyhow!("GET {url}: {message}"))?;
     validate(&info).with_context(|| format!("GET {url}"))?;
     Ok(info)
 }

@@ -910,3 +910,32 @@ async fn vectors_mode_against_the_real_sidecar() {
     other.expect_code(2);
     assert!(other.stderr.contains(FAKE_FINGERPRINT), "{}", other.stderr);
 }
+
+#[tokio::test]
+async fn via_pipeline_into_a_vectors_mode_index_is_refused() {
+    // After `reindex` (or `setup --mode vectors`) the index may hold another model's vectors
+    // than the pipeline's endpoint makes: the pipeline path must not mix them in.
+    let fake = FakeEs::start_licensed("9.1.0", licensed("enterprise")).await;
+    setup(&fake, INDEX, &["--mode", "vectors"])
+        .await
+        .expect_code(0);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        fixture_images().join("landscape.jpg"),
+        dir.path().join("a.jpg"),
+    )
+    .unwrap();
+    let failures = dir.path().join("failures.jsonl");
+    let run = ingest(&fake, dir.path(), &failures, INDEX, &["--via-pipeline"]).await;
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("`_meta.mode: vectors`") && run.stderr.contains("drop --via-pipeline"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fake.count("POST", "/_bulk"), 0);
+    // Without the flag the same folder goes in as vectors.
+    let run = ingest(&fake, dir.path(), &failures, INDEX, &[]).await;
+    run.expect_code(0);
+    assert_eq!(fake.docs(INDEX).len(), 1);
+}

@@ -419,7 +419,7 @@ async fn commands_that_would_mix_models_are_refused_naming_both_fingerprints() {
     run.expect_code(2);
     assert!(
         run.stderr
-            .contains("--model another-model but the sidecar serves"),
+            .contains("the sidecar does not serve the model `another-model`; it serves"),
         "{}",
         run.stderr
     );
@@ -509,8 +509,8 @@ async fn setup_with_model_names_the_endpoints_for_it() {
     run.expect_code(2);
     assert!(
         run.stderr
-            .contains("--model xlm-roberta-base-vit-b-32, but the sidecar at")
-            && run.stderr.contains(FAKE_MODEL),
+            .contains("the sidecar does not serve the model `xlm-roberta-base-vit-b-32`")
+            && run.stderr.contains(&format!("it serves `{FAKE_MODEL}`")),
         "{}",
         run.stderr
     );

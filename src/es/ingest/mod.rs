@@ -258,15 +258,6 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<Targ
     };
     match &config.mode {
         IngestMode::Pipeline(pipeline) => {
-            // A vectors-mode index (e.g. one `reindex` filled with another model) may hold
-            // vectors of a model the pipeline's endpoint does not serve: the pipeline cannot
-            // check that, so it is not used there.
-            if record.mode == Some(super::mode::Mode::Vectors) {
-                bail!(
-                    "index {} was set up for vectors from the sidecar (`_meta.mode: vectors`, by `setup --mode vectors` or `reindex`); its pipeline could embed with another model: drop --via-pipeline",
-                    config.index
-                );
-            }
             if !cluster.has_inference_api() {
                 bail!(
                     "Elasticsearch {} cannot call the sidecar (the inference API needs 8.12+); drop --via-pipeline (ingest then sends vectors from the sidecar) or use --embed-locally --model-dir DIR",
@@ -278,6 +269,15 @@ async fn preflight(client: &Elasticsearch, config: &IngestConfig) -> Result<Targ
                 bail!(
                     "--via-pipeline needs the Inference API, which the cluster's {} does not cover (it needs an active enterprise or trial licence); drop --via-pipeline: ingest then sends vectors from the sidecar",
                     super::mode::describe_license(license.as_ref())
+                );
+            }
+            // A vectors-mode index (e.g. one `reindex` filled with another model) may hold
+            // vectors of a model the pipeline's endpoint does not serve: the pipeline cannot
+            // check that, so it is not used there.
+            if record.mode == Some(super::mode::Mode::Vectors) {
+                bail!(
+                    "index {} was set up for vectors from the sidecar (`_meta.mode: vectors`, by `setup --mode vectors` or `reindex`); its pipeline could embed with another model: drop --via-pipeline",
+                    config.index
                 );
             }
             let request = format!("GET _ingest/pipeline/{pipeline}");

@@ -41,9 +41,8 @@ use super::assets::{self, IndexParams};
 use super::client::{call, cluster_info};
 use super::image::{prepare, ImageOptions};
 use super::ingest::{
-    base64_vector, content_id, existing_ids, make_entry, parse_data_uri,
-    send_entries, FailureLog, FailureRecord, IngestConfig, IngestMode, IngestReport, RetryPolicy,
-    RunState, Target,
+    base64_vector, content_id, existing_ids, make_entry, parse_data_uri, send_entries, FailureLog,
+    FailureRecord, IngestConfig, IngestMode, IngestReport, RetryPolicy, RunState, Target,
 };
 use super::local::{LocalEmbedder, Payload};
 use super::model_info::{check_same_model, read_index_record};
