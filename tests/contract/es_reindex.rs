@@ -515,3 +515,101 @@ async fn setup_with_model_names_the_endpoints_for_it() {
         run.stderr
     );
 }
+
+#[tokio::test]
+async fn one_sidecar_serving_both_models_reindexes_by_name() {
+    // `serve --model-dir A --model-dir B`: the index made with A (the first model) moves to B,
+    // named by --model, through the same sidecar.
+    if !ready() {
+        return;
+    }
+    let fake = FakeEs::start_licensed("9.1.0", License::Licensed("basic", "active")).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let app = crate::multi_model::two_models();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let info: Value = reqwest::Client::new()
+        .get(format!("{url}/info"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let negated = info["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == crate::multi_model::NEGATED)
+        .expect("the second model in /info")
+        .clone();
+    let sidecar = ["--sidecar-url", url.as_str(), "--sidecar-api-key", API_KEY];
+    let mut setup = vec!["setup", "--es", &fake.url, "--index", ALIAS];
+    setup.extend_from_slice(&sidecar);
+    sightline(&setup).await.expect_code(0);
+    let first = behind_alias(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("images")).unwrap();
+    for name in &GOOD[..2] {
+        std::fs::copy(
+            fixture_images().join(name),
+            dir.path().join("images").join(name),
+        )
+        .unwrap();
+    }
+    let folder = dir.path().join("images").display().to_string();
+    let failures = dir.path().join("failures.jsonl").display().to_string();
+    let mut ingest = vec![
+        "ingest",
+        folder.as_str(),
+        "--es",
+        &fake.url,
+        "--index",
+        ALIAS,
+        "--failures",
+        &failures,
+        "--no-progress",
+    ];
+    ingest.extend_from_slice(&sidecar);
+    sightline(&ingest).await.expect_code(0);
+    assert_eq!(fake.docs(&first).len(), 2);
+    assert_eq!(
+        fake.docs(&first).values().next().unwrap()["model_fingerprint"],
+        info["fingerprint"]
+    );
+
+    let mut reindex = vec![
+        "reindex",
+        "--from",
+        ALIAS,
+        "--model",
+        crate::multi_model::NEGATED,
+        "--es",
+        &fake.url,
+        "--failures",
+        &failures,
+        "--no-progress",
+    ];
+    reindex.extend_from_slice(&sidecar);
+    let run = sightline(&reindex).await;
+    run.expect_code(0);
+    let new = behind_alias(&fake);
+    assert_ne!(new, first);
+    let docs = fake.docs(&new);
+    assert_eq!(docs.len(), 2);
+    for doc in docs.values() {
+        assert_eq!(doc["model_fingerprint"], negated["fingerprint"], "{doc}");
+    }
+    // A name the sidecar does not serve is refused before anything is read.
+    let mut unknown = reindex.clone();
+    unknown[4] = "no-such-model";
+    let run = sightline(&unknown).await;
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("it serves `tiny-clip`, `tiny-clip-negated`"),
+        "{}",
+        run.stderr
+    );
+}

@@ -70,7 +70,7 @@ fn negated_engine() -> Engine {
 }
 
 /// The router serving the tiny fixture first and the negated model second.
-fn two_models() -> axum::Router {
+pub(crate) fn two_models() -> axum::Router {
     let models = Models::new(vec![engine(), negated_engine()]).expect("two distinct names");
     router(models, http_config())
 }
