@@ -14,6 +14,7 @@ pub mod bundle;
 mod error;
 pub mod format;
 mod info;
+mod initializers;
 mod input;
 mod jpeg;
 pub mod preprocess;
