@@ -14,7 +14,6 @@ pub mod bundle;
 mod error;
 pub mod format;
 mod info;
-mod initializers;
 mod input;
 mod jpeg;
 pub mod preprocess;

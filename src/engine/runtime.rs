@@ -9,8 +9,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::session::Session;
 
-use super::initializers::SharedInitializers;
-
 /// The `onnxruntime` wheel the set-up commands install and the tests run against.
 pub const PINNED_ORT: &str = "1.32.0";
 
@@ -137,35 +135,12 @@ pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
     open_shared_session(model, threads, None)
 }
 
-/// What the sessions of one model share: ONNX Runtime's prepacked-weights container and the
-/// initializers, so several image lanes hold one copy of the weights instead of one each.
-pub(crate) struct SharedWeights {
-    prepacked: PrepackedWeights,
-    initializers: SharedInitializers,
-}
-
-impl SharedWeights {
-    /// Reads `model`'s initializers once for every session that will open it.
-    pub(crate) fn read(model: &Path) -> Result<SharedWeights> {
-        init()?; // before any ONNX Runtime object
-        Ok(SharedWeights {
-            prepacked: PrepackedWeights::new(),
-            initializers: SharedInitializers::read(model)?,
-        })
-    }
-
-    #[cfg(test)]
-    pub(crate) fn initializers(&self) -> &SharedInitializers {
-        &self.initializers
-    }
-}
-
-/// [`open_session`] for one of several sessions of the same model: with `shared`, it uses the
-/// caller's initializers and their prepacked forms instead of copies of its own.
+/// [`open_session`] for one of several sessions of the same model: with `prepacked`, they keep
+/// one copy of the weights ONNX Runtime re-lays out for its matrix kernels instead of one each.
 pub(crate) fn open_shared_session(
     model: &Path,
     threads: usize,
-    shared: Option<&SharedWeights>,
+    prepacked: Option<&PrepackedWeights>,
 ) -> Result<Session> {
     init()?;
     let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{e}");
@@ -179,10 +154,9 @@ pub(crate) fn open_shared_session(
         .map_err(builder_err)?
         .with_intra_op_spinning(false)
         .map_err(builder_err)?;
-    if let Some(shared) = shared {
-        builder = shared.initializers.add_to(builder)?;
+    if let Some(weights) = prepacked {
         builder = builder
-            .with_prepacked_weights(&shared.prepacked)
+            .with_prepacked_weights(weights)
             .map_err(builder_err)?;
     }
     let session = builder

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::{Array2, Array4, Ix2, Ix3};
+use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -17,7 +18,6 @@ use super::batcher::{collect, timeout_error, triage, Receiver, Triage};
 use super::bundle::Bundle;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
-use super::runtime::SharedWeights;
 use super::text::{pad_batch, Dense};
 use crate::metrics;
 
@@ -40,11 +40,11 @@ impl ImageModel {
     fn open(
         bundle: &Bundle,
         threads: usize,
-        shared: Option<&SharedWeights>,
+        prepacked: Option<&PrepackedWeights>,
     ) -> Result<ImageModel> {
         let m = &bundle.manifest;
         let session =
-            super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, shared)?;
+            super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, prepacked)?;
         check_names(&session, &[&m.image.input], &m.image.output, "image")?;
         Ok(ImageModel {
             session,
@@ -244,9 +244,9 @@ impl Lanes {
         }
     }
 
-    /// Opens every lane's session, each on its own thread, one after the other (loading
-    /// briefly holds the model twice; side by side that would be four times); several lanes
-    /// share one copy of the weights ([`SharedWeights`]). Returns once all have loaded and passed a probe run (a manifest whose
+    /// Opens every lane's session with shared prepacked weights, each on its own thread, one
+    /// after the other (loading briefly holds the model twice; side by side that would be
+    /// four times). Returns once all have loaded and passed a probe run (a manifest whose
     /// `dimensions` do not match the graph fails here, not in every batch: issue 6, F4);
     /// each lane's thread then goes on with `work`.
     pub(crate) fn open_each(
@@ -254,18 +254,13 @@ impl Lanes {
         bundle: &Bundle,
         work: impl Fn(usize, ImageModel) + Send + Sync + 'static,
     ) -> Result<()> {
-        super::runtime::init()?;
-        let shared = match self.lanes {
-            1 => None,
-            _ => Some(Arc::new(SharedWeights::read(
-                &bundle.path(&bundle.manifest.image.onnx),
-            )?)),
-        };
+        super::runtime::init()?; // before any ONNX Runtime object, the container included
+        let prepacked = PrepackedWeights::new();
         let work = Arc::new(work);
         for lane in 0..self.lanes {
             // One channel per lane: if the thread dies, its sender goes and `recv` fails.
             let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
-            let (bundle, shared, work) = (bundle.clone(), shared.clone(), work.clone());
+            let (bundle, prepacked, work) = (bundle.clone(), prepacked.clone(), work.clone());
             let threads = self.threads;
             std::thread::Builder::new()
                 .name(format!("sightline-image-{lane}"))
@@ -274,7 +269,7 @@ impl Lanes {
                     // low priority.
                     lower_priority();
                     let size = bundle.manifest.preprocess.size as usize;
-                    let opened = ImageModel::open(&bundle, threads, shared.as_deref()).and_then(
+                    let opened = ImageModel::open(&bundle, threads, Some(&prepacked)).and_then(
                         |mut model| {
                             model.run(&[&vec![0f32; 3 * size * size]]).context(
                                 "the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)",
@@ -439,30 +434,6 @@ mod tests {
             finish(vec![0.0, 0.0], true).unwrap_err().kind,
             ErrorKind::Internal
         );
-    }
-
-    #[test]
-    fn image_sessions_share_one_copy_of_the_initializers_and_agree() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
-        let bundle = Bundle::load(&dir).unwrap();
-        let shared = SharedWeights::read(&bundle.path(&bundle.manifest.image.onnx)).unwrap();
-        let (count, holders) = shared.initializers().holders();
-        assert_eq!(count, 4, "patch_w, patch_b, proj_w, proj_b");
-        assert_eq!(holders, 1);
-        let mut lanes: Vec<ImageModel> = (0..2)
-            .map(|_| ImageModel::open(&bundle, 1, Some(&shared)).unwrap())
-            .collect();
-        // Each session holds the very tensors of the set (no copy of its own).
-        assert_eq!(shared.initializers().holders(), (count, 3));
-        let mut alone = ImageModel::open(&bundle, 1, None).unwrap();
-        let size = bundle.manifest.preprocess.size as usize;
-        let pixels: Vec<f32> = (0..3 * size * size).map(|i| (i % 17) as f32 / 17.0).collect();
-        let expected = alone.run(&[&pixels]).unwrap();
-        for lane in &mut lanes {
-            assert_eq!(lane.run(&[&pixels]).unwrap(), expected);
-        }
-        drop(lanes);
-        assert_eq!(shared.initializers().holders(), (count, 1));
     }
 
     #[test]
