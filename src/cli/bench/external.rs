@@ -61,7 +61,15 @@ pub(super) async fn measure(cfg: &ExternalConfig) -> Result<String> {
         .build()?;
     let endpoint = cfg.target.endpoint("");
     let warm_up = Budget::Images(cfg.clients);
-    drive(&client, &endpoint, work.singles.clone(), 1, warm_up, cfg.clients).await?;
+    drive(
+        &client,
+        &endpoint,
+        work.singles.clone(),
+        1,
+        warm_up,
+        cfg.clients,
+    )
+    .await?;
     let pattern = |name: &'static str, bodies: &Arc<_>, per_request: usize, clients: usize| {
         let (client, endpoint, bodies) = (client.clone(), endpoint.clone(), Arc::clone(bodies));
         let (url, budget) = (cfg.target.url.clone(), Budget::Time(cfg.duration));

@@ -103,8 +103,12 @@ pub(super) async fn drive(
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients.max(1))
         .map(|_| {
-            let (client, endpoint, bodies, next) =
-                (client.clone(), endpoint.to_owned(), bodies.clone(), next.clone());
+            let (client, endpoint, bodies, next) = (
+                client.clone(),
+                endpoint.to_owned(),
+                bodies.clone(),
+                next.clone(),
+            );
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 loop {

@@ -130,10 +130,7 @@ impl Workload {
             })
             .collect();
         let singles = uris.iter().map(|u| target.body(std::slice::from_ref(u)));
-        let ingest = photos
-            .ingest
-            .iter()
-            .map(|p| target.body(&[p.data_uri()]));
+        let ingest = photos.ingest.iter().map(|p| target.body(&[p.data_uri()]));
         Workload {
             singles: Arc::new(singles.collect()),
             groups: Arc::new(groups),
@@ -321,8 +318,15 @@ async fn image_queries(
         ))
     };
     let (priority, plain) = (spawn_probe("?priority=search"), spawn_probe(""));
-    let during: Throughput =
-        drive(client, &target.endpoint(""), singles, 1, budget, cfg.clients).await?;
+    let during: Throughput = drive(
+        client,
+        &target.endpoint(""),
+        singles,
+        1,
+        budget,
+        cfg.clients,
+    )
+    .await?;
     stop.store(true, Ordering::Release);
     let (priority, plain) = (priority.await??, plain.await??);
     Ok(ImageQueries {

@@ -142,7 +142,10 @@ impl Report {
         };
         let (a, b, c) = (
             format!("(a) {} connections × 1 photo", self.clients),
-            format!("(b) {} connections × {} photos", self.batch_clients, self.batch),
+            format!(
+                "(b) {} connections × {} photos",
+                self.batch_clients, self.batch
+            ),
             format!("(c) {} connections × 1 ingest-sized image", self.clients),
         );
         let measured = |t: &Throughput| Some((ms(t.latency.p50), ms(t.latency.p99)));
@@ -173,7 +176,13 @@ impl Report {
             (&b, &self.batched, full),
             (&c, &self.ingest_sized, small),
         ] {
-            row(format!("Sightline {name}"), t.images_per_s, measured(t), "", Some(ceiling));
+            row(
+                format!("Sightline {name}"),
+                t.images_per_s,
+                measured(t),
+                "",
+                Some(ceiling),
+            );
         }
         if let Some(peer) = &self.peer {
             let note = format!(" (own model-only {:.2})", peer.model_only_images_per_s);
@@ -186,7 +195,10 @@ impl Report {
             );
         }
         if let Some(inf) = &self.infinity {
-            let note = format!(" (own model-only {:.2}, torch)", inf.model_only_images_per_s);
+            let note = format!(
+                " (own model-only {:.2}, torch)",
+                inf.model_only_images_per_s
+            );
             let q = &inf.patterns;
             let latency = |r: &Row| Some((format!("{:.0}", r.p50_ms), format!("{:.0}", r.p99_ms)));
             for (name, r, ceiling) in [
@@ -378,7 +390,10 @@ image queries during (a) (a second run, 12.50 images/s beside them): with `?prio
         assert_eq!(table, golden, "{table}");
         // Without the peers, their rows and ratios are absent.
         let plain = report().table();
-        assert!(!plain.contains("peer") && !plain.contains("infinity"), "{plain}");
+        assert!(
+            !plain.contains("peer") && !plain.contains("infinity"),
+            "{plain}"
+        );
         assert!(plain.contains("| Sightline (c) 20 connections × 1 ingest-sized image | 17.90 | 1100 | 1900 | 0.89 | 0.98 |"));
     }
 
