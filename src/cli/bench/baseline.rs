@@ -1,5 +1,5 @@
-//! The baselines of the benchmark, measured in the same run as the server: the photos'
-//! sizes, one core's cost of decoding and preprocessing a photo, and the image encoder alone on
+//! The baselines of the benchmark, measured in the same run as the server: the photos (as
+//! files, and as `sightline ingest` would send them), their sizes, one core's cost of decoding and preprocessing a photo, and the image encoder alone on
 //! preprocessed tensors with the server's lanes and threads. These measure the engine's parts
 //! on purpose, so they use its crate-internal pieces rather than [`crate::engine::Engine`].
 
@@ -13,8 +13,57 @@ use super::BenchConfig;
 use crate::engine::bundle::{Bundle, Preprocess};
 use crate::engine::preprocess::{preprocess, DecodeOptions};
 use crate::engine::worker::{BatchModel, Lanes};
+use crate::es::image::{prepare, ImageOptions, PreparedImage};
 
-pub(super) fn load_photos(dir: &Path) -> Result<Vec<Vec<u8>>> {
+/// The benchmark's images.
+pub(super) struct Photos {
+    /// The JPEG files as they are: patterns (a) and (b).
+    pub(super) originals: Vec<Vec<u8>>,
+    /// What `sightline ingest` sends for each (longer side ≤ 1024, re-encoded, by the ingest's
+    /// own function): pattern (c).
+    pub(super) ingest: Vec<PreparedImage>,
+}
+
+/// The photos' sizes, for the report's first line.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct PhotoSummary {
+    pub(super) count: usize,
+    pub(super) megapixels: (f64, f64),
+    /// Mean file size, as they are and as ingest sends them.
+    pub(super) mean_mb: f64,
+    pub(super) ingest_mean_mb: f64,
+}
+
+impl Photos {
+    pub(super) fn load(dir: &Path) -> Result<Photos> {
+        let originals = load_photos(dir)?;
+        let ingest = originals
+            .iter()
+            .map(|p| prepare(p, ImageOptions::default()))
+            .collect::<Result<Vec<_>>>()?;
+        let photos = Photos { originals, ingest };
+        let s = photos.summary();
+        eprintln!(
+            "bench: {} photos, {:.1}–{:.1} MP, {:.2} MB on average, {:.2} MB as ingest sends them",
+            s.count, s.megapixels.0, s.megapixels.1, s.mean_mb, s.ingest_mean_mb
+        );
+        Ok(photos)
+    }
+
+    pub(super) fn summary(&self) -> PhotoSummary {
+        let mean_mb = |sizes: &mut dyn Iterator<Item = usize>| {
+            sizes.sum::<usize>() as f64 / 1e6 / self.originals.len().max(1) as f64
+        };
+        PhotoSummary {
+            count: self.originals.len(),
+            megapixels: megapixel_range(&self.originals),
+            mean_mb: mean_mb(&mut self.originals.iter().map(Vec::len)),
+            ingest_mean_mb: mean_mb(&mut self.ingest.iter().map(|p| p.payload.len())),
+        }
+    }
+}
+
+fn load_photos(dir: &Path) -> Result<Vec<Vec<u8>>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| {
             format!(
@@ -42,7 +91,7 @@ pub(super) fn load_photos(dir: &Path) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-pub(super) fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
+fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
     let sizes = photos.iter().filter_map(|p| {
         image::ImageReader::new(std::io::Cursor::new(p))
             .with_guessed_format()

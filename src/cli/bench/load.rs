@@ -1,6 +1,7 @@
-//! The load generator: request bodies, connections sending them round-robin until a target of
-//! images is embedded, and the query probes (text, and images with and without the priority
-//! lane) that run beside pattern (a).
+//! The load generator: request bodies in the dialect of the server under test (Sightline's, or
+//! infinity's, which needs `modality: "image"`), connections sending them round-robin until a
+//! number of images is embedded or a time is up, and the query probes (text, and images with
+//! and without the priority lane) that run beside pattern (a).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,35 +39,85 @@ pub(super) struct Throughput {
     pub(super) latency: Latency,
 }
 
-pub(super) fn body(inputs: &[String]) -> Bytes {
-    Bytes::from(serde_json::json!({"input": inputs, "model": "bench"}).to_string())
+/// The request format of the server under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum Dialect {
+    /// `POST /v1/embeddings {"input": [...], "model": ...}`.
+    Sightline,
+    /// `POST /embeddings` with `"modality": "image"`: without it infinity takes a data URI
+    /// for text (what it answers then is recorded by `bench/infinity.py`).
+    Infinity,
 }
 
-/// Sends `bodies` round-robin from `clients` connections until `target` images are embedded.
+/// Where the load goes, and in which format.
+#[derive(Debug, Clone)]
+pub(super) struct Target {
+    pub(super) url: String,
+    pub(super) dialect: Dialect,
+    /// The `model` field of each request.
+    pub(super) model: String,
+}
+
+impl Target {
+    /// The embeddings endpoint, with a query string (`""` for none).
+    pub(super) fn endpoint(&self, query: &str) -> String {
+        match self.dialect {
+            Dialect::Sightline => format!("{}/v1/embeddings{query}", self.url),
+            Dialect::Infinity => format!("{}/embeddings{query}", self.url),
+        }
+    }
+
+    /// A request embedding the images `inputs` (data URIs).
+    pub(super) fn body(&self, inputs: &[String]) -> Bytes {
+        let mut body = serde_json::json!({"input": inputs, "model": self.model});
+        if self.dialect == Dialect::Infinity {
+            body["modality"] = "image".into();
+        }
+        Bytes::from(body.to_string())
+    }
+}
+
+/// When a pattern ends.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Budget {
+    /// After this many images (rounded up to whole requests).
+    Images(usize),
+    /// When this time is up: no request starts after it, those under way finish.
+    Time(Duration),
+}
+
+/// Sends `bodies` round-robin from `clients` connections until the `budget` is spent.
 pub(super) async fn drive(
     client: &reqwest::Client,
-    url: &str,
+    endpoint: &str,
     bodies: Arc<Vec<Bytes>>,
     per_request: usize,
-    target: usize,
+    budget: Budget,
     clients: usize,
 ) -> Result<Throughput> {
     let next = Arc::new(AtomicUsize::new(0));
-    let requests = target.div_ceil(per_request);
+    let (requests, deadline) = match budget {
+        Budget::Images(images) => (images.div_ceil(per_request), None),
+        Budget::Time(time) => (usize::MAX, Some(time)),
+    };
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients.max(1))
         .map(|_| {
-            let (client, url, bodies, next) =
-                (client.clone(), url.to_owned(), bodies.clone(), next.clone());
+            let (client, endpoint, bodies, next) = (
+                client.clone(),
+                endpoint.to_owned(),
+                bodies.clone(),
+                next.clone(),
+            );
             tokio::spawn(async move {
                 let mut samples = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= requests {
+                    if i >= requests || deadline.is_some_and(|d| started.elapsed() >= d) {
                         return Ok::<_, anyhow::Error>(samples);
                     }
                     let body = bodies[i % bodies.len()].clone();
-                    samples.push(post(&client, &endpoint(&url, ""), body, per_request).await?);
+                    samples.push(post(&client, &endpoint, body, per_request).await?);
                 }
             })
         })
@@ -77,14 +128,9 @@ pub(super) async fn drive(
     }
     let wall = started.elapsed();
     Ok(Throughput {
-        images_per_s: (requests * per_request) as f64 / wall.as_secs_f64(),
+        images_per_s: (samples.len() * per_request) as f64 / wall.as_secs_f64(),
         latency: Latency::of(samples),
     })
-}
-
-/// The OpenAI-dialect endpoint of the server at `url`, with a query string (`""` for none).
-pub(super) fn endpoint(url: &str, query: &str) -> String {
-    format!("{url}/v1/embeddings{query}")
 }
 
 /// One request to `endpoint`; fails the benchmark on anything but 200 with `expected` vectors.
@@ -150,14 +196,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_carry_the_query_string() {
+    fn each_dialect_has_its_endpoint_and_body() {
+        let target = |dialect| Target {
+            url: "http://127.0.0.1:9".to_owned(),
+            dialect,
+            model: "m".to_owned(),
+        };
+        let sightline = target(Dialect::Sightline);
         assert_eq!(
-            endpoint("http://127.0.0.1:9", "?priority=search"),
+            sightline.endpoint("?priority=search"),
             "http://127.0.0.1:9/v1/embeddings?priority=search"
         );
+        assert_eq!(sightline.endpoint(""), "http://127.0.0.1:9/v1/embeddings");
         assert_eq!(
-            endpoint("http://127.0.0.1:9", ""),
-            "http://127.0.0.1:9/v1/embeddings"
+            sightline.body(&["data:image/jpeg;base64,AA==".to_owned()]),
+            r#"{"input":["data:image/jpeg;base64,AA=="],"model":"m"}"#
+        );
+        let infinity = target(Dialect::Infinity);
+        assert_eq!(infinity.endpoint(""), "http://127.0.0.1:9/embeddings");
+        assert_eq!(
+            infinity.body(&["a".to_owned(), "b".to_owned()]),
+            r#"{"input":["a","b"],"model":"m","modality":"image"}"#
         );
     }
 

@@ -1,15 +1,20 @@
-//! `sightline bench`: the throughput benchmark (issue 5). In one run it measures model-only
-//! images/s (the image encoder alone on preprocessed tensors, with the server's session
-//! settings, `baseline.rs`), then a real `sightline serve` child process on loopback
-//! (`server.rs`) under the two request patterns Elasticsearch produces (`load.rs`) — (a) many
-//! connections with one image each (ingest processor), (b) requests of ten images (custom
-//! service batches) — plus text-query latency while (a) saturates the machine, image-query
-//! latency with and without the priority lane (`?priority=search`) during a second run of (a),
-//! and the server's peak RSS. Ratios are against the model-only number of the same run, so the machine's speed
-//! cancels out (`report.rs`). `make bench` prepares the random-weight models, the photos and
-//! the Python peer, then calls it.
+//! `sightline bench`: the throughput benchmark (issues 5 and 15). In one run it measures
+//! model-only images/s (the image encoder alone on preprocessed tensors, with the server's
+//! session settings, `baseline.rs`), the memory and start-up time of a server with one image
+//! lane and with the configured lanes, then a real `sightline serve` child process on loopback
+//! (`server.rs`) under the request patterns Elasticsearch produces (`load.rs`) — (a) many
+//! connections with one full-size photo each (the ingest processor), (b) requests of ten photos
+//! (custom service batches), (c) one image per request as `sightline ingest` sends it (shrunk
+//! to 1024 pixels and re-encoded by the ingest's own function) — plus text-query latency while
+//! (a) saturates the machine, image-query latency with and without the priority lane
+//! (`?priority=search`) during a second run of (a), and the server's peak RSS. Ratios are
+//! against the model-only number and the decoding ceiling of the same run, so the machine's
+//! speed cancels out (`report.rs`). With `--target-url` it drives another server (infinity)
+//! with the same photos and patterns instead and prints one JSON line (`external.rs`).
+//! `make bench` prepares the random-weight models, the photos and the peers, then calls it.
 
 mod baseline;
+mod external;
 mod load;
 mod report;
 mod server;
@@ -21,26 +26,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use base64::Engine as _;
 use bytes::Bytes;
 
 use crate::engine::bundle::Bundle;
-use load::{body, drive, endpoint, probe, Latency, Throughput};
-use report::{read_peer, ImageQueries, Report};
+use crate::es::image::data_uri;
+use load::{drive, probe, Budget, Dialect, Latency, Target, Throughput};
+use report::{read_infinity, read_peer, ImageQueries, Report};
 use server::Server;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct BenchArgs {
     /// Model bundle to benchmark.
-    #[arg(long)]
-    model_dir: PathBuf,
+    #[arg(long, required_unless_present = "target_url")]
+    model_dir: Option<PathBuf>,
     /// Folder of JPEG photographs.
     #[arg(long)]
     photos: PathBuf,
     /// Length of each measurement (e.g. `30s`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Pattern (a): concurrent connections, one image per request (the ingest processor).
+    /// Patterns (a) and (c): concurrent connections, one image per request (the ingest processor).
     #[arg(long, default_value_t = 20)]
     clients: usize,
     /// Pattern (b): images per request (the custom service's default batch).
@@ -58,6 +63,19 @@ pub(super) struct BenchArgs {
     /// Result line of `bench/peer.py` from the same run, for the Sightline ÷ peer ratio.
     #[arg(long)]
     peer: Option<PathBuf>,
+    /// Result line of `bench/infinity.py` from the same run, for the infinity rows.
+    #[arg(long)]
+    infinity: Option<PathBuf>,
+    /// Drive the server already running at this URL with patterns (a), (b) and (c) for
+    /// `--duration` each, instead of starting `sightline serve`; prints one JSON line.
+    #[arg(long, conflicts_with_all = ["model_dir", "peer", "infinity"])]
+    target_url: Option<String>,
+    /// Request format of `--target-url`.
+    #[arg(long, value_enum, default_value = "sightline", requires = "target_url")]
+    target_dialect: Dialect,
+    /// `model` field of the requests to `--target-url` (infinity: its served model name).
+    #[arg(long, default_value = "bench", requires = "target_url")]
+    target_model: String,
     /// Extra flags for the `sightline serve` under test, after `--`.
     #[arg(last = true)]
     serve_args: Vec<String>,
@@ -70,7 +88,7 @@ struct BenchConfig {
     photos: PathBuf,
     /// Target duration of each measurement.
     duration: Duration,
-    /// Pattern (a): concurrent connections, one image per request.
+    /// Patterns (a) and (c): concurrent connections, one image per request.
     clients: usize,
     /// Pattern (b): images per request, and concurrent connections.
     batch: usize,
@@ -82,14 +100,69 @@ struct BenchConfig {
     serve_args: Vec<String>,
     /// One JSON line from `bench/peer.py`, measured in the same run.
     peer: Option<PathBuf>,
+    /// One JSON line from `bench/infinity.py`, measured in the same run.
+    infinity: Option<PathBuf>,
+}
+
+/// The request bodies of the three patterns, in the dialect of the server under test.
+struct Workload {
+    /// (a): one full-size photo per request.
+    singles: Arc<Vec<Bytes>>,
+    /// (b): `batch` full-size photos per request.
+    groups: Arc<Vec<Bytes>>,
+    /// (c): one ingest-sized image per request.
+    ingest: Arc<Vec<Bytes>>,
+}
+
+impl Workload {
+    fn new(target: &Target, photos: &baseline::Photos, batch: usize) -> Workload {
+        let uris: Vec<String> = photos
+            .originals
+            .iter()
+            .map(|p| data_uri("image/jpeg", p))
+            .collect();
+        let groups = (0..uris.len())
+            .map(|i| {
+                let group: Vec<String> = (0..batch)
+                    .map(|k| uris[(i + k) % uris.len()].clone())
+                    .collect();
+                target.body(&group)
+            })
+            .collect();
+        let singles = uris.iter().map(|u| target.body(std::slice::from_ref(u)));
+        let ingest = photos.ingest.iter().map(|p| target.body(&[p.data_uri()]));
+        Workload {
+            singles: Arc::new(singles.collect()),
+            groups: Arc::new(groups),
+            ingest: Arc::new(ingest.collect()),
+        }
+    }
 }
 
 pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if let Some(url) = args.target_url {
+        let target = Target {
+            url,
+            dialect: args.target_dialect,
+            model: args.target_model,
+        };
+        let line = external::measure(&external::ExternalConfig {
+            target,
+            photos: args.photos,
+            duration: args.duration,
+            clients: args.clients,
+            batch: args.batch,
+            batch_clients: args.batch_clients,
+        })
+        .await?;
+        println!("{line}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let report = measure(&BenchConfig {
-        model_dir: args.model_dir,
+        model_dir: args.model_dir.unwrap_or_default(),
         photos: args.photos,
         duration: args.duration,
         clients: args.clients,
@@ -99,6 +172,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         image_lanes: args.image_lanes,
         serve_args: args.serve_args,
         peer: args.peer,
+        infinity: args.infinity,
     })
     .await?;
     println!("{}", report.table());
@@ -106,54 +180,59 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn measure(cfg: &BenchConfig) -> Result<Report> {
-    let photos = baseline::load_photos(&cfg.photos)?;
-    let megapixels = baseline::megapixel_range(&photos);
+    let photos = baseline::Photos::load(&cfg.photos)?;
+    let settings = Bundle::load(&cfg.model_dir)?.manifest.preprocess;
+    let model_only = baseline::model_only(cfg, &settings, &photos.originals).await?;
+    eprintln!("bench: model-only {model_only:.2} images/s");
+    let decode_ms = baseline::decode_cost_ms(cfg, settings.clone(), &photos.originals).await?;
+    let ingest_payloads: Vec<Vec<u8>> = photos.ingest.iter().map(|p| p.payload.to_vec()).collect();
+    let ingest_decode_ms = baseline::decode_cost_ms(cfg, settings, &ingest_payloads).await?;
     eprintln!(
-        "bench: {} photos, {:.1}–{:.1} MP",
-        photos.len(),
-        megapixels.0,
-        megapixels.1
+        "bench: decoding and preprocessing {decode_ms:.1} ms per photo, {ingest_decode_ms:.1} ms per ingest-sized image, on one core"
     );
 
-    let settings = Bundle::load(&cfg.model_dir)?.manifest.preprocess;
-    let model_only = baseline::model_only(cfg, &settings, &photos).await?;
-    eprintln!("bench: model-only {model_only:.2} images/s");
-    let decode_ms = baseline::decode_cost_ms(cfg, settings, &photos).await?;
-    eprintln!("bench: decoding and preprocessing {decode_ms:.1} ms per photo on one core");
-
-    let server = Server::start(cfg).await?;
+    // One lane first, alone: what the second lane adds to the resident memory.
+    let one_lane = Server::start(cfg, 1).await?;
+    let one_lane_loaded = one_lane.loaded;
+    one_lane.stop().await?;
+    let server = Server::start(cfg, cfg.image_lanes).await?;
+    eprintln!(
+        "bench: loaded RSS {:.0} MiB with 1 image lane (ready after {:.1} s), {:.0} MiB with {} (ready after {:.1} s)",
+        one_lane_loaded.rss_mib,
+        one_lane_loaded.ready_after.as_secs_f64(),
+        server.loaded.rss_mib,
+        server.loaded.lanes,
+        server.loaded.ready_after.as_secs_f64()
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(cfg.clients.max(cfg.batch_clients) + 1)
         .build()?;
-    let uris: Vec<String> = photos
-        .iter()
-        .map(|p| {
-            format!(
-                "data:image/jpeg;base64,{}",
-                base64::engine::general_purpose::STANDARD.encode(p)
-            )
-        })
-        .collect();
+    let target = Target {
+        url: server.url.clone(),
+        dialect: Dialect::Sightline,
+        model: "bench".to_owned(),
+    };
+    let work = Workload::new(&target, &photos, cfg.batch);
     // Each pattern sends about as many images as the model-only rate finishes in `duration`.
-    let target = ((model_only * cfg.duration.as_secs_f64()).ceil() as usize).max(cfg.clients);
+    let images = ((model_only * cfg.duration.as_secs_f64()).ceil() as usize).max(cfg.clients);
+    let endpoint = target.endpoint("");
 
-    let singles: Vec<Bytes> = uris.iter().map(|u| body(std::slice::from_ref(u))).collect();
     let text = Bytes::from_static(br#"{"input":["eine rote Katze im Schnee"],"model":"bench"}"#);
     let stop = Arc::new(AtomicBool::new(false));
     let text_probe = tokio::spawn(probe(
         client.clone(),
-        endpoint(&server.url, ""),
+        endpoint.clone(),
         text,
         Duration::from_millis(200),
         stop.clone(),
     ));
-    let singles = Arc::new(singles);
+    let budget = Budget::Images(images);
     let one_per_request = drive(
         &client,
-        &server.url,
-        singles.clone(),
+        &endpoint,
+        work.singles.clone(),
         1,
-        target,
+        budget,
         cfg.clients,
     )
     .await?;
@@ -161,52 +240,58 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     let text_samples = text_probe.await??;
     eprintln!("bench: (a) {:.2} images/s", one_per_request.images_per_s);
 
-    let image_queries = image_queries(cfg, &client, &server.url, singles, &uris[0], target).await?;
+    let query = target.body(&[data_uri("image/jpeg", &photos.originals[0])]);
+    let image_queries =
+        image_queries(cfg, &client, &target, work.singles.clone(), query, budget).await?;
     eprintln!(
         "bench: image query p99 during (a): {:.0} ms with ?priority=search, {:.0} ms without",
         image_queries.priority.p99.as_secs_f64() * 1e3,
         image_queries.plain.p99.as_secs_f64() * 1e3
     );
 
-    let groups: Vec<Bytes> = (0..uris.len())
-        .map(|i| {
-            let group: Vec<String> = (0..cfg.batch)
-                .map(|k| uris[(i + k) % uris.len()].clone())
-                .collect();
-            body(&group)
-        })
-        .collect();
     let batched = drive(
         &client,
-        &server.url,
-        Arc::new(groups),
+        &endpoint,
+        work.groups.clone(),
         cfg.batch,
-        target,
+        budget,
         cfg.batch_clients,
     )
     .await?;
     eprintln!("bench: (b) {:.2} images/s", batched.images_per_s);
+    let ingest_sized = drive(&client, &endpoint, work.ingest, 1, budget, cfg.clients).await?;
+    eprintln!("bench: (c) {:.2} images/s", ingest_sized.images_per_s);
 
-    let (loaded_rss_mib, peak_rss_mib) = (server.loaded_rss_mib, server.memory_mib("VmHWM")?);
+    let (loaded, peak_rss_mib) = (server.loaded, server.memory_mib("VmHWM")?);
     server.stop().await?;
     let peer = match &cfg.peer {
         Some(path) => Some(read_peer(path)?),
         None => None,
     };
+    let infinity = match &cfg.infinity {
+        Some(path) => Some(read_infinity(path)?),
+        None => None,
+    };
     Ok(Report {
-        photos: photos.len(),
-        megapixels,
+        photos: photos.summary(),
         model_only,
         threads: cfg.threads,
+        clients: cfg.clients,
+        batch: cfg.batch,
+        batch_clients: cfg.batch_clients,
         decode_ms,
+        ingest_decode_ms,
         one_per_request,
         batched,
+        ingest_sized,
         text_queries: text_samples.len(),
         text_under_load: Latency::of(text_samples),
         image_queries,
-        loaded_rss_mib,
+        one_lane: one_lane_loaded,
+        loaded,
         peak_rss_mib,
         peer,
+        infinity,
     })
 }
 
@@ -217,24 +302,31 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
 async fn image_queries(
     cfg: &BenchConfig,
     client: &reqwest::Client,
-    url: &str,
+    target: &Target,
     singles: Arc<Vec<Bytes>>,
-    query: &str,
-    target: usize,
+    query: Bytes,
+    budget: Budget,
 ) -> Result<ImageQueries> {
-    let query = body(&[query.to_owned()]);
     let stop = Arc::new(AtomicBool::new(false));
     let spawn_probe = |query_string: &str| {
         tokio::spawn(probe(
             client.clone(),
-            endpoint(url, query_string),
+            target.endpoint(query_string),
             query.clone(),
             Duration::from_secs(1),
             stop.clone(),
         ))
     };
     let (priority, plain) = (spawn_probe("?priority=search"), spawn_probe(""));
-    let during: Throughput = drive(client, url, singles, 1, target, cfg.clients).await?;
+    let during: Throughput = drive(
+        client,
+        &target.endpoint(""),
+        singles,
+        1,
+        budget,
+        cfg.clients,
+    )
+    .await?;
     stop.store(true, Ordering::Release);
     let (priority, plain) = (priority.await??, plain.await??);
     Ok(ImageQueries {

@@ -1,5 +1,5 @@
-//! The server under test: a `sightline serve` child process on a free loopback port, its
-//! readiness, its memory figures from `/proc`, and a graceful stop.
+//! The server under test: a `sightline serve` child process on a free loopback port, the time
+//! it takes to become ready, its memory figures from `/proc`, and a graceful stop.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -12,21 +12,31 @@ use super::BenchConfig;
 pub(super) struct Server {
     child: tokio::process::Child,
     pub(super) url: String,
-    pub(super) loaded_rss_mib: f64,
+    pub(super) loaded: Loaded,
+}
+
+/// A server once loaded: its resident memory and how long it took from start to `/ready`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Loaded {
+    pub(super) lanes: usize,
+    pub(super) rss_mib: f64,
+    pub(super) ready_after: Duration,
 }
 
 impl Server {
-    pub(super) async fn start(cfg: &BenchConfig) -> Result<Server> {
+    /// Starts `sightline serve` with `lanes` image lanes and waits until it is ready.
+    pub(super) async fn start(cfg: &BenchConfig, lanes: usize) -> Result<Server> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         let addr = format!("127.0.0.1:{port}");
         let exe = std::env::current_exe()?;
+        let started = Instant::now();
         let child = tokio::process::Command::new(exe)
             .args(["serve", "--model-dir"])
             .arg(&cfg.model_dir)
             .args(["--addr", &addr, "--threads", &cfg.threads.to_string()])
-            .args(["--image-lanes", &cfg.image_lanes.to_string()])
+            .args(["--image-lanes", &lanes.to_string()])
             .args(&cfg.serve_args)
             .env("SIGHTLINE_LOG", "warn")
             .stdout(Stdio::null())
@@ -36,10 +46,15 @@ impl Server {
         let mut server = Server {
             child,
             url: format!("http://{addr}"),
-            loaded_rss_mib: 0.0,
+            loaded: Loaded::default(),
         };
         server.wait_ready().await?;
-        server.loaded_rss_mib = server.memory_mib("VmRSS")?;
+        let ready_after = started.elapsed();
+        server.loaded = Loaded {
+            lanes,
+            rss_mib: server.memory_mib("VmRSS")?,
+            ready_after,
+        };
         // Loading briefly holds a model twice; reset the peak so it reports the load test.
         let pid = server.child.id().context("the server has exited")?;
         std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
@@ -51,7 +66,7 @@ impl Server {
     async fn wait_ready(&self) -> Result<()> {
         let client = reqwest::Client::new();
         let until = Instant::now() + Duration::from_secs(120);
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
         while Instant::now() < until {
             tick.tick().await;
             if let Ok(r) = client.get(format!("{}/ready", self.url)).send().await {
