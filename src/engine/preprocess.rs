@@ -819,6 +819,108 @@ mod tests {
         assert_eq!(rgb.get_pixel(3, 3).0, [10, 20, 30]);
     }
 
+    /// A 10 × 7 image of `color` with every sample different and alpha across its range.
+    fn patterned(color: image::ColorType) -> DynamicImage {
+        let rgba = ImageBuffer::<Rgba<u16>, Vec<u16>>::from_fn(10, 7, |x, y| {
+            let v = |k: u32| ((x * 7919 + y * 104_729 + k * 31_337) % 65_536) as u16;
+            image::Rgba([v(0), v(1), v(2), v(3)])
+        });
+        let img = DynamicImage::ImageRgba16(rgba);
+        match color {
+            image::ColorType::L8 => img.to_luma8().into(),
+            image::ColorType::La8 => img.to_luma_alpha8().into(),
+            image::ColorType::Rgb8 => img.to_rgb8().into(),
+            image::ColorType::Rgba8 => img.to_rgba8().into(),
+            image::ColorType::L16 => img.to_luma16().into(),
+            image::ColorType::La16 => img.to_luma_alpha16().into(),
+            image::ColorType::Rgb16 => img.to_rgb16().into(),
+            _ => img,
+        }
+    }
+
+    #[test]
+    fn plans_reserve_the_decoded_frame_per_format_and_depth() {
+        use image::ColorType as C;
+        let opts = DecodeOptions::default();
+        let px = 10 * 7;
+        // (colour, format, bytes): the frame's w × h × channels × bytes a sample, plus the RGB
+        // frame it grows into where it is smaller (grey: 1 or 2 bytes a pixel → 3).
+        let cases = [
+            (C::Rgba16, ImageFormat::Png, px * 8),
+            (C::Rgb16, ImageFormat::Png, px * 6),
+            (C::La16, ImageFormat::Png, px * 4),
+            (C::L16, ImageFormat::Png, px * 2 + px),
+            (C::Rgba8, ImageFormat::Png, px * 4),
+            (C::Rgb8, ImageFormat::Png, px * 3),
+            (C::La8, ImageFormat::Png, px * 2 + px),
+            (C::L8, ImageFormat::Png, px + 2 * px),
+            (C::Rgba16, ImageFormat::Tiff, px * 8),
+            (C::Rgb16, ImageFormat::Tiff, px * 6),
+            (C::L16, ImageFormat::Tiff, px * 2 + px),
+            (C::Rgba8, ImageFormat::Tiff, px * 4),
+            (C::L8, ImageFormat::Tiff, px + 2 * px),
+            (C::Rgb8, ImageFormat::Bmp, px * 3),
+        ];
+        for (color, format, bytes) in cases {
+            let file = encode(&patterned(color), format);
+            let plan = super::plan(&file, &opts, 224).unwrap();
+            assert_eq!(plan.peak_bytes(), bytes, "{color:?} {format:?}: {plan:?}");
+            assert_eq!(
+                u64::from(plan.channels) * u64::from(plan.bytes_per_sample),
+                u64::from(color.bytes_per_pixel()),
+                "{color:?} {format:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_place_conversion_matches_the_image_crates_pixels() {
+        use image::ColorType as C;
+        let colors = [C::L8, C::La8, C::Rgb8, C::Rgba8, C::L16, C::La16, C::Rgb16, C::Rgba16];
+        for color in colors {
+            let img = patterned(color);
+            let expected = to_rgb_on_white(img.clone()).unwrap();
+            let formats: &[ImageFormat] = if matches!(color, C::La8 | C::La16) {
+                &[ImageFormat::Png] // the TIFF encoder writes no grey + alpha
+            } else {
+                &[ImageFormat::Png, ImageFormat::Tiff]
+            };
+            for &format in formats {
+                let rgb = decode_rgb(&encode(&img, format), &DecodeOptions::default(), 224).unwrap();
+                assert_eq!(rgb, expected, "{color:?} {format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_gif_is_planned_by_its_canvas_and_a_jpeg_at_its_decoded_scale() {
+        // A 1 × 1 frame on a declared 10 000 × 10 000 screen: 30-odd bytes that decode to an
+        // RGBA canvas of 400 MB, plus the frame's own 4-byte buffer.
+        let mut gif = b"GIF89a".to_vec();
+        gif.extend_from_slice(&10_000u16.to_le_bytes());
+        gif.extend_from_slice(&10_000u16.to_le_bytes());
+        gif.extend_from_slice(&[0, 0, 0]); // no global palette
+        gif.extend_from_slice(&[0x2C, 0, 0, 0, 0, 1, 0, 1, 0, 0x80]); // 1×1, local palette of 2
+        gif.extend_from_slice(&[255, 0, 0, 0, 0, 255]);
+        gif.extend_from_slice(&[2, 2, 0x44, 0x01, 0, 0x3B]);
+        let plan = super::plan(&gif, &DecodeOptions::default(), 224).unwrap();
+        assert_eq!((plan.width, plan.height, plan.channels), (10_000, 10_000, 4));
+        assert_eq!(plan.peak_bytes(), 400_000_000 + 4);
+
+        let jpeg = encode(
+            &DynamicImage::ImageRgb8(RgbImage::new(2000, 1500)),
+            ImageFormat::Jpeg,
+        );
+        // The prescale keeps the short side ≥ 3 × 224: half scale, 1000 × 750 RGB.
+        let plan = super::plan(&jpeg, &DecodeOptions::default(), 224).unwrap();
+        assert_eq!(plan.peak_bytes(), 1000 * 750 * 3);
+        let exact = DecodeOptions {
+            jpeg_prescale: false,
+            ..DecodeOptions::default()
+        };
+        assert_eq!(super::plan(&jpeg, &exact, 224).unwrap().peak_bytes(), 2000 * 1500 * 3);
+    }
+
     #[test]
     fn pixel_limit_is_checked_before_decoding() {
         let img = DynamicImage::ImageRgb8(ImageBuffer::new(100, 100));
