@@ -127,7 +127,10 @@ mod tests {
         let gib = 1u64 << 30;
         assert_eq!(sized_from(Some(2 * gib), Some(24 * gib)), gib / 2);
         // cgroup v1's "unlimited" is a huge number: MemTotal decides.
-        assert_eq!(sized_from(Some(9_223_372_036_854_771_712), Some(24 * gib)), 6 * gib);
+        assert_eq!(
+            sized_from(Some(9_223_372_036_854_771_712), Some(24 * gib)),
+            6 * gib
+        );
         assert_eq!(sized_from(None, Some(8 * gib)), 2 * gib);
         assert_eq!(sized_from(Some(512 << 20), None), 256 << 20);
         assert_eq!(sized_from(None, None), 256 << 20);

@@ -270,13 +270,14 @@ fn open<'a>(
         _ => plan,
     };
     let decoder: Box<dyn ImageDecoder + 'a> = Box::new(decoder);
-    let source = if sample <= 2 && !matches!(color, image::ColorType::Rgb32F | image::ColorType::Rgba32F) {
-        Source::Frame(decoder)
-    } else {
-        // The float frame, its RGBA8 copy and the RGB8 result.
-        plan = plan.plus_per_pixel(7);
-        Source::Dynamic(decoder)
-    };
+    let source =
+        if sample <= 2 && !matches!(color, image::ColorType::Rgb32F | image::ColorType::Rgba32F) {
+            Source::Frame(decoder)
+        } else {
+            // The float frame, its RGBA8 copy and the RGB8 result.
+            plan = plan.plus_per_pixel(7);
+            Source::Dynamic(decoder)
+        };
     Ok(Opened {
         source,
         plan,
@@ -347,9 +348,8 @@ impl Opened<'_> {
     /// Decodes the pixels into one frame, converts it to RGB in place and orients it.
     fn decode(self, bytes: &[u8], format: ImageFormat) -> Result<RgbImage, EmbedError> {
         let name = format!("{format:?}").to_uppercase();
-        let bad = |e: &dyn std::fmt::Display| {
-            EmbedError::bad_input(format!("cannot decode {name}: {e}"))
-        };
+        let bad =
+            |e: &dyn std::fmt::Display| EmbedError::bad_input(format!("cannot decode {name}: {e}"));
         let plan = self.plan;
         let frame_len = usize::try_from(plan.frame_bytes()).map_err(|e| bad(&e))?;
         let rgb = match self.source {
@@ -471,7 +471,10 @@ fn tiff_first_image_only(bytes: &[u8]) -> Cow<'_, [u8]> {
 /// converted in the decoded frame's memory. PIL's fixed-point tables (6 fractional bits, then a
 /// floor shift) differ from the floored equations by one level on 3.8 % of all 2²⁴ colours
 /// (measured), inside the golden test's tolerance.
-fn decode_tiff_ycbcr(mut decoder: TiffDecoder<'_>, plan: DecodePlan) -> Result<RgbImage, EmbedError> {
+fn decode_tiff_ycbcr(
+    mut decoder: TiffDecoder<'_>,
+    plan: DecodePlan,
+) -> Result<RgbImage, EmbedError> {
     use tiff::decoder::DecodingResult;
     let bad = |e: tiff::TiffError| EmbedError::bad_input(format!("cannot decode TIFF: {e}"));
     let (w, h) = (plan.width, plan.height);
@@ -595,12 +598,17 @@ fn gif_canvas(bytes: &[u8]) -> Option<GifCanvas> {
                 if local & 0x80 != 0 {
                     index0.copy_from_slice(bytes.get(pos + 10..pos + 13)?);
                 }
-                let in_place = x == 0 && w == screen_w && u32::from(y) + u32::from(h) <= u32::from(screen_h);
+                let in_place =
+                    x == 0 && w == screen_w && u32::from(y) + u32::from(h) <= u32::from(screen_h);
                 return Some(GifCanvas {
                     covered: (x, y, w, h) == (0, 0, screen_w, screen_h),
                     transparent,
                     index0,
-                    frame_buffer: if in_place { 0 } else { 4 * u64::from(w) * u64::from(h) },
+                    frame_buffer: if in_place {
+                        0
+                    } else {
+                        4 * u64::from(w) * u64::from(h)
+                    },
                 });
             }
             _ => return None,
@@ -876,7 +884,16 @@ mod tests {
     #[test]
     fn in_place_conversion_matches_the_image_crates_pixels() {
         use image::ColorType as C;
-        let colors = [C::L8, C::La8, C::Rgb8, C::Rgba8, C::L16, C::La16, C::Rgb16, C::Rgba16];
+        let colors = [
+            C::L8,
+            C::La8,
+            C::Rgb8,
+            C::Rgba8,
+            C::L16,
+            C::La16,
+            C::Rgb16,
+            C::Rgba16,
+        ];
         for color in colors {
             let img = patterned(color);
             let expected = to_rgb_on_white(img.clone()).unwrap();
@@ -886,7 +903,8 @@ mod tests {
                 &[ImageFormat::Png, ImageFormat::Tiff]
             };
             for &format in formats {
-                let rgb = decode_rgb(&encode(&img, format), &DecodeOptions::default(), 224).unwrap();
+                let rgb =
+                    decode_rgb(&encode(&img, format), &DecodeOptions::default(), 224).unwrap();
                 assert_eq!(rgb, expected, "{color:?} {format:?}");
             }
         }
@@ -904,7 +922,10 @@ mod tests {
         gif.extend_from_slice(&[255, 0, 0, 0, 0, 255]);
         gif.extend_from_slice(&[2, 2, 0x44, 0x01, 0, 0x3B]);
         let plan = super::plan(&gif, &DecodeOptions::default(), 224).unwrap();
-        assert_eq!((plan.width, plan.height, plan.channels), (10_000, 10_000, 4));
+        assert_eq!(
+            (plan.width, plan.height, plan.channels),
+            (10_000, 10_000, 4)
+        );
         assert_eq!(plan.peak_bytes(), 400_000_000 + 4);
 
         let jpeg = encode(
@@ -918,7 +939,10 @@ mod tests {
             jpeg_prescale: false,
             ..DecodeOptions::default()
         };
-        assert_eq!(super::plan(&jpeg, &exact, 224).unwrap().peak_bytes(), 2000 * 1500 * 3);
+        assert_eq!(
+            super::plan(&jpeg, &exact, 224).unwrap().peak_bytes(),
+            2000 * 1500 * 3
+        );
     }
 
     #[test]
