@@ -381,34 +381,51 @@ impl Opened<'_> {
 /// RGB8 on white, in the frame's own memory: only one frame is ever held. 16-bit samples are
 /// scaled like the image crate's `into_rgb8` (`(v + 128) / 257`), then alpha is composited
 /// onto white as [`to_rgb_on_white`] does, so both paths give the same pixels.
-fn to_rgb_in_place(mut frame: Vec<u8>, plan: &DecodePlan) -> Result<RgbImage, EmbedError> {
+fn to_rgb_in_place(frame: Vec<u8>, plan: &DecodePlan) -> Result<RgbImage, EmbedError> {
+    // One loop per layout, so the per-pixel work has no branches on the layout.
+    match (plan.channels, plan.bytes_per_sample) {
+        (1, 1) => convert_frame::<1, false>(frame, plan),
+        (2, 1) => convert_frame::<2, false>(frame, plan),
+        (3, 1) => convert_frame::<3, false>(frame, plan),
+        (4, 1) => convert_frame::<4, false>(frame, plan),
+        (1, 2) => convert_frame::<1, true>(frame, plan),
+        (2, 2) => convert_frame::<2, true>(frame, plan),
+        (3, 2) => convert_frame::<3, true>(frame, plan),
+        (4, 2) => convert_frame::<4, true>(frame, plan),
+        _ => Err(buffer_error(plan.width, plan.height)),
+    }
+}
+
+/// [`to_rgb_in_place`] for `CHANNELS` samples a pixel, 16-bit where `WIDE`.
+fn convert_frame<const CHANNELS: usize, const WIDE: bool>(
+    mut frame: Vec<u8>,
+    plan: &DecodePlan,
+) -> Result<RgbImage, EmbedError> {
     let (w, h) = (plan.width, plan.height);
     let pixels = w as usize * h as usize;
-    let (channels, wide) = (usize::from(plan.channels), plan.bytes_per_sample == 2);
-    let stride = channels * usize::from(plan.bytes_per_sample);
+    let stride = CHANNELS * if WIDE { 2 } else { 1 };
     if frame.len() != pixels * stride {
         return Err(buffer_error(w, h));
     }
     let sample = |px: &[u8], c: usize| -> u32 {
-        if wide {
+        if WIDE {
             (u32::from(u16::from_ne_bytes([px[2 * c], px[2 * c + 1]])) + 128) / 257
         } else {
             u32::from(px[c])
         }
     };
     let convert = |px: &[u8]| -> [u8; 3] {
-        let (rgb, alpha) = match channels {
-            1 | 2 => ([sample(px, 0); 3], (channels == 2).then(|| sample(px, 1))),
-            _ => (
-                [sample(px, 0), sample(px, 1), sample(px, 2)],
-                (channels == 4).then(|| sample(px, 3)),
-            ),
+        let rgb = if CHANNELS <= 2 {
+            [sample(px, 0); 3]
+        } else {
+            [sample(px, 0), sample(px, 1), sample(px, 2)]
         };
+        if CHANNELS % 2 == 1 {
+            return rgb.map(|c| c as u8);
+        }
         // round((c·a + 255·(255 − a)) / 255), PIL's alpha_composite onto opaque white.
-        rgb.map(|c| match alpha {
-            Some(a) => ((c * a + 255 * (255 - a) + 127) / 255) as u8,
-            None => c as u8,
-        })
+        let a = sample(px, CHANNELS - 1);
+        rgb.map(|c| ((c * a + 255 * (255 - a) + 127) / 255) as u8)
     };
     if stride >= 3 {
         // Pixel i is written at 3i, never past where pixel i + 1 starts (stride · (i + 1)).
