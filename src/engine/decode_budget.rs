@@ -60,8 +60,14 @@ impl DecodeBudget {
         let units = bytes.div_ceil(UNIT);
         let fits = units <= self.limit / UNIT;
         let (Ok(units), true) = (u32::try_from(units), fits) else {
+            let frame = plan.frame_bytes();
+            let working = if bytes > frame {
+                format!(", {bytes} while decoding")
+            } else {
+                String::new()
+            };
             return Err(EmbedError::bad_input(format!(
-                "{plan} = {bytes} bytes while decoding, more than the decode memory limit of \
+                "{plan} = {frame} bytes decoded{working}, more than the decode memory limit of \
                  {} bytes (`--decode-memory`)",
                 self.limit
             )));
@@ -145,11 +151,20 @@ mod tests {
         let budget = DecodeBudget::new(1 << 20);
         let plan = DecodePlan::for_test(1000, 1000, 4);
         let e = budget.reserve(&plan, far()).await.unwrap_err();
+        let mut rotated = plan;
+        rotated.extra_bytes = 3_000_000;
+        let e2 = budget.reserve(&rotated, far()).await.unwrap_err();
+        assert!(
+            e2.message
+                .contains("= 4000000 bytes decoded, 7000000 while decoding, more than"),
+            "{}",
+            e2.message
+        );
         assert_eq!(e.kind, ErrorKind::BadInput);
         assert_eq!(
             e.message,
-            "image is 1000×1000 × 4 bytes a pixel = 4000000 bytes while decoding, more than \
-             the decode memory limit of 1048576 bytes (`--decode-memory`)"
+            "image is 1000×1000 × 4 bytes a pixel = 4000000 bytes decoded, more than the \
+             decode memory limit of 1048576 bytes (`--decode-memory`)"
         );
     }
 

@@ -24,8 +24,8 @@ fn rgba_png(w: u32, h: u32) -> String {
     format!("data:image/png;base64,{b64}")
 }
 
-const TOO_BIG: &str = "input[0]: image is 1000×1000 × 4 bytes a pixel = 4000000 bytes while \
-     decoding, more than the decode memory limit of 1048576 bytes (`--decode-memory`)";
+const TOO_BIG: &str = "input[0]: image is 1000×1000 × 4 bytes a pixel = 4000000 bytes decoded, \
+     more than the decode memory limit of 1048576 bytes (`--decode-memory`)";
 
 #[tokio::test]
 async fn an_image_that_could_never_fit_is_a_400_naming_the_limit_and_its_size() {
