@@ -46,6 +46,11 @@ pub(super) struct EngineArgs {
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "SIGHTLINE_MAX_PIXELS", default_value_t = DecodeOptions::default().max_pixels)]
     pub max_pixels: u64,
+    /// Decoded pixel memory held at once across all images (e.g. `1GiB`); an image waits for
+    /// room, one larger than all of it is refused with 400 [default: a quarter of the cgroup's
+    /// memory limit, else of the machine's memory, at least 256 MiB].
+    #[arg(long, env = "SIGHTLINE_DECODE_MEMORY", value_parser = super::parse_bytes)]
+    pub decode_memory: Option<usize>,
     /// Inputs not embedded within this time are answered with 429 (e.g. `60s`); requests
     /// that would not drain within it are refused with 429 at once.
     #[arg(long, env = "SIGHTLINE_REQUEST_TIMEOUT", default_value_t = EngineOptions::default().request_timeout.into())]
@@ -76,6 +81,9 @@ impl EngineArgs {
                 jpeg_prescale: false,
                 ..defaults.decode
             },
+            decode_memory: self
+                .decode_memory
+                .map_or(defaults.decode_memory, |b| b as u64),
             request_timeout: self.request_timeout.into(),
             stall_timeout: defaults.stall_timeout.max(self.request_timeout.into()),
             // URL inputs are a `serve` concern (its `--allow-url-hosts`); off everywhere else.

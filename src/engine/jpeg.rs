@@ -19,6 +19,7 @@ use image::{DynamicImage, RgbImage};
 use turbojpeg::{raw, ScalingFactor};
 
 use super::error::EmbedError;
+use super::preprocess::DecodePlan;
 
 /// Progressive JPEGs with more scans than this are refused: each scan re-walks the whole image,
 /// so a crafted file with thousands of scans costs minutes of CPU (libjpeg-turbo's advice).
@@ -81,6 +82,52 @@ pub(crate) struct Header {
     pub(crate) cmyk: bool,
 }
 
+/// What [`decode`] will hold at its peak (`preprocess::DecodePlan`): the frame at the scale it
+/// picks (CMYK is four bytes a pixel, converted in place), a rotated copy, and for a
+/// progressive file libjpeg's whole-image coefficient buffers (2 bytes a sample at full size,
+/// every component counted at full resolution). `check` sees the full size first.
+pub(super) fn plan(
+    bytes: &[u8],
+    min_short_side: Option<u32>,
+    check: impl FnOnce(u32, u32) -> Result<(), EmbedError>,
+) -> Result<DecodePlan, EmbedError> {
+    let container = walk(bytes)?;
+    let mut tj = TurboJpeg::new()?;
+    let (header, _) = tj.read_header(bytes)?;
+    check(header.width, header.height)?;
+    let factor = tj.scale_for(&header, min_short_side);
+    let channels = if header.cmyk { 4 } else { 3 };
+    let (w, h) = (
+        factor.scale(header.width as usize) as u32,
+        factor.scale(header.height as usize) as u32,
+    );
+    let orientation = container
+        .exif
+        .and_then(Orientation::from_exif_chunk)
+        .unwrap_or(Orientation::NoTransforms);
+    let transposes = matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    );
+    let coefficients = if tj.get(raw::TJPARAM_TJPARAM_PROGRESSIVE) != 0 {
+        let padded = |n: u32| u64::from(n.div_ceil(16) * 16);
+        padded(header.width) * padded(header.height) * channels * 2
+    } else {
+        0
+    };
+    Ok(DecodePlan {
+        width: w,
+        height: h,
+        channels: channels as u8,
+        bytes_per_sample: 1,
+        extra_bytes: coefficients,
+    }
+    .plus_per_pixel(if transposes { 3 } else { 0 }))
+}
+
 pub(crate) fn header(bytes: &[u8]) -> Result<Header, EmbedError> {
     let mut tj = TurboJpeg::new()?;
     Ok(tj.read_header(bytes)?.0)
@@ -101,12 +148,7 @@ pub(super) fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbIma
     let mut tj = TurboJpeg::new()?;
     tj.set(raw::TJPARAM_TJPARAM_SCANLIMIT, MAX_SCANS as c_int)?;
     let (header, header_warning) = tj.read_header(bytes)?;
-    let factor = match min_short_side {
-        Some(min) if !tj.lossless() => {
-            prescale_factor(header.width as usize, header.height as usize, min as usize)
-        }
-        _ => ScalingFactor::ONE,
-    };
+    let factor = tj.scale_for(&header, min_short_side);
     tj.set_scaling_factor(factor)?;
     let (width, height) = (
         factor.scale(header.width as usize),
@@ -128,11 +170,9 @@ pub(super) fn decode(bytes: &[u8], min_short_side: Option<u32>) -> Result<RgbIma
         tracing::debug!(%warning, "decoded a JPEG despite libjpeg's warning");
         crate::metrics::decode_warning("jpeg");
     }
-    let pixels = if header.cmyk {
-        cmyk_to_rgb(&pixels)
-    } else {
-        pixels
-    };
+    if header.cmyk {
+        cmyk_to_rgb_in_place(&mut pixels);
+    }
     let rgb = RgbImage::from_raw(width as u32, height as u32, pixels)
         .ok_or_else(|| EmbedError::bad_input("cannot decode JPEG: inconsistent image size"))?;
     let orientation = container
@@ -222,6 +262,16 @@ impl TurboJpeg {
         self.get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0
     }
 
+    /// The DCT scale [`decode`] uses for the header just read (lossless files have none).
+    fn scale_for(&self, header: &Header, min_short_side: Option<u32>) -> ScalingFactor {
+        match min_short_side {
+            Some(min) if !self.lossless() => {
+                prescale_factor(header.width as usize, header.height as usize, min as usize)
+            }
+            _ => ScalingFactor::ONE,
+        }
+    }
+
     fn read_header(&mut self, bytes: &[u8]) -> Result<(Header, Option<String>), EmbedError> {
         // SAFETY: the pointer and length describe `bytes`, which outlives the call.
         let rc =
@@ -309,20 +359,23 @@ fn prescale_factor(width: usize, height: usize, min: usize) -> ScalingFactor {
 /// PIL's CMYK → RGB without colour management: `(255 − C)(255 − K)/255`, rounded like PIL's
 /// `MULDIV255`. PIL reads every CMYK JPEG as Adobe-inverted (`CMYK;I`, "assume adobe
 /// conventions"), with or without an Adobe APP14 segment, and so does this.
-fn cmyk_to_rgb(inverted_cmyk: &[u8]) -> Vec<u8> {
+fn cmyk_to_rgb_in_place(pixels: &mut Vec<u8>) {
     let muldiv255 = |a: u32, b: u32| {
         let t = a * b + 128;
         ((t >> 8) + t) >> 8
     };
-    let mut out = Vec::with_capacity(inverted_cmyk.len() / 4 * 3);
-    for px in inverted_cmyk.chunks_exact(4) {
+    let n = pixels.len() / 4;
+    // Pixel i is written at 3i, before pixel i + 1 (at 4i + 4) is read.
+    for i in 0..n {
         // Stored inverted: 255 − v is the ink.
+        let px: [u8; 4] = std::array::from_fn(|c| pixels[4 * i + c]);
         let nk = u32::from(px[3]);
-        for &c in &px[..3] {
-            out.push((nk - muldiv255(255 - u32::from(c), nk)) as u8);
+        for c in 0..3 {
+            pixels[3 * i + c] = (nk - muldiv255(255 - u32::from(px[c]), nk)) as u8;
         }
     }
-    out
+    pixels.truncate(3 * n);
+    pixels.shrink_to_fit();
 }
 
 #[cfg(test)]
@@ -440,6 +493,11 @@ mod tests {
 
     #[test]
     fn cmyk_conversion_matches_pil() {
+        let cmyk_to_rgb = |px: &[u8]| {
+            let mut v = px.to_vec();
+            cmyk_to_rgb_in_place(&mut v);
+            v
+        };
         // PIL (samples stored inverted): no ink → white; full K → black; full C → cyan;
         // half values round.
         assert_eq!(cmyk_to_rgb(&[255, 255, 255, 255]), [255, 255, 255]);

@@ -11,6 +11,7 @@
 
 mod batcher;
 pub mod bundle;
+mod decode_budget;
 mod error;
 pub mod format;
 mod info;
@@ -32,6 +33,7 @@ use tokio::sync::oneshot;
 
 pub use batcher::Priority;
 pub use bundle::Bundle;
+pub use decode_budget::default_limit as default_decode_memory;
 pub use error::{EmbedError, ErrorKind, InputError, RequestFailure};
 pub use info::{MaxBatch, ModelInfo, ServerInfo, ServingLimits, Similarity};
 pub use input::{Item, Modality, ModalityHint, UrlFetcher};
@@ -39,6 +41,7 @@ pub use preprocess::DecodeOptions;
 
 use batcher::{Admission, Job, Queue, QueueConfig};
 use bundle::Preprocess;
+use decode_budget::DecodeBudget;
 use text::{TextTokenizer, TokenizerSettings};
 use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
 
@@ -67,6 +70,8 @@ pub struct EngineOptions {
     /// L2-normalise vectors (needed for Elasticsearch's `dot_product`).
     pub normalize: bool,
     pub decode: DecodeOptions,
+    /// Bytes of decoded pixels held at once across all images (`decode_budget.rs`).
+    pub decode_memory: u64,
     /// Inputs still queued after this long are answered with a timeout, never run.
     pub request_timeout: Duration,
     /// A worker busy with one batch for longer than this is reported as not ready.
@@ -96,6 +101,7 @@ impl Default for EngineOptions {
             priority_burst: 4,
             normalize: true,
             decode: DecodeOptions::default(),
+            decode_memory: decode_budget::default_limit(),
             request_timeout: Duration::from_secs(60),
             stall_timeout: Duration::from_secs(30),
             url_fetcher: None,
@@ -127,6 +133,7 @@ struct Inner {
     tokenizer: TextTokenizer,
     /// `decode_workers` low-priority threads for image decoding and preprocessing.
     decoders: rayon::ThreadPool,
+    decode_budget: DecodeBudget,
     images: Queue<Vec<f32>>,
     texts: Queue<Vec<i64>>,
     image_health: Vec<Arc<Health>>,
@@ -213,6 +220,7 @@ impl Engine {
                 preprocess: m.preprocess.clone(),
                 tokenizer,
                 decoders,
+                decode_budget: DecodeBudget::new(opts.decode_memory),
                 opts,
                 images,
                 texts,
@@ -461,6 +469,11 @@ impl Engine {
     /// Decodes and preprocesses on the decoding pool (`decode_workers` threads), within the
     /// request's deadline.
     async fn preprocess(&self, bytes: Vec<u8>, ticket: &Ticket) -> Result<Vec<f32>, EmbedError> {
+        let inner = &self.inner;
+        // The header is read here, its decoded size reserved (waiting for room within the
+        // deadline), and the reservation freed on the decoding thread once the frame is gone.
+        let plan = preprocess::plan(&bytes, &inner.opts.decode, inner.preprocess.size)?;
+        let reservation = inner.decode_budget.reserve(&plan, ticket.deadline).await?;
         let (reply, tensor) = oneshot::channel();
         let engine = self.clone();
         let started = Instant::now();
@@ -482,6 +495,7 @@ impl Engine {
             }
             let inner = &engine.inner;
             let tensor = preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode);
+            drop(reservation);
             // Marked here, on the decoding thread, so the request's next image is skipped even
             // if this thread takes it before the request has seen this failure.
             if let (Err(_), Some(failed)) = (&tensor, &failed) {

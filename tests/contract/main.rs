@@ -3,6 +3,7 @@ mod child;
 mod cli_embed;
 mod common;
 mod connections;
+mod decode_memory;
 mod errors;
 mod es_docker;
 mod es_e2e;
