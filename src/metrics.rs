@@ -78,29 +78,29 @@ fn metrics() -> &'static Metrics {
             input_errors: counter(
                 "sightline_input_errors_total",
                 "Inputs that failed, by error class.",
-                &["kind"],
+                &["kind", "model"],
             ),
             stage_seconds: histogram(
                 "sightline_stage_seconds",
                 "Time per stage (decode+preprocess, tokenize, queue wait, inference) by modality.",
-                &["stage", "modality"],
+                &["stage", "modality", "model"],
                 seconds,
             ),
             batch_items: histogram(
                 "sightline_batch_items",
                 "Inputs per inference batch.",
-                &["modality"],
+                &["modality", "model"],
                 vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
             ),
             dropped: counter(
                 "sightline_dropped_total",
                 "Queued inputs never run: their caller disconnected or their deadline passed.",
-                &["modality", "reason"],
+                &["modality", "reason", "model"],
             ),
             inferred: counter(
                 "sightline_inferred_total",
-                "Inputs that went through the model, by modality.",
-                &["modality"],
+                "Inputs that went through the model, by modality and model.",
+                &["modality", "model"],
             ),
             decode_warnings: counter(
                 "sightline_decode_warnings_total",
@@ -145,31 +145,36 @@ pub(crate) fn query_cache(model: &str, hit: bool) {
 }
 
 /// One failed input; `kind` is the error class's label (`bad_input`, `overloaded`…).
-pub(crate) fn input_error(kind: &str) {
-    metrics().input_errors.with_label_values(&[kind]).inc();
+pub(crate) fn input_error(kind: &str, model: &str) {
+    metrics()
+        .input_errors
+        .with_label_values(&[kind, model])
+        .inc();
 }
 
-pub(crate) fn stage_seconds(stage: &str, modality: &str, elapsed: Duration) {
+pub(crate) fn stage_seconds(stage: &str, modality: &str, model: &str, elapsed: Duration) {
     metrics()
         .stage_seconds
-        .with_label_values(&[stage, modality])
+        .with_label_values(&[stage, modality, model])
         .observe(elapsed.as_secs_f64());
 }
 
 /// One model run over `n` inputs.
-pub(crate) fn batch_items(modality: &str, n: usize) {
+pub(crate) fn batch_items(modality: &str, model: &str, n: usize) {
     let m = metrics();
     m.batch_items
-        .with_label_values(&[modality])
+        .with_label_values(&[modality, model])
         .observe(n as f64);
-    m.inferred.with_label_values(&[modality]).inc_by(n as u64);
+    m.inferred
+        .with_label_values(&[modality, model])
+        .inc_by(n as u64);
 }
 
-pub(crate) fn dropped(modality: &str, reason: &str, n: usize) {
+pub(crate) fn dropped(modality: &str, reason: &str, model: &str, n: usize) {
     if n > 0 {
         metrics()
             .dropped
-            .with_label_values(&[modality, reason])
+            .with_label_values(&[modality, reason, model])
             .inc_by(n as u64);
     }
 }
@@ -202,11 +207,11 @@ mod tests {
     #[test]
     fn recorded_values_appear_in_the_exposition() {
         request("/v1/embeddings", 400, Duration::from_millis(3));
-        input_error("bad_input");
+        input_error("bad_input", "m");
         queue_depth("image", "m", 5);
         let text = render();
         assert!(text.contains(r#"sightline_requests_total{route="/v1/embeddings",status="400"}"#));
-        assert!(text.contains(r#"sightline_input_errors_total{kind="bad_input"}"#));
+        assert!(text.contains(r#"sightline_input_errors_total{kind="bad_input",model="m"}"#));
         assert!(text.contains(r#"sightline_queue_depth{modality="image",model="m"} 5"#));
     }
 
@@ -217,10 +222,10 @@ mod tests {
         inputs("text", "m", 1);
         query_cache("m", true);
         query_cache("m", false);
-        input_error("timeout");
-        stage_seconds("queue", "text", Duration::from_millis(1));
-        batch_items("text", 3);
-        dropped("text", "timeout", 1);
+        input_error("timeout", "m");
+        stage_seconds("queue", "text", "m", Duration::from_millis(1));
+        batch_items("text", "m", 3);
+        dropped("text", "timeout", "m", 1);
         queue_depth("text", "m", 0);
         let text = render();
         for line in [
@@ -234,17 +239,17 @@ mod tests {
             r#"sightline_query_cache_total{model="m",result="hit"}"#,
             r#"sightline_query_cache_total{model="m",result="miss"}"#,
             "# TYPE sightline_input_errors_total counter",
-            r#"sightline_input_errors_total{kind="timeout"}"#,
+            r#"sightline_input_errors_total{kind="timeout",model="m"}"#,
             "# TYPE sightline_stage_seconds histogram",
-            r#"sightline_stage_seconds_count{modality="text",stage="queue"}"#,
+            r#"sightline_stage_seconds_count{modality="text",model="m",stage="queue"}"#,
             "# TYPE sightline_batch_items histogram",
-            r#"sightline_batch_items_bucket{modality="text",le="4"}"#,
+            r#"sightline_batch_items_bucket{modality="text",model="m",le="4"}"#,
             "# TYPE sightline_dropped_total counter",
-            r#"sightline_dropped_total{modality="text",reason="timeout"}"#,
+            r#"sightline_dropped_total{modality="text",model="m",reason="timeout"}"#,
             "# TYPE sightline_queue_depth gauge",
             r#"sightline_queue_depth{modality="text",model="m"} 0"#,
             "# TYPE sightline_inferred_total counter",
-            r#"sightline_inferred_total{modality="text"}"#,
+            r#"sightline_inferred_total{modality="text",model="m"}"#,
         ] {
             assert!(text.contains(line), "missing `{line}` in:\n{text}");
         }

@@ -192,6 +192,7 @@ impl Engine {
         let text_health = Health::new();
         let config = |modality, max_batch: usize, batch_wait| WorkerConfig {
             modality,
+            model: m.name.clone(),
             max_batch: max_batch.max(1),
             batch_wait,
             normalize: opts.normalize,
@@ -283,7 +284,7 @@ impl Engine {
             .collect()
             .await;
         for e in results.iter().filter_map(|r| r.as_ref().err()) {
-            crate::metrics::input_error(e.kind.label());
+            crate::metrics::input_error(e.kind.label(), &self.inner.info.name);
         }
         Ok(results)
     }
@@ -320,7 +321,7 @@ impl Engine {
                 Ok(embedding) => slots[index] = Some(embedding),
                 Err(e) => {
                     failed.store(true, Ordering::Release);
-                    crate::metrics::input_error(e.kind.label());
+                    crate::metrics::input_error(e.kind.label(), &self.inner.info.name);
                     return Err(RequestFailure::Input(e.at(index)));
                 }
             }
@@ -356,7 +357,7 @@ impl Engine {
                 Ok((a, texts))
             });
         if let Err(e) = &admitted {
-            crate::metrics::input_error(e.kind.label());
+            crate::metrics::input_error(e.kind.label(), &self.inner.info.name);
         }
         admitted
     }
@@ -377,7 +378,12 @@ impl Engine {
             Item::Text(text) => {
                 let started = Instant::now();
                 let tokens = self.tokenize(text).await?;
-                crate::metrics::stage_seconds("tokenize", "text", started.elapsed());
+                crate::metrics::stage_seconds(
+                    "tokenize",
+                    "text",
+                    &inner.info.name,
+                    started.elapsed(),
+                );
                 let n = tokens.ids.len();
                 let reply = enqueue(&inner.texts, tokens.ids, deadline, priority)?;
                 (Modality::Text, tokens.truncated, n, reply)
@@ -448,7 +454,7 @@ impl Engine {
         let bytes = tokio::time::timeout_at(deadline.into(), fetcher.fetch(url))
             .await
             .map_err(|_| batcher::timeout_error())??;
-        crate::metrics::stage_seconds("fetch", "image", started.elapsed());
+        crate::metrics::stage_seconds("fetch", "image", &self.inner.info.name, started.elapsed());
         Ok(bytes)
     }
 
@@ -485,11 +491,11 @@ impl Engine {
             // request may have failed, lost its client or run out of time. Then it is skipped
             // (counted as "disconnected": nobody waits for its vector any more).
             if reply.is_closed() || has_failed(&failed) {
-                crate::metrics::dropped("image", "disconnected", 1);
+                crate::metrics::dropped("image", "disconnected", &engine.inner.info.name, 1);
                 return;
             }
             if Instant::now() >= deadline {
-                crate::metrics::dropped("image", "timeout", 1);
+                crate::metrics::dropped("image", "timeout", &engine.inner.info.name, 1);
                 let _ = reply.send(Err(batcher::timeout_error()));
                 return;
             }
@@ -509,7 +515,12 @@ impl Engine {
             .map_err(|_| {
                 EmbedError::new(ErrorKind::NotReady, "the decoding threads have stopped")
             })?;
-        crate::metrics::stage_seconds("preprocess", "image", started.elapsed());
+        crate::metrics::stage_seconds(
+            "preprocess",
+            "image",
+            &self.inner.info.name,
+            started.elapsed(),
+        );
         tensor
     }
 }

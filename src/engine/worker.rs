@@ -400,6 +400,8 @@ pub(crate) fn start_image_workers(
 /// Worker settings.
 pub(crate) struct WorkerConfig {
     pub modality: Modality,
+    /// The bundle's name: the `model` label of the metrics.
+    pub model: String,
     pub max_batch: usize,
     pub batch_wait: Duration,
     pub normalize: bool,
@@ -414,7 +416,7 @@ pub(crate) fn run<M: BatchModel>(
     cfg: &WorkerConfig,
     health: &Health,
 ) {
-    let label = cfg.modality.label();
+    let (label, model_name) = (cfg.modality.label(), cfg.model.as_str());
     let rate = rx.lock().unwrap_or_else(PoisonError::into_inner).rate();
     loop {
         let jobs = {
@@ -427,8 +429,8 @@ pub(crate) fn run<M: BatchModel>(
             expired,
             abandoned,
         } = triage(jobs, Instant::now());
-        metrics::dropped(label, "disconnected", abandoned);
-        metrics::dropped(label, "timeout", expired.len());
+        metrics::dropped(label, "disconnected", model_name, abandoned);
+        metrics::dropped(label, "timeout", model_name, expired.len());
         for job in expired {
             let _ = job.reply.send(Err(timeout_error()));
         }
@@ -437,15 +439,15 @@ pub(crate) fn run<M: BatchModel>(
         }
         let started = Instant::now();
         for job in &live {
-            metrics::stage_seconds("queue", label, started - job.enqueued);
+            metrics::stage_seconds("queue", label, model_name, started - job.enqueued);
         }
-        metrics::batch_items(label, live.len());
+        metrics::batch_items(label, model_name, live.len());
         health.busy_since.store(health.now_ms(), Ordering::Release);
         let inputs: Vec<&M::Input> = live.iter().map(|j| &j.payload).collect();
         let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)));
         health.busy_since.store(u64::MAX, Ordering::Release);
         let elapsed = started.elapsed();
-        metrics::stage_seconds("inference", label, elapsed);
+        metrics::stage_seconds("inference", label, model_name, elapsed);
         let outcome = match outcome {
             Ok(result) => result.map_err(|e| format!("{e:#}")),
             Err(_) => Err("ONNX Runtime panicked".to_owned()),

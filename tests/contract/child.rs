@@ -138,7 +138,9 @@ impl ChildServer {
         let sample = |part: &str| {
             sample_value(
                 &metrics,
-                &format!(r#"sightline_batch_items_{part}{{modality="{modality}"}}"#),
+                &format!(
+                    r#"sightline_batch_items_{part}{{modality="{modality}",model="tiny-clip"}}"#
+                ),
             )
         };
         (sample("count"), sample("sum"))

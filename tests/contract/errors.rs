@@ -522,7 +522,9 @@ async fn a_bad_input_fails_only_its_own_request_and_drops_the_rest_of_it() {
     assert!(message.starts_with("input[1]: "), "{message}");
     assert_eq!(server.batches("text").await, (0.0, 0.0), "nothing ran yet");
     let dropped = |modality: &str| {
-        format!(r#"sightline_dropped_total{{modality="{modality}",reason="disconnected"}}"#)
+        format!(
+            r#"sightline_dropped_total{{modality="{modality}",model="tiny-clip",reason="disconnected"}}"#
+        )
     };
     // The decoding thread reaches the two skipped images after the answer may have gone out.
     let (image_dropped, srv) = (dropped("image"), &server);

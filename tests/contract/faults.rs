@@ -33,9 +33,9 @@ fn vectors(reply: &Reply) -> Vec<Vec<f32>> {
     es_old_openai_parse(&reply.body).expect("the old ES parser reads the answer")
 }
 
-const TEXT_BATCH_SUM: &str = r#"sightline_batch_items_sum{modality="text"}"#;
-const TEXT_BATCH_COUNT: &str = r#"sightline_batch_items_count{modality="text"}"#;
-const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text"}"#;
+const TEXT_BATCH_SUM: &str = r#"sightline_batch_items_sum{modality="text",model="tiny-clip"}"#;
+const TEXT_BATCH_COUNT: &str = r#"sightline_batch_items_count{modality="text",model="tiny-clip"}"#;
+const TEXT_INFERRED: &str = r#"sightline_inferred_total{modality="text",model="tiny-clip"}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disconnected_clients_input_never_reaches_the_model() {
@@ -70,7 +70,7 @@ async fn a_disconnected_clients_input_never_reaches_the_model() {
     assert_eq!(
         sample_value(
             &metrics,
-            r#"sightline_dropped_total{modality="text",reason="disconnected"}"#
+            r#"sightline_dropped_total{modality="text",model="tiny-clip",reason="disconnected"}"#
         ),
         1.0,
         "{metrics}"
@@ -111,7 +111,7 @@ async fn an_input_past_request_timeout_is_429_and_never_reaches_the_model() {
     assert_eq!(
         sample_value(
             &metrics,
-            r#"sightline_dropped_total{modality="text",reason="timeout"}"#
+            r#"sightline_dropped_total{modality="text",model="tiny-clip",reason="timeout"}"#
         ),
         1.0,
         "{metrics}"

@@ -271,6 +271,21 @@ async fn ready_and_metrics_cover_every_model() {
             crate::child::sample_value(&metrics, &inputs) >= 1.0,
             "{inputs} in:\n{metrics}"
         );
+        // The engine's own metrics name the model too: the negated model ran these inputs.
+        for name in ["sightline_inferred_total", "sightline_batch_items_count"] {
+            let series = format!(r#"{name}{{modality="{modality}",model="{NEGATED}"}}"#);
+            assert!(
+                crate::child::sample_value(&metrics, &series) >= 1.0,
+                "{series} in:\n{metrics}"
+            );
+        }
+        let inference = format!(
+            r#"sightline_stage_seconds_count{{modality="{modality}",model="{NEGATED}",stage="inference"}}"#
+        );
+        assert!(
+            crate::child::sample_value(&metrics, &inference) >= 1.0,
+            "{inference} in:\n{metrics}"
+        );
         for model in [FIRST, NEGATED] {
             let depth =
                 format!(r#"sightline_queue_depth{{modality="{modality}",model="{model}"}}"#);
