@@ -133,6 +133,10 @@ struct Inner {
     tokenizer: TextTokenizer,
     /// `decode_workers` low-priority threads for image decoding and preprocessing.
     decoders: rayon::ThreadPool,
+    /// One thread at normal priority for images on the search lane, so a query's image is never
+    /// decoded after the ingest images queued before it (issue 11 §4); the search lane's own
+    /// admission bounds what it holds.
+    search_decoders: rayon::ThreadPool,
     decode_budget: DecodeBudget,
     images: Queue<Vec<f32>>,
     texts: Queue<Vec<i64>>,
@@ -210,6 +214,12 @@ impl Engine {
             .panic_handler(|_| tracing::error!("an image decoding task panicked"))
             .build()
             .context("cannot start the image decoding threads")?;
+        let search_decoders = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "sightline-decode-search".to_owned())
+            .panic_handler(|_| tracing::error!("an image decoding task panicked"))
+            .build()
+            .context("cannot start the search image decoding thread")?;
         let health = text_health.clone();
         std::thread::Builder::new()
             .name("sightline-text".into())
@@ -221,6 +231,7 @@ impl Engine {
                 preprocess: m.preprocess.clone(),
                 tokenizer,
                 decoders,
+                search_decoders,
                 decode_budget: DecodeBudget::new(opts.decode_memory),
                 opts,
                 images,
@@ -472,8 +483,8 @@ impl Engine {
             .map_err(|_| EmbedError::new(ErrorKind::Internal, "the tokenizer thread failed"))?
     }
 
-    /// Decodes and preprocesses on the decoding pool (`decode_workers` threads), within the
-    /// request's deadline.
+    /// Decodes and preprocesses on the decoding pool (`decode_workers` threads; search-lane
+    /// images on their own thread), within the request's deadline.
     async fn preprocess(&self, bytes: Vec<u8>, ticket: &Ticket) -> Result<Vec<f32>, EmbedError> {
         let inner = &self.inner;
         // The header is read here, its decoded size reserved (waiting for room within the
@@ -486,7 +497,11 @@ impl Engine {
         let (deadline, failed) = (ticket.deadline, ticket.failed.clone());
         let has_failed =
             |f: &Option<Arc<AtomicBool>>| f.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
-        self.inner.decoders.spawn(move || {
+        let pool = match ticket.priority {
+            Priority::Search => &inner.search_decoders,
+            Priority::Ingest => &inner.decoders,
+        };
+        pool.spawn(move || {
             // A decoding thread may take the image long after it was submitted: by then its
             // request may have failed, lost its client or run out of time. Then it is skipped
             // (counted as "disconnected": nobody waits for its vector any more).
@@ -561,4 +576,53 @@ fn enqueue<P>(
         priority,
     )?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn fixture() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip")
+    }
+
+    #[tokio::test]
+    async fn a_search_image_is_decoded_while_the_ingest_decoders_are_busy() {
+        let options = EngineOptions {
+            threads: 1,
+            decode_workers: 1,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::start(&fixture(), options).expect("the tiny fixture");
+        // The one ingest decoding thread is held until the end of the test (or 60 s).
+        let (release, held) = mpsc::channel::<()>();
+        engine.inner.decoders.spawn(move || {
+            let _ = held.recv_timeout(Duration::from_secs(60));
+        });
+        let image = std::fs::read(fixture().join("../images/landscape.jpg")).unwrap();
+        let search = engine.embed_request(vec![Item::Image(image.clone())], Priority::Search);
+        let vectors = tokio::time::timeout(Duration::from_secs(30), search)
+            .await
+            .expect("the search image waited for the ingest decoders")
+            .expect("a vector");
+        assert_eq!(vectors.len(), 1);
+        // An ingest image does wait for its pool: still pending while the thread is held.
+        let ingest = engine.embed_request(vec![Item::Image(image)], Priority::Ingest);
+        tokio::pin!(ingest);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut ingest)
+                .await
+                .is_err(),
+            "the ingest image skipped its queue"
+        );
+        release.send(()).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(30), ingest)
+            .await
+            .expect("the ingest image after the release")
+            .expect("a vector");
+        assert_eq!(done[0].vector, vectors[0].vector);
+    }
 }
