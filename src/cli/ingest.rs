@@ -62,21 +62,8 @@ pub(crate) struct IngestArgs {
     /// Bulk requests in flight at once.
     #[arg(long, default_value_t = 2)]
     pub concurrency: usize,
-    /// Images per bulk request.
-    #[arg(long, default_value_t = 32)]
-    pub bulk_size: usize,
-    /// Largest bulk body in bytes; bigger batches are split.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    pub bulk_max_bytes: usize,
-    /// Retries of a bulk request (or of its failed items) on 429/502/503/504 or connection errors.
-    #[arg(long, default_value_t = 5)]
-    pub max_retries: u32,
-    /// First retry delay in milliseconds; doubles on each retry.
-    #[arg(long, default_value_t = 500)]
-    pub retry_initial_delay_ms: u64,
-    /// Longest retry delay in milliseconds.
-    #[arg(long, default_value_t = 30_000)]
-    pub retry_max_delay_ms: u64,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
     /// JSONL file listing every image that could not be indexed, and why [default:
     /// sightline-failures.jsonl, or sightline-failures-I-of-N.jsonl with --shard I/N].
     #[arg(long, value_name = "FILE")]
@@ -101,6 +88,38 @@ pub(crate) struct IngestArgs {
     pub model_dir: Option<PathBuf>,
 }
 
+/// How documents are written: the `_bulk` sizes and the retry policy of `ingest` and `reindex`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct BulkArgs {
+    /// Documents per bulk request (for `reindex`, also per page read).
+    #[arg(long, default_value_t = 32)]
+    pub bulk_size: usize,
+    /// Largest bulk body in bytes; bigger batches are split.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    pub bulk_max_bytes: usize,
+    /// Retries of a bulk request (or of its failed items) on 429/502/503/504 or connection errors.
+    #[arg(long, default_value_t = 5)]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds; doubles on each retry.
+    #[arg(long, default_value_t = 500)]
+    pub retry_initial_delay_ms: u64,
+    /// Longest retry delay in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    pub retry_max_delay_ms: u64,
+}
+
+impl BulkArgs {
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_retries: self.max_retries,
+            initial_delay: Duration::from_millis(self.retry_initial_delay_ms),
+            max_delay: Duration::from_millis(
+                self.retry_max_delay_ms.max(self.retry_initial_delay_ms),
+            ),
+        }
+    }
+}
+
 pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
     if !args.report.is_empty() {
         let summary = ingest::merge_failures(&args.report)?;
@@ -111,7 +130,7 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
             ExitCode::from(1)
         });
     }
-    if args.concurrency == 0 || args.bulk_size == 0 {
+    if args.concurrency == 0 || args.bulk.bulk_size == 0 {
         bail!("--concurrency and --bulk-size must be at least 1");
     }
     let failures = args
@@ -148,15 +167,9 @@ pub(crate) async fn run(args: IngestArgs) -> Result<ExitCode> {
         index: args.index.clone(),
         mode,
         concurrency: args.concurrency,
-        bulk_size: args.bulk_size,
-        bulk_max_bytes: args.bulk_max_bytes,
-        retry: RetryPolicy {
-            max_retries: args.max_retries,
-            initial_delay: Duration::from_millis(args.retry_initial_delay_ms),
-            max_delay: Duration::from_millis(
-                args.retry_max_delay_ms.max(args.retry_initial_delay_ms),
-            ),
-        },
+        bulk_size: args.bulk.bulk_size,
+        bulk_max_bytes: args.bulk.bulk_max_bytes,
+        retry: args.bulk.retry_policy(),
         failures_path: failures.clone(),
         image: ImageOptions {
             max_side: args.max_side.max(1),

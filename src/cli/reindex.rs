@@ -6,13 +6,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Result};
 
+use super::ingest::BulkArgs;
 use crate::es::client::EsConnectArgs;
 use crate::es::image::ImageOptions;
-use crate::es::ingest::RetryPolicy;
 use crate::es::local::SidecarEmbedder;
 use crate::es::reindex::{self, ReindexConfig, Switch};
 use crate::sidecar::SidecarArgs;
@@ -37,18 +36,8 @@ pub(crate) struct ReindexArgs {
     pub es: EsConnectArgs,
     #[command(flatten)]
     pub sidecar: SidecarArgs,
-    /// Documents per page and per bulk request.
-    #[arg(long, default_value_t = 32)]
-    pub bulk_size: usize,
-    /// Largest bulk body in bytes; bigger batches are split.
-    #[arg(long, default_value_t = 16 * 1024 * 1024)]
-    pub bulk_max_bytes: usize,
-    /// Retries of a bulk request (or of its failed items) on 429/502/503/504 or connection errors.
-    #[arg(long, default_value_t = 5)]
-    pub max_retries: u32,
-    /// First retry delay in milliseconds; doubles on each retry.
-    #[arg(long, default_value_t = 500)]
-    pub retry_initial_delay_ms: u64,
+    #[command(flatten)]
+    pub bulk: BulkArgs,
     /// JSONL file listing every document that could not be copied, and why.
     #[arg(
         long,
@@ -65,7 +54,7 @@ pub(crate) struct ReindexArgs {
 }
 
 pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
-    if args.bulk_size == 0 {
+    if args.bulk.bulk_size == 0 {
         bail!("--bulk-size must be at least 1");
     }
     // The sidecar may serve several models: --model picks the one every request names.
@@ -82,14 +71,9 @@ pub(crate) async fn run(args: ReindexArgs) -> Result<ExitCode> {
         to: args.to.clone(),
         model: args.model.clone(),
         embedder,
-        bulk_size: args.bulk_size,
-        bulk_max_bytes: args.bulk_max_bytes,
-        retry: RetryPolicy {
-            max_retries: args.max_retries,
-            initial_delay: Duration::from_millis(args.retry_initial_delay_ms),
-            max_delay: Duration::from_secs(30)
-                .max(Duration::from_millis(args.retry_initial_delay_ms)),
-        },
+        bulk_size: args.bulk.bulk_size,
+        bulk_max_bytes: args.bulk.bulk_max_bytes,
+        retry: args.bulk.retry_policy(),
         failures_path: args.failures.clone(),
         image: ImageOptions {
             max_side: args.max_side.max(1),

@@ -23,6 +23,19 @@ const ALIAS: &str = "photos";
 /// The index `setup` puts behind the alias for model A.
 const OLD: &str = "photos-clip-vit-b-32-multilingual-v1-fake";
 
+/// `GET /info` of a test sidecar.
+async fn sidecar_info(url: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{url}/info"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Model B: the engine on the tiny fixture bundle, on a loopback port.
 struct ModelB {
     url: String,
@@ -36,15 +49,7 @@ async fn model_b() -> ModelB {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = crate::common::app();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let info: Value = reqwest::Client::new()
-        .get(format!("{url}/info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = sidecar_info(&url).await;
     let b = ModelB {
         url,
         name: info["model"].as_str().unwrap().to_owned(),
@@ -528,15 +533,7 @@ async fn one_sidecar_serving_both_models_reindexes_by_name() {
     let url = format!("http://{}", listener.local_addr().unwrap());
     let app = crate::multi_model::two_models();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let info: Value = reqwest::Client::new()
-        .get(format!("{url}/info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = sidecar_info(&url).await;
     let negated = info["models"]
         .as_array()
         .unwrap()
