@@ -24,7 +24,6 @@ import argparse
 import base64
 import collections
 import http.client
-import ipaddress
 import json
 import struct
 import sys
@@ -33,6 +32,8 @@ import time
 import urllib.parse
 import zlib
 from pathlib import Path
+
+from conn_attack import loopback  # the same loopback-only rule for every attack script
 
 SIDE = 10_000
 
@@ -105,15 +106,6 @@ def webp() -> bytes:
 
 KINDS = {"tiff16": (tiff16, "image/tiff"), "png16": (png16, "image/png"), "gif": (gif, "image/gif"),
          "webp": (webp, "image/webp")}
-
-
-def loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -260,6 +260,39 @@ fn shorten(s: &str, max: usize) -> &str {
 
 /// Runs one request through the router in-process and checks the suite-wide rules of
 /// es-contract §5 on whatever comes back.
+/// The `Retry-After` header of a reply, in seconds.
+pub fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .headers
+        .get(header::RETRY_AFTER)
+        .expect("a Retry-After header")
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("delay-seconds")
+}
+
+/// Sends `inputs` in the OpenAI and the HF dialect; each must be a 429 with `Retry-After:
+/// retry`. Returns the OpenAI error's message and type, and the HF error's message.
+pub async fn try_later_in_both_dialects(
+    app: &Router,
+    inputs: &[&str],
+    retry: u64,
+) -> (String, String, String) {
+    let reply = send(
+        app,
+        openai_request("/v1/embeddings", openai_body(inputs, None, None, false)),
+    )
+    .await;
+    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&reply), retry);
+    let (message, kind) = reply.openai_error();
+    let reply = send(app, hf_request("/embed", hf_body(inputs))).await;
+    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(&reply), retry);
+    (message, kind, reply.hf_error())
+}
+
 pub async fn send(app: &Router, request: Request<Body>) -> Reply {
     let what = format!("{} {}", request.method(), request.uri());
     let response = app

@@ -292,18 +292,6 @@ async fn bodies_far_above_axum_defaults_are_accepted_within_max_body() {
     assert_same_vector(&v[0], &plain[0], "padded probe");
 }
 
-/// The `Retry-After` header of a reply, in seconds.
-fn retry_after(reply: &Reply) -> u64 {
-    reply
-        .headers
-        .get(header::RETRY_AFTER)
-        .expect("a Retry-After header")
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("delay-seconds")
-}
-
 #[tokio::test]
 async fn a_request_past_its_deadline_is_429_with_retry_after_in_both_dialects() {
     // `--request-timeout` passed: "try again later". A 503 would be final under the `custom`
@@ -318,28 +306,14 @@ async fn a_request_past_its_deadline_is_429_with_retry_after_in_both_dialects() 
     );
     let png = data_uri("tiny-1x1.png");
     for inputs in [vec![TEXT], vec![png.as_str()]] {
-        let reply = send(
-            &app,
-            openai_request("/v1/embeddings", openai_body(&inputs, None, None, false)),
-        )
-        .await;
-        reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(retry_after(&reply), 1);
-        let (message, kind) = reply.openai_error();
+        let (message, kind, hf_message) = try_later_in_both_dialects(&app, &inputs, 1).await;
         assert_eq!(kind, "service_unavailable");
-        assert!(
-            message.starts_with("input[0]: ") && message.contains("--request-timeout"),
-            "{message}"
-        );
-
-        let reply = send(&app, hf_request("/embed", hf_body(&inputs))).await;
-        reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(retry_after(&reply), 1);
-        let message = reply.hf_error();
-        assert!(
-            message.starts_with("input[0]: ") && message.contains("--request-timeout"),
-            "{message}"
-        );
+        for message in [message, hf_message] {
+            assert!(
+                message.starts_with("input[0]: ") && message.contains("--request-timeout"),
+                "{message}"
+            );
+        }
     }
 }
 

@@ -807,10 +807,8 @@ async fn measure_ingest_modes() {
     }
 }
 
-#[tokio::test]
-async fn via_pipeline_on_a_basic_licence_is_refused_naming_it() {
-    let fake = FakeEs::start_licensed("9.1.0", licensed("basic")).await;
-    setup(&fake, INDEX, &[]).await.expect_code(0);
+/// A folder holding one fixture image, and a failures path inside it.
+fn one_image_folder() -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(
         fixture_images().join("landscape.jpg"),
@@ -818,6 +816,14 @@ async fn via_pipeline_on_a_basic_licence_is_refused_naming_it() {
     )
     .unwrap();
     let failures = dir.path().join("failures.jsonl");
+    (dir, failures)
+}
+
+#[tokio::test]
+async fn via_pipeline_on_a_basic_licence_is_refused_naming_it() {
+    let fake = FakeEs::start_licensed("9.1.0", licensed("basic")).await;
+    setup(&fake, INDEX, &[]).await.expect_code(0);
+    let (dir, failures) = one_image_folder();
     let run = ingest(&fake, dir.path(), &failures, INDEX, &["--via-pipeline"]).await;
     run.expect_code(2);
     assert!(
@@ -919,13 +925,7 @@ async fn via_pipeline_into_a_vectors_mode_index_is_refused() {
     setup(&fake, INDEX, &["--mode", "vectors"])
         .await
         .expect_code(0);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture_images().join("landscape.jpg"),
-        dir.path().join("a.jpg"),
-    )
-    .unwrap();
-    let failures = dir.path().join("failures.jsonl");
+    let (dir, failures) = one_image_folder();
     let run = ingest(&fake, dir.path(), &failures, INDEX, &["--via-pipeline"]).await;
     run.expect_code(2);
     assert!(

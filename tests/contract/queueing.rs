@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 
 use crate::child::ChildServer;
 use crate::common::*;
@@ -41,17 +41,6 @@ fn spawn_openai(
         )
         .await
     })
-}
-
-fn retry_after(reply: &Reply) -> u64 {
-    reply
-        .headers
-        .get(header::RETRY_AFTER)
-        .expect("a Retry-After header")
-        .to_str()
-        .expect("ascii")
-        .parse()
-        .expect("delay-seconds")
 }
 
 #[tokio::test]
@@ -171,23 +160,13 @@ async fn admission_refuses_at_once_what_would_not_drain_before_the_timeout() {
     // with the time until the excess has drained (2 s) as `Retry-After`.
     let twenty = images(20);
     let twenty: Vec<&str> = twenty.iter().map(String::as_str).collect();
-    let reply = send(
-        &app,
-        openai_request("/v1/embeddings", openai_body(&twenty, None, None, false)),
-    )
-    .await;
-    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(retry_after(&reply), 2);
-    let (message, kind) = reply.openai_error();
+    let (message, kind, hf_message) = try_later_in_both_dialects(&app, &twenty, 2).await;
     assert_eq!(kind, "rate_limit_error");
     assert!(
         message.contains("24 image inputs") && message.contains("--request-timeout"),
         "{message}"
     );
-    let reply = send(&app, hf_request("/embed", hf_body(&twenty))).await;
-    reply.assert_status(StatusCode::TOO_MANY_REQUESTS);
-    assert_eq!(retry_after(&reply), 2);
-    assert!(reply.hf_error().contains("--request-timeout"));
+    assert!(hf_message.contains("--request-timeout"));
     // The refusals reserved nothing.
     assert_eq!(engine.queue_depth(Modality::Image), 4);
     // A text request is not held back by the image queue.
