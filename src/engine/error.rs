@@ -107,6 +107,20 @@ pub enum RequestFailure {
 }
 
 impl RequestFailure {
+    /// Every input's answer in order, or an internal failure if one was left without any
+    /// (a bug, never the client's fault).
+    pub fn all_answered<T>(answers: Vec<Option<T>>) -> Result<Vec<T>, RequestFailure> {
+        answers
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                RequestFailure::Refused(EmbedError::new(
+                    ErrorKind::Internal,
+                    "an input of the request was left without an answer",
+                ))
+            })
+    }
+
     pub fn error(&self) -> &EmbedError {
         match self {
             RequestFailure::Refused(e) => e,

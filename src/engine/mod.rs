@@ -337,15 +337,7 @@ impl Engine {
                 }
             }
         }
-        slots
-            .into_iter()
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| {
-                RequestFailure::Refused(EmbedError::new(
-                    ErrorKind::Internal,
-                    "an input of the request was left without an answer",
-                ))
-            })
+        RequestFailure::all_answered(slots)
     }
 
     /// Admits `items` to both modalities' queues in `priority`'s lane, or says why not.

@@ -14,9 +14,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use lru::LruCache;
 
-use crate::engine::{
-    EmbedError, Embedding, Engine, ErrorKind, InputError, Item, Priority, RequestFailure,
-};
+use crate::engine::{Embedding, Engine, InputError, Item, Priority, RequestFailure};
 use crate::metrics;
 
 /// How much the cache may hold; either bound at 0 turns it off. The default is off: a library
@@ -165,15 +163,7 @@ pub(crate) async fn embed(
             answers[index] = Some(embedding);
         }
     }
-    answers
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            RequestFailure::Refused(EmbedError::new(
-                ErrorKind::Internal,
-                "an input of the request was left without an answer",
-            ))
-        })
+    RequestFailure::all_answered(answers)
 }
 
 #[cfg(test)]

@@ -42,6 +42,23 @@ impl FailureRecord {
             attempts: 1,
         }
     }
+
+    /// `source` (the engine, the sidecar) gave a vector of `got` dimensions where the index
+    /// holds `expected`.
+    pub(crate) fn wrong_dimensions(
+        path: &Path,
+        id: &str,
+        source: &str,
+        got: usize,
+        expected: usize,
+    ) -> Self {
+        FailureRecord::new(
+            path,
+            Some(id),
+            "embed",
+            format!("the {source} returned {got} dimensions, expected {expected}"),
+        )
+    }
 }
 
 /// The JSONL failures file.

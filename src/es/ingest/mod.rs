@@ -487,15 +487,12 @@ async fn process_batch(context: Arc<RunState>, paths: Vec<PathBuf>) -> Result<In
                         entries.push(make_entry(&context.config.index, path, id, document)?);
                     }
                     Ok(vector) => context.fail(
-                        FailureRecord::new(
+                        FailureRecord::wrong_dimensions(
                             path,
-                            Some(id),
-                            "embed",
-                            format!(
-                                "the engine returned {} dimensions, expected {}",
-                                vector.len(),
-                                model.dimensions
-                            ),
+                            id,
+                            "engine",
+                            vector.len(),
+                            model.dimensions,
                         ),
                         &mut report,
                     )?,

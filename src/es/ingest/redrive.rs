@@ -207,15 +207,12 @@ async fn entries(
                         )?);
                     }
                     Ok(vector) => context.fail(
-                        FailureRecord::new(
+                        FailureRecord::wrong_dimensions(
                             &path,
-                            Some(&doc.id),
-                            "embed",
-                            format!(
-                                "the sidecar returned {} dimensions, expected {}",
-                                vector.len(),
-                                model.dimensions
-                            ),
+                            &doc.id,
+                            "sidecar",
+                            vector.len(),
+                            model.dimensions,
                         ),
                         report,
                     )?,

@@ -367,15 +367,12 @@ impl Copy<'_> {
                     entries.push(make_entry(self.target, &path, &doc.id, document)?);
                 }
                 Ok(vector) => self.state.fail(
-                    FailureRecord::new(
+                    FailureRecord::wrong_dimensions(
                         &path,
-                        Some(&doc.id),
-                        "embed",
-                        format!(
-                            "the sidecar returned {} dimensions, expected {}",
-                            vector.len(),
-                            self.model.dimensions
-                        ),
+                        &doc.id,
+                        "sidecar",
+                        vector.len(),
+                        self.model.dimensions,
                     ),
                     counts,
                 )?,
