@@ -27,6 +27,10 @@ pub(super) struct EngineArgs {
     /// Largest image batch sent to the model.
     #[arg(long, env = "SIGHTLINE_MAX_BATCH", default_value_t = EngineOptions::default().max_batch_image)]
     pub max_batch: usize,
+    /// Largest image batch of ingest inputs for 10 s after a search (`?priority=search`): a
+    /// search waits for the batch running, so smaller batches answer it sooner.
+    #[arg(long, env = "SIGHTLINE_MAX_BATCH_BESIDE_SEARCH", default_value_t = EngineOptions::default().max_batch_beside_search)]
+    pub max_batch_beside_search: usize,
     /// Largest text batch sent to the model.
     #[arg(long, env = "SIGHTLINE_MAX_BATCH_TEXT", default_value_t = EngineOptions::default().max_batch_text)]
     pub max_batch_text: usize,
@@ -74,6 +78,7 @@ impl EngineArgs {
             queue_capacity: self.queue_capacity,
             priority_capacity: self.priority_capacity,
             priority_burst: defaults.priority_burst,
+            max_batch_beside_search: self.max_batch_beside_search,
             normalize: !self.no_normalize,
             // Exact decoding unless a command opts into the fast path (`serve` does).
             decode: DecodeOptions {

@@ -9,6 +9,9 @@
 //!   queued ingest input, because Elasticsearch fails a search whose query vector takes over
 //!   10 s (issue 11 §4). The lane is bounded twice, see [`Queue::new`] and [`State::take`].
 //! - Assembly: up to `max_batch` jobs; an ingest batch waits at most `batch_wait` for company.
+//!   While searches are recent, ingest batches are smaller (`beside_search`): a search arriving
+//!   then waits for the ingest batch a worker is running, which cannot be interrupted, and a
+//!   small batch ends soon.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,6 +138,8 @@ impl<P> Shared<P> {
 struct State<P> {
     search: VecDeque<Job<P>>,
     ingest: VecDeque<Job<P>>,
+    /// When the last priority job was queued.
+    last_search: Option<Instant>,
     /// Priority batches taken in a row while ingest inputs were waiting.
     streak: usize,
     /// The sending side is gone: drain what is queued, then stop.
@@ -147,6 +152,8 @@ pub(crate) struct Receiver<P> {
     rate: Arc<Rate>,
     /// Most priority batches in a row while ingest inputs wait.
     burst: usize,
+    /// Largest ingest batch while searches are recent.
+    beside_search: usize,
 }
 
 /// Queue settings.
@@ -158,6 +165,8 @@ pub(crate) struct QueueConfig {
     pub priority_capacity: usize,
     /// Most priority batches in a row while ingest waits (`EngineOptions::priority_burst`).
     pub burst: usize,
+    /// Largest ingest batch while searches are recent (`EngineOptions::max_batch_beside_search`).
+    pub beside_search: usize,
     /// Workers serving the queue side by side.
     pub workers: usize,
 }
@@ -171,6 +180,7 @@ impl<P> Queue<P> {
             state: Mutex::new(State {
                 search: VecDeque::new(),
                 ingest: VecDeque::new(),
+                last_search: None,
                 streak: 0,
                 closed: false,
             }),
@@ -194,6 +204,7 @@ impl<P> Queue<P> {
             shared,
             rate,
             burst: cfg.burst.max(1),
+            beside_search: cfg.beside_search.max(1),
         };
         (queue, rx)
     }
@@ -311,7 +322,10 @@ impl<P> Queue<P> {
         }
         match priority {
             Priority::Ingest => state.ingest.push_back(job),
-            Priority::Search => state.search.push_back(job),
+            Priority::Search => {
+                state.last_search = Some(job.enqueued);
+                state.search.push_back(job);
+            }
         }
         drop(state);
         self.shared.ready.notify_all();
@@ -339,6 +353,14 @@ impl<P> State<P> {
         self.search.is_empty() && self.ingest.is_empty()
     }
 
+    /// The largest ingest batch now: `beside_search` within [`SEARCH_RECENT`] of a search.
+    fn ingest_max(&self, max: usize, beside_search: usize, now: Instant) -> usize {
+        match self.last_search {
+            Some(at) if now.saturating_duration_since(at) < SEARCH_RECENT => max.min(beside_search),
+            _ => max,
+        }
+    }
+
     /// The next batch, if one is due. A priority batch is due as soon as it has one input and
     /// never waits for company (a search is waiting; queries arriving meanwhile form the next
     /// batch), and it holds priority inputs only, so its run is as short as it can be. An ingest
@@ -347,21 +369,32 @@ impl<P> State<P> {
     /// one ingest batch runs, so a flood of searches slows ingest to at least 1/(burst + 1) of
     /// the batches but never starves it, and the searches of that flood wait at most one
     /// ingest batch in every `burst + 1`.
-    fn take(&mut self, max: usize, due: bool, burst: usize) -> Option<Vec<Job<P>>> {
+    fn take(&mut self, max: Max, due: bool, burst: usize) -> Option<Vec<Job<P>>> {
         let ingest_waits = !self.ingest.is_empty();
         let ingest_owed = ingest_waits && self.streak >= burst;
         if !self.search.is_empty() && !ingest_owed {
             self.streak = if ingest_waits { self.streak + 1 } else { 0 };
-            let n = self.search.len().min(max);
+            let n = self.search.len().min(max.search);
             return Some(self.search.drain(..n).collect());
         }
-        if ingest_waits && (due || ingest_owed || self.ingest.len() >= max) {
+        if ingest_waits && (due || ingest_owed || self.ingest.len() >= max.ingest) {
             self.streak = 0;
-            let n = self.ingest.len().min(max);
+            let n = self.ingest.len().min(max.ingest);
             return Some(self.ingest.drain(..n).collect());
         }
         None
     }
+}
+
+/// How long after a search ingest batches stay small: a user's next query usually follows
+/// within seconds, and the small batches cost ingest little (README, "search during ingest").
+const SEARCH_RECENT: Duration = Duration::from_secs(10);
+
+/// The largest batch of each lane, for one [`State::take`].
+#[derive(Clone, Copy)]
+struct Max {
+    search: usize,
+    ingest: usize,
 }
 
 /// Blocks for the first job, then returns the next due batch (`State::take`): an ingest batch
@@ -384,7 +417,15 @@ pub(crate) fn collect<P>(rx: &Receiver<P>, max: usize, wait: Duration) -> Option
     loop {
         let now = Instant::now();
         let due = now >= until || state.closed;
-        if let Some(batch) = state.take(max, due, rx.burst) {
+        let ingest = state.ingest_max(max, rx.beside_search, now);
+        if let Some(batch) = state.take(
+            Max {
+                search: max,
+                ingest,
+            },
+            due,
+            rx.burst,
+        ) {
             return Some(batch);
         }
         state = rx
@@ -464,6 +505,8 @@ mod tests {
             capacity,
             priority_capacity,
             burst,
+            // Larger than any batch here: only the test of `beside_search` sees it.
+            beside_search: 100,
             workers: 1,
         })
     }
@@ -560,6 +603,7 @@ mod tests {
             capacity: 100,
             priority_capacity: 10,
             burst: 4,
+            beside_search: 100,
             workers: 2,
         });
         q2.record(4, Duration::from_secs(2));
@@ -625,6 +669,32 @@ mod tests {
         assert_eq!(ids(collect(&rx, 5, LONG)), [100, 101]);
         push(&q, 3..5, Priority::Ingest, &mut keep);
         assert_eq!(ids(collect(&rx, 5, LONG)), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn ingest_batches_are_small_while_searches_are_recent() {
+        let (q, rx) = Queue::new(QueueConfig {
+            modality: "image",
+            capacity: 100,
+            priority_capacity: 10,
+            burst: 4,
+            beside_search: 2,
+            workers: 1,
+        });
+        let mut keep = Vec::new();
+        push(&q, 0..6, Priority::Ingest, &mut keep);
+        assert_eq!(ids(collect(&rx, 8, Duration::ZERO)), [0, 1, 2, 3, 4, 5]);
+        push(&q, 100..101, Priority::Search, &mut keep);
+        assert_eq!(ids(collect(&rx, 8, LONG)), [100]);
+        // Two make a full batch now: it runs at once, without its minute of waiting.
+        push(&q, 6..14, Priority::Ingest, &mut keep);
+        assert_eq!(ids(collect(&rx, 8, LONG)), [6, 7]);
+        assert_eq!(ids(collect(&rx, 8, LONG)), [8, 9]);
+        // Once the search is no longer recent, batches are full size again.
+        let state = q.shared.lock();
+        let searched = state.last_search.expect("the search was recorded");
+        assert_eq!(state.ingest_max(8, 2, searched + SEARCH_RECENT / 2), 2);
+        assert_eq!(state.ingest_max(8, 2, searched + SEARCH_RECENT), 8);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 mod batcher;
 pub mod bundle;
+mod claim;
 mod decode_budget;
 mod error;
 pub mod format;
@@ -41,6 +42,7 @@ pub use preprocess::DecodeOptions;
 
 use batcher::{Admission, Job, Queue, QueueConfig};
 use bundle::Preprocess;
+use claim::Claim;
 use decode_budget::DecodeBudget;
 use text::{TextTokenizer, TokenizerSettings};
 use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
@@ -67,6 +69,9 @@ pub struct EngineOptions {
     pub priority_capacity: usize,
     /// Most priority batches run in a row while ingest inputs wait; then one ingest batch runs.
     pub priority_burst: usize,
+    /// Largest image batch of ingest inputs for a few seconds after a search: a search waits
+    /// for the batch a lane is running, so this bounds its wait (`batcher.rs`).
+    pub max_batch_beside_search: usize,
     /// L2-normalise vectors (needed for Elasticsearch's `dot_product`).
     pub normalize: bool,
     pub decode: DecodeOptions,
@@ -99,6 +104,9 @@ impl Default for EngineOptions {
             // Searches are rare beside a bulk ingest; under a flood of them ingest still gets
             // one batch in five.
             priority_burst: 4,
+            // A batch of 2 runs in a quarter of the time of 8 at nearly the same images/s on a
+            // CPU (README, "search during ingest").
+            max_batch_beside_search: 2,
             normalize: true,
             decode: DecodeOptions::default(),
             decode_memory: decode_budget::default_limit(),
@@ -128,6 +136,8 @@ pub struct Engine {
 
 struct Inner {
     info: ModelInfo,
+    /// `info.name`, shared by every input's [`Claim`].
+    model_name: Arc<str>,
     opts: EngineOptions,
     preprocess: Preprocess,
     tokenizer: TextTokenizer,
@@ -184,15 +194,21 @@ impl Engine {
             fingerprint: bundle.fingerprint()?,
         };
         let lanes = Lanes::split(opts.threads, opts.image_lanes);
-        let queue = |modality: Modality, workers| QueueConfig {
+        let queue = |modality: Modality, workers, beside_search| QueueConfig {
             modality: modality.label(),
             capacity: opts.queue_capacity,
             priority_capacity: opts.priority_capacity,
             burst: opts.priority_burst,
+            beside_search,
             workers,
         };
-        let (images, image_rx) = Queue::new(queue(Modality::Image, lanes.lanes));
-        let (texts, text_rx) = Queue::new(queue(Modality::Text, 1));
+        let (images, image_rx) = Queue::new(queue(
+            Modality::Image,
+            lanes.lanes,
+            opts.max_batch_beside_search,
+        ));
+        // Text batches run in milliseconds: a search never waits long behind one.
+        let (texts, text_rx) = Queue::new(queue(Modality::Text, 1, opts.max_batch_text));
         let text_health = Health::new();
         let config = |modality, max_batch: usize, batch_wait| WorkerConfig {
             modality,
@@ -227,6 +243,7 @@ impl Engine {
             .context("cannot start the text worker thread")?;
         Ok(Engine {
             inner: Arc::new(Inner {
+                model_name: Arc::from(info.name.as_str()),
                 info,
                 preprocess: m.preprocess.clone(),
                 tokenizer,
@@ -289,8 +306,8 @@ impl Engine {
             failed: None,
         };
         let _admissions = self.admit(&items, Priority::Ingest)?;
-        let results: Vec<_> = futures::stream::iter(items)
-            .map(|item| self.embed_one(item, &ticket))
+        let results: Vec<_> = futures::stream::iter(self.claimed(items))
+            .map(|(item, claim)| self.embed_one(item, claim, &ticket))
             .buffered(self.lookahead())
             .collect()
             .await;
@@ -321,10 +338,10 @@ impl Engine {
             .map_err(RequestFailure::Refused)?;
         let mut slots: Vec<Option<Embedding>> = vec![None; items.len()];
         // Unordered, so a failure is seen as soon as it happens, not after every input before it.
-        let mut results = futures::stream::iter(items.into_iter().enumerate())
-            .map(|(index, item)| {
+        let mut results = futures::stream::iter(self.claimed(items).enumerate())
+            .map(|(index, (item, claim))| {
                 let ticket = &ticket;
-                async move { (index, self.embed_one(item, ticket).await) }
+                async move { (index, self.embed_one(item, claim, ticket).await) }
             })
             .buffer_unordered(self.lookahead());
         while let Some((index, result)) = results.next().await {
@@ -372,7 +389,37 @@ impl Engine {
         (2 * opts.max_batch_image.max(opts.decode_workers)).max(1)
     }
 
-    async fn embed_one(&self, item: Item, ticket: &Ticket) -> Result<Embedding, EmbedError> {
+    /// Each item with its [`Claim`], made before any work, so an input never started is
+    /// counted as dropped too.
+    fn claimed(&self, items: Vec<Item>) -> impl Iterator<Item = (Item, Claim)> + use<> {
+        let name = self.inner.model_name.clone();
+        items.into_iter().map(move |item| {
+            let modality = match item {
+                Item::Text(_) => Modality::Text,
+                Item::Image(_) | Item::Url(_) => Modality::Image,
+            };
+            (item, Claim::new(modality, name.clone()))
+        })
+    }
+
+    async fn embed_one(
+        &self,
+        item: Item,
+        claim: Claim,
+        ticket: &Ticket,
+    ) -> Result<Embedding, EmbedError> {
+        let result = self.embed_claimed(item, &claim, ticket).await;
+        // Answered, with its vector or its own error: not a dropped input.
+        claim.take();
+        result
+    }
+
+    async fn embed_claimed(
+        &self,
+        item: Item,
+        claim: &Claim,
+        ticket: &Ticket,
+    ) -> Result<Embedding, EmbedError> {
         let inner = &self.inner;
         let (deadline, priority) = (ticket.deadline, ticket.priority);
         // Between inputs: one that starts after the deadline is not worked on at all.
@@ -389,10 +436,12 @@ impl Engine {
                 );
                 let n = tokens.ids.len();
                 let reply = enqueue(&inner.texts, tokens.ids, deadline, priority)?;
+                // Queued: the batcher counts it if it is dropped from there.
+                claim.take();
                 (Modality::Text, tokens.truncated, n, reply)
             }
             Item::Image(bytes) => {
-                let tensor = self.preprocess(bytes, ticket).await?;
+                let tensor = self.preprocess(bytes, claim, ticket).await?;
                 (
                     Modality::Image,
                     false,
@@ -402,7 +451,7 @@ impl Engine {
             }
             Item::Url(url) => {
                 let bytes = self.fetch(&url, deadline).await?;
-                let tensor = self.preprocess(bytes, ticket).await?;
+                let tensor = self.preprocess(bytes, claim, ticket).await?;
                 (
                     Modality::Image,
                     false,
@@ -477,7 +526,12 @@ impl Engine {
 
     /// Decodes and preprocesses on the decoding pool (`decode_workers` threads; search-lane
     /// images on their own thread), within the request's deadline.
-    async fn preprocess(&self, bytes: Vec<u8>, ticket: &Ticket) -> Result<Vec<f32>, EmbedError> {
+    async fn preprocess(
+        &self,
+        bytes: Vec<u8>,
+        claim: &Claim,
+        ticket: &Ticket,
+    ) -> Result<Vec<f32>, EmbedError> {
         let inner = &self.inner;
         // The header is read here, its decoded size reserved (waiting for room within the
         // deadline), and the reservation freed on the decoding thread once the frame is gone.
@@ -486,7 +540,7 @@ impl Engine {
         let (reply, tensor) = oneshot::channel();
         let engine = self.clone();
         let started = Instant::now();
-        let (deadline, failed) = (ticket.deadline, ticket.failed.clone());
+        let (deadline, failed, claim) = (ticket.deadline, ticket.failed.clone(), claim.clone());
         let has_failed =
             |f: &Option<Arc<AtomicBool>>| f.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
         let pool = match ticket.priority {
@@ -495,10 +549,9 @@ impl Engine {
         };
         pool.spawn(move || {
             // A decoding thread may take the image long after it was submitted: by then its
-            // request may have failed, lost its client or run out of time. Then it is skipped
-            // (counted as "disconnected": nobody waits for its vector any more).
-            if reply.is_closed() || has_failed(&failed) {
-                crate::metrics::dropped("image", "disconnected", &engine.inner.info.name, 1);
+            // request may have failed, lost its client or run out of time. Then it is skipped,
+            // and dropping `claim` counts it unless the call already did.
+            if reply.is_closed() || has_failed(&failed) || !claim.take() {
                 return;
             }
             if Instant::now() >= deadline {

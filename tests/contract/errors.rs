@@ -487,7 +487,8 @@ async fn a_bad_input_fails_only_its_own_request_and_drops_the_rest_of_it() {
     // The bad request's text is queued at once (held by its batch), then its truncated JPEG, the
     // first image decoded, fails: the request is answered at once, without waiting for the
     // batch its text sits in; its two other images are never decoded (the decoding thread sees
-    // the failure first), and its text never reaches the model.
+    // the failure first, or they never reach it: both are counted once as dropped), and its
+    // text never reaches the model.
     let bad = server
         .embed(&[TEXT, truncated.as_str(), png.as_str(), jpeg.as_str()])
         .await;
@@ -500,7 +501,7 @@ async fn a_bad_input_fails_only_its_own_request_and_drops_the_rest_of_it() {
             r#"sightline_dropped_total{{modality="{modality}",model="tiny-clip",reason="disconnected"}}"#
         )
     };
-    // The decoding thread reaches the two skipped images after the answer may have gone out.
+    // The decoding thread may reach the two skipped images after the answer has gone out.
     let (image_dropped, srv) = (dropped("image"), &server);
     wait_until(
         "the bad request's last two images skipped, not decoded",
