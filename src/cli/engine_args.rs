@@ -21,6 +21,11 @@ pub(super) struct EngineArgs {
     /// Image encoder sessions running side by side, splitting `--threads` between them.
     #[arg(long, env = "SIGHTLINE_IMAGE_LANES", default_value_t = EngineOptions::default().image_lanes)]
     pub image_lanes: usize,
+    /// Each image lane keeps its own copy of the image weights, prepacked for its matrix
+    /// kernels: model runs ~7-10 % faster, +350 MB (fp32 ViT-B/32) per lane beyond the first.
+    /// By default the lanes share one copy.
+    #[arg(long, env = "SIGHTLINE_PER_LANE_WEIGHTS")]
+    pub per_lane_weights: bool,
     /// Images decoded and preprocessed at once [default: number of cores].
     #[arg(long, env = "SIGHTLINE_DECODE_WORKERS")]
     pub decode_workers: Option<usize>,
@@ -70,6 +75,7 @@ impl EngineArgs {
         EngineOptions {
             threads: self.threads.unwrap_or(defaults.threads),
             image_lanes: self.image_lanes,
+            per_lane_weights: self.per_lane_weights,
             decode_workers: self.decode_workers.unwrap_or(defaults.decode_workers),
             max_batch_image: self.max_batch,
             max_batch_text: self.max_batch_text,

@@ -20,6 +20,7 @@ mod input;
 mod jpeg;
 pub mod preprocess;
 pub mod runtime;
+mod shared_weights;
 pub mod text;
 pub(crate) mod worker;
 
@@ -54,6 +55,9 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Image encoder sessions running side by side, sharing `threads`.
     pub image_lanes: usize,
+    /// Each image lane holds its own prepacked copy of the weights instead of all sharing one
+    /// (`shared_weights.rs`): faster model runs, +1 copy of the image weights per extra lane.
+    pub per_lane_weights: bool,
     /// Images decoded and preprocessed at once.
     pub decode_workers: usize,
     pub max_batch_image: usize,
@@ -92,6 +96,7 @@ impl Default for EngineOptions {
         EngineOptions {
             threads: cores,
             image_lanes: 2,
+            per_lane_weights: false,
             decode_workers: cores,
             max_batch_image: 8,
             max_batch_text: 32,
@@ -193,7 +198,7 @@ impl Engine {
             serving: None,
             fingerprint: bundle.fingerprint()?,
         };
-        let lanes = Lanes::split(opts.threads, opts.image_lanes);
+        let lanes = Lanes::split(opts.threads, opts.image_lanes, opts.per_lane_weights);
         let queue = |modality: Modality, workers, beside_search| QueueConfig {
             modality: modality.label(),
             capacity: opts.queue_capacity,

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
+use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
+
+use super::shared_weights::SharedWeights;
 
 /// The `onnxruntime` wheel the set-up commands install and the tests run against.
 pub const PINNED_ORT: &str = "1.32.0";
@@ -135,12 +137,12 @@ pub fn open_session(model: &Path, threads: usize) -> Result<Session> {
     open_shared_session(model, threads, None)
 }
 
-/// [`open_session`] for one of several sessions of the same model: with `prepacked`, they keep
-/// one copy of the weights ONNX Runtime re-lays out for its matrix kernels instead of one each.
+/// [`open_session`] for one of several sessions of the same model: with `shared`, it uses the
+/// caller's copy of the weights instead of one of its own.
 pub(crate) fn open_shared_session(
     model: &Path,
     threads: usize,
-    prepacked: Option<&PrepackedWeights>,
+    shared: Option<&SharedWeights>,
 ) -> Result<Session> {
     init()?;
     let builder_err = |e: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{e}");
@@ -154,10 +156,8 @@ pub(crate) fn open_shared_session(
         .map_err(builder_err)?
         .with_intra_op_spinning(false)
         .map_err(builder_err)?;
-    if let Some(weights) = prepacked {
-        builder = builder
-            .with_prepacked_weights(weights)
-            .map_err(builder_err)?;
+    if let Some(shared) = shared {
+        builder = shared.add_to(builder)?;
     }
     let session = builder
         .commit_from_file(model)

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use ndarray::{Array2, Array4, Ix2, Ix3};
-use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 
@@ -18,6 +17,7 @@ use super::batcher::{collect, timeout_error, triage, Receiver, Triage};
 use super::bundle::Bundle;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
+use super::shared_weights::SharedWeights;
 use super::text::{pad_batch, Dense, PadSettings};
 use crate::metrics;
 
@@ -70,14 +70,10 @@ fn in_slices<T>(
 }
 
 impl ImageModel {
-    fn open(
-        bundle: &Bundle,
-        threads: usize,
-        prepacked: Option<&PrepackedWeights>,
-    ) -> Result<ImageModel> {
+    fn open(bundle: &Bundle, threads: usize, shared: Option<&SharedWeights>) -> Result<ImageModel> {
         let m = &bundle.manifest;
         let session =
-            super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, prepacked)?;
+            super::runtime::open_shared_session(&bundle.path(&m.image.onnx), threads, shared)?;
         check_names(&session, &[&m.image.input], &m.image.output, "image")?;
         let shape = input_sig(&session, &m.image.input).map_or_else(Vec::new, |(_, s)| s);
         Ok(ImageModel {
@@ -315,23 +311,26 @@ pub(crate) fn lower_priority() {}
 pub(crate) struct Lanes {
     pub lanes: usize,
     pub threads: usize,
+    /// Each lane holds its own, prepacked copy of the weights (`--per-lane-weights`) instead
+    /// of all sharing one ([`SharedWeights`]).
+    pub per_lane_weights: bool,
 }
 
 impl Lanes {
     /// `threads` split over `lanes`, rounding up so no core is left out; never more lanes
     /// than threads.
-    pub(crate) fn split(threads: usize, lanes: usize) -> Lanes {
+    pub(crate) fn split(threads: usize, lanes: usize, per_lane_weights: bool) -> Lanes {
         let threads = threads.max(1);
         let lanes = lanes.clamp(1, threads);
         Lanes {
             lanes,
             threads: threads.div_ceil(lanes),
+            per_lane_weights,
         }
     }
 
-    /// Opens every lane's session with shared prepacked weights, each on its own thread, one
-    /// after the other (loading briefly holds the model twice; side by side that would be
-    /// four times). Returns once all have loaded and passed a probe run (a manifest whose
+    /// Opens every lane's session, several sharing one copy of the weights ([`SharedWeights`]),
+    /// each on its own thread, one after the other. Returns once all have loaded and passed a probe run (a manifest whose
     /// `dimensions` do not match the graph fails here, not in every batch: issue 6, F4);
     /// each lane's thread then goes on with `work`.
     pub(crate) fn open_each(
@@ -339,13 +338,18 @@ impl Lanes {
         bundle: &Bundle,
         work: impl Fn(usize, ImageModel) + Send + Sync + 'static,
     ) -> Result<()> {
-        super::runtime::init()?; // before any ONNX Runtime object, the container included
-        let prepacked = PrepackedWeights::new();
+        super::runtime::init()?; // before any ONNX Runtime object, the shared weights included
+        let shared = if self.lanes > 1 && !self.per_lane_weights {
+            let model = bundle.path(&bundle.manifest.image.onnx);
+            Some(Arc::new(SharedWeights::read(&model)?))
+        } else {
+            None
+        };
         let work = Arc::new(work);
         for lane in 0..self.lanes {
             // One channel per lane: if the thread dies, its sender goes and `recv` fails.
             let (opened_tx, opened_rx) = std::sync::mpsc::sync_channel(1);
-            let (bundle, prepacked, work) = (bundle.clone(), prepacked.clone(), work.clone());
+            let (bundle, shared, work) = (bundle.clone(), shared.clone(), work.clone());
             let threads = self.threads;
             std::thread::Builder::new()
                 .name(format!("sightline-image-{lane}"))
@@ -354,7 +358,7 @@ impl Lanes {
                     // low priority.
                     lower_priority();
                     let size = bundle.manifest.preprocess.size as usize;
-                    let opened = ImageModel::open(&bundle, threads, Some(&prepacked)).and_then(
+                    let opened = ImageModel::open(&bundle, threads, shared.as_deref()).and_then(
                         |mut model| {
                             model.run(&[&vec![0f32; 3 * size * size]]).context(
                                 "the image encoder failed its start-up probe (check `dimensions` and `preprocess.size` in sightline.json)",
@@ -524,9 +528,49 @@ mod tests {
     }
 
     #[test]
+    fn image_sessions_share_one_copy_of_the_initializers_and_agree() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-clip");
+        let bundle = Bundle::load(&dir).unwrap();
+        super::super::runtime::init().unwrap();
+        let shared = SharedWeights::read(&bundle.path(&bundle.manifest.image.onnx)).unwrap();
+        let (count, holders) = shared.holders();
+        assert_eq!(count, 4, "patch_w, patch_b, proj_w, proj_b");
+        assert_eq!(holders, 1);
+        let mut lanes: Vec<ImageModel> = (0..2)
+            .map(|_| ImageModel::open(&bundle, 1, Some(&shared)).unwrap())
+            .collect();
+        // Each session holds the very tensors of the set (no copy of its own).
+        assert_eq!(shared.holders(), (count, 3));
+        let mut alone = ImageModel::open(&bundle, 1, None).unwrap();
+        let size = bundle.manifest.preprocess.size as usize;
+        let pixels: Vec<f32> = (0..3 * size * size)
+            .map(|i| (i % 17) as f32 / 17.0)
+            .collect();
+        let expected = alone.run(&[&pixels]).unwrap();
+        let first = lanes[0].run(&[&pixels]).unwrap();
+        assert_eq!(
+            lanes[1].run(&[&pixels]).unwrap(),
+            first,
+            "the lanes agree exactly"
+        );
+        // Without prepacking the matrix kernels sum in another order: rounding differs.
+        let worst = first[0]
+            .iter()
+            .zip(&expected[0])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "largest difference to an unshared session: {worst}"
+        );
+        drop(lanes);
+        assert_eq!(shared.holders(), (count, 1));
+    }
+
+    #[test]
     fn lanes_split_the_threads() {
         let split = |threads, lanes| {
-            let l = Lanes::split(threads, lanes);
+            let l = Lanes::split(threads, lanes, false);
             (l.lanes, l.threads)
         };
         assert_eq!(split(2, 2), (2, 1));

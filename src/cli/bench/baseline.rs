@@ -141,16 +141,11 @@ pub(super) async fn model_only(
         .take(8)
         .map(|p| preprocess(p, settings, &DecodeOptions::default()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (dir, threads, lanes, duration) = (
-        cfg.model_dir.clone(),
-        cfg.threads,
-        cfg.image_lanes,
-        cfg.duration,
-    );
-    tokio::task::spawn_blocking(move || {
-        image_model_throughput(&dir, threads, lanes, 8, tensors, duration)
-    })
-    .await?
+    let dir = cfg.model_dir.clone();
+    let lanes = Lanes::split(cfg.threads, cfg.image_lanes, cfg.per_lane_weights);
+    let duration = cfg.duration;
+    tokio::task::spawn_blocking(move || image_model_throughput(&dir, lanes, 8, tensors, duration))
+        .await?
 }
 
 /// Model-only throughput for the benchmark: runs the image encoder alone, with the engine's
@@ -159,14 +154,12 @@ pub(super) async fn model_only(
 /// overhead.
 pub(super) fn image_model_throughput(
     model_dir: &std::path::Path,
-    threads: usize,
-    lanes: usize,
+    lanes: Lanes,
     batch: usize,
     tensors: Vec<Vec<f32>>,
     duration: Duration,
 ) -> Result<f64> {
     ensure!(!tensors.is_empty(), "no tensors to benchmark with");
-    let lanes = Lanes::split(threads, lanes);
     let batch: Vec<Vec<f32>> = tensors.into_iter().cycle().take(batch.max(1)).collect();
     // Lanes start together once all have loaded; each warms up (the first run allocates ONNX
     // Runtime's arena) and then reports its own rate over `duration`.

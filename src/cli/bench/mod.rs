@@ -60,6 +60,10 @@ pub(super) struct BenchArgs {
     /// Image encoder sessions sharing the threads, for model-only and the server alike.
     #[arg(long, default_value_t = 2)]
     image_lanes: usize,
+    /// Each image lane with its own prepacked copy of the weights, for model-only and the
+    /// server alike (`serve --per-lane-weights`).
+    #[arg(long)]
+    per_lane_weights: bool,
     /// Result line of `bench/peer.py` from the same run, for the Sightline ÷ peer ratio.
     #[arg(long)]
     peer: Option<PathBuf>,
@@ -96,6 +100,7 @@ struct BenchConfig {
     /// ONNX Runtime threads and image lanes, for the model-only run and the server alike.
     threads: usize,
     image_lanes: usize,
+    per_lane_weights: bool,
     /// Extra `serve` flags (e.g. `--exact-jpeg`).
     serve_args: Vec<String>,
     /// One JSON line from `bench/peer.py`, measured in the same run.
@@ -170,6 +175,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         batch_clients: args.batch_clients,
         threads,
         image_lanes: args.image_lanes,
+        per_lane_weights: args.per_lane_weights,
         serve_args: args.serve_args,
         peer: args.peer,
         infinity: args.infinity,

@@ -37,6 +37,7 @@ impl Server {
             .arg(&cfg.model_dir)
             .args(["--addr", &addr, "--threads", &cfg.threads.to_string()])
             .args(["--image-lanes", &lanes.to_string()])
+            .args(cfg.per_lane_weights.then_some("--per-lane-weights"))
             .args(&cfg.serve_args)
             .env("SIGHTLINE_LOG", "warn")
             .stdout(Stdio::null())
