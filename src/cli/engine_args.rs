@@ -22,7 +22,7 @@ pub(super) struct EngineArgs {
     #[arg(long, env = "SIGHTLINE_IMAGE_LANES", default_value_t = EngineOptions::default().image_lanes)]
     pub image_lanes: usize,
     /// Each image lane keeps its own copy of the image weights, prepacked for its matrix
-    /// kernels: model runs ~7-10 % faster, +350 MB (fp32 ViT-B/32) per lane beyond the first.
+    /// kernels: 2-12 % more images/s, +350 MB (fp32 ViT-B/32) per lane beyond the first.
     /// By default the lanes share one copy.
     #[arg(long, env = "SIGHTLINE_PER_LANE_WEIGHTS")]
     pub per_lane_weights: bool,

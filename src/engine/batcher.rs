@@ -369,17 +369,23 @@ impl<P> State<P> {
     /// one ingest batch runs, so a flood of searches slows ingest to at least 1/(burst + 1) of
     /// the batches but never starves it, and the searches of that flood wait at most one
     /// ingest batch in every `burst + 1`.
-    fn take(&mut self, max: Max, due: bool, burst: usize) -> Option<Vec<Job<P>>> {
+    fn take(
+        &mut self,
+        max: usize,
+        ingest_max: usize,
+        due: bool,
+        burst: usize,
+    ) -> Option<Vec<Job<P>>> {
         let ingest_waits = !self.ingest.is_empty();
         let ingest_owed = ingest_waits && self.streak >= burst;
         if !self.search.is_empty() && !ingest_owed {
             self.streak = if ingest_waits { self.streak + 1 } else { 0 };
-            let n = self.search.len().min(max.search);
+            let n = self.search.len().min(max);
             return Some(self.search.drain(..n).collect());
         }
-        if ingest_waits && (due || ingest_owed || self.ingest.len() >= max.ingest) {
+        if ingest_waits && (due || ingest_owed || self.ingest.len() >= ingest_max) {
             self.streak = 0;
-            let n = self.ingest.len().min(max.ingest);
+            let n = self.ingest.len().min(ingest_max);
             return Some(self.ingest.drain(..n).collect());
         }
         None
@@ -389,13 +395,6 @@ impl<P> State<P> {
 /// How long after a search ingest batches stay small: a user's next query usually follows
 /// within seconds, and the small batches cost ingest little (README, "search during ingest").
 const SEARCH_RECENT: Duration = Duration::from_secs(10);
-
-/// The largest batch of each lane, for one [`State::take`].
-#[derive(Clone, Copy)]
-struct Max {
-    search: usize,
-    ingest: usize,
-}
 
 /// Blocks for the first job, then returns the next due batch (`State::take`): an ingest batch
 /// gathers up to `max` jobs or until `wait` has passed. `None` once the queue is closed and
@@ -417,15 +416,8 @@ pub(crate) fn collect<P>(rx: &Receiver<P>, max: usize, wait: Duration) -> Option
     loop {
         let now = Instant::now();
         let due = now >= until || state.closed;
-        let ingest = state.ingest_max(max, rx.beside_search, now);
-        if let Some(batch) = state.take(
-            Max {
-                search: max,
-                ingest,
-            },
-            due,
-            rx.burst,
-        ) {
+        let ingest_max = state.ingest_max(max, rx.beside_search, now);
+        if let Some(batch) = state.take(max, ingest_max, due, rx.burst) {
             return Some(batch);
         }
         state = rx

@@ -8,7 +8,7 @@
 //! and frees the original; a shared original belongs to the caller and stays, so the packed
 //! forms (shared or not, through the prepacked-weights container) would be a second full copy.
 //! Measured (README, "Memory per image lane"): 2 lanes hold 1.03× the memory of one this way,
-//! against 1.4× with a prepacked copy per lane, for model runs ~7-10 % slower;
+//! against 1.4× with a prepacked copy per lane, for 2-12 % fewer images/s (README);
 //! `--per-lane-weights` chooses the copies.
 //!
 //! Only the protobuf fields that locate an initializer are declared (prost skips the rest). A

@@ -330,9 +330,9 @@ impl Lanes {
     }
 
     /// Opens every lane's session, several sharing one copy of the weights ([`SharedWeights`]),
-    /// each on its own thread, one after the other. Returns once all have loaded and passed a probe run (a manifest whose
-    /// `dimensions` do not match the graph fails here, not in every batch: issue 6, F4);
-    /// each lane's thread then goes on with `work`.
+    /// each on its own thread, one after the other. Returns once all have loaded and passed a
+    /// probe run (a manifest whose `dimensions` do not match the graph fails here, not in every
+    /// batch: issue 6, F4); each lane's thread then goes on with `work`.
     pub(crate) fn open_each(
         self,
         bundle: &Bundle,

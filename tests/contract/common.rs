@@ -356,6 +356,19 @@ where
     }
 }
 
+/// `GET /info` of a sidecar on a loopback port, with the suite's key.
+pub async fn sidecar_info(url: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{url}/info"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Runs `future` to its end within [`PATIENCE`]; fails naming `what` if it hangs.
 pub async fn patiently<F: Future>(what: impl std::fmt::Display, future: F) -> F::Output {
     match tokio::time::timeout(PATIENCE, future).await {

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::common::API_KEY;
+use crate::common::{sidecar_info, API_KEY};
 use crate::es_ingest::GOOD;
 use crate::fake_es::{
     fake_vector, fixture_images, sightline, stored_vector, FakeEs, License, Run, FAKE_DIMS,
@@ -22,19 +22,6 @@ use crate::fake_es::{
 const ALIAS: &str = "photos";
 /// The index `setup` puts behind the alias for model A.
 const OLD: &str = "photos-clip-vit-b-32-multilingual-v1-fake";
-
-/// `GET /info` of a test sidecar.
-async fn sidecar_info(url: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("{url}/info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
 
 /// Model B: the engine on the tiny fixture bundle, on a loopback port.
 struct ModelB {

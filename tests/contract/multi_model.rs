@@ -337,15 +337,7 @@ async fn serve_takes_model_dir_more_than_once() {
     }
     let response = post("clip").await.expect("an answer");
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let info: Value = client
-        .get(server.url("/info"))
-        .bearer_auth(API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = sidecar_info(&server.url("")).await;
     let names: Vec<&str> = info["models"]
         .as_array()
         .unwrap()
