@@ -5,8 +5,9 @@
 #  2. freely licensed photographs of 1–16 MP from Debian packages (bench/fetch_photos.sh);
 #  3. with PEERS=infinity: infinity (infinity-emb, torch engine) in its own virtualenv, measured by
 #     bench/infinity.py with `sightline bench --target-url` (the same load, photos and patterns);
-#  4. per variant: the Python peer (PIL + onnxruntime) and `sightline bench` (model-only, RSS and
-#     start-up with 1 and 2 lanes, patterns (a), (b) and (c), text latency under load, peak RSS)
+#  4. per variant: the Python peer (PIL + onnxruntime) and `sightline bench` (RSS and start-up
+#     with 1 and 2 lanes; patterns (a), (b) and (c), each in ROUNDS rounds that measure the model
+#     alone and one core's decoding right before the server; query latency under load; peak RSS)
 #     back to back, the report carrying the peers' rows. One server at a time.
 # Run it on an otherwise idle machine: all sides share its cores. For a quick check of the
 # plumbing: DURATION=5s PHOTOS=<folder with a few photos> VARIANTS=fp32.
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 WORK=bench/work
 DURATION=${DURATION:-30s}
+ROUNDS=${ROUNDS:-3}
 PEERS=${PEERS:-}
 VARIANTS=${VARIANTS:-fp32 int8}
 
@@ -50,7 +52,7 @@ for variant in $VARIANTS; do
   echo "== $variant: Python peer"
   "$PY" bench/peer.py "$PHOTOS" "$bundle" | tee "$WORK/peer-$variant.json"
   echo "== $variant: sightline bench"
-  "$BIN" bench --model-dir "$bundle" --photos "$PHOTOS" --duration "$DURATION" \
+  "$BIN" bench --model-dir "$bundle" --photos "$PHOTOS" --duration "$DURATION" --rounds "$ROUNDS" \
     --peer "$WORK/peer-$variant.json" "${infinity[@]}" | tee "$WORK/report-$variant.md"
 done
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"

@@ -1,18 +1,20 @@
 //! The baselines of the benchmark, measured in the same run as the server: the photos (as
-//! files, and as `sightline ingest` would send them), their sizes, one core's cost of decoding and preprocessing a photo, and the image encoder alone on
-//! preprocessed tensors with the server's lanes and threads. These measure the engine's parts
+//! files, and as `sightline ingest` would send them), their sizes, one core's cost of decoding
+//! and preprocessing a photo, and the image encoder alone on preprocessed tensors with the
+//! server's lanes and threads. These measure the engine's parts
 //! on purpose, so they use its crate-internal pieces rather than [`crate::engine::Engine`].
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 
 use super::BenchConfig;
 use crate::engine::bundle::{Bundle, Preprocess};
 use crate::engine::preprocess::{preprocess, DecodeOptions};
-use crate::engine::worker::{BatchModel, Lanes};
+use crate::engine::worker::{BatchModel, ImageModel, Lanes};
 use crate::es::image::{prepare, ImageOptions, PreparedImage};
 
 /// The benchmark's images.
@@ -103,93 +105,93 @@ fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
     sizes.fold((f64::MAX, 0.0), |(lo, hi), mp| (lo.min(mp), hi.max(mp)))
 }
 
-/// Milliseconds one core spends decoding and preprocessing a photo, averaged over the set, with
-/// the server's decoding settings. The ceiling row of the report follows from it.
-pub(super) async fn decode_cost_ms(
-    cfg: &BenchConfig,
-    settings: Preprocess,
-    photos: &[Vec<u8>],
-) -> Result<f64> {
-    let decode = DecodeOptions {
-        jpeg_prescale: !cfg.serve_args.iter().any(|a| a == "--exact-jpeg"),
-        ..DecodeOptions::default()
-    };
-    let photos = photos.to_vec();
-    tokio::task::spawn_blocking(move || {
-        // The fastest of three passes: the least disturbed by anything else on the machine.
-        let mut best = f64::MAX;
-        for _ in 0..3 {
-            let started = Instant::now();
-            for photo in &photos {
-                preprocess(photo, &settings, &decode)?;
-            }
-            best = best.min(started.elapsed().as_secs_f64() * 1e3 / photos.len() as f64);
-        }
-        Ok(best)
-    })
-    .await?
-}
-
-/// The image encoder alone on preprocessed tensors of the same photos.
-pub(super) async fn model_only(
-    cfg: &BenchConfig,
+/// Milliseconds one core spends decoding and preprocessing an image of `photos`, one pass,
+/// with the server's decoding settings.
+pub(super) fn decode_ms(
     settings: &Preprocess,
+    decode: &DecodeOptions,
     photos: &[Vec<u8>],
 ) -> Result<f64> {
-    let tensors = photos
-        .iter()
-        .take(8)
-        .map(|p| preprocess(p, settings, &DecodeOptions::default()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let dir = cfg.model_dir.clone();
-    let lanes = Lanes::split(cfg.threads, cfg.image_lanes, cfg.per_lane_weights);
-    let duration = cfg.duration;
-    tokio::task::spawn_blocking(move || image_model_throughput(&dir, lanes, 8, tensors, duration))
-        .await?
+    let started = Instant::now();
+    for photo in photos {
+        preprocess(photo, settings, decode)?;
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e3 / photos.len().max(1) as f64)
 }
 
-/// Model-only throughput for the benchmark: runs the image encoder alone, with the engine's
-/// lanes and session settings, on already preprocessed tensors in batches of `batch`, for
-/// `duration`. Returns images per second; the ratio of end-to-end to this number is the
-/// overhead.
-pub(super) fn image_model_throughput(
-    model_dir: &std::path::Path,
-    lanes: Lanes,
-    batch: usize,
-    tensors: Vec<Vec<f32>>,
-    duration: Duration,
-) -> Result<f64> {
-    ensure!(!tensors.is_empty(), "no tensors to benchmark with");
-    let batch: Vec<Vec<f32>> = tensors.into_iter().cycle().take(batch.max(1)).collect();
-    // Lanes start together once all have loaded; each warms up (the first run allocates ONNX
-    // Runtime's arena) and then reports its own rate over `duration`.
-    let (start_tx, start_rx) = std::sync::mpsc::channel::<()>();
-    let start_rx = Mutex::new(start_rx);
-    let (rate_tx, rate_rx) = std::sync::mpsc::channel();
-    lanes.open_each(&Bundle::load(model_dir)?, move |_, mut model| {
-        let inputs: Vec<&Vec<f32>> = batch.iter().collect();
-        let go = start_rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv();
-        let rate = go.map_err(anyhow::Error::from).and_then(|()| {
-            model.run(&inputs)?;
-            let started = Instant::now();
-            let mut images = 0usize;
-            while started.elapsed() < duration {
-                model.run(&inputs)?;
-                images += inputs.len();
+/// The image encoder alone on preprocessed tensors of the photos, in batches of 8, with the
+/// server's lanes and session settings. It stays loaded for the whole run, so that each round
+/// of a pattern measures it right before the server (`rounds.rs`); the ratio of end-to-end to
+/// it is the server's overhead.
+pub(super) struct ModelOnly {
+    /// One per lane: run for this long and report the rate.
+    lanes: Vec<Sender<Duration>>,
+    rates: Mutex<Receiver<Result<f64>>>,
+}
+
+impl ModelOnly {
+    pub(super) fn open(
+        cfg: &BenchConfig,
+        settings: &Preprocess,
+        photos: &[Vec<u8>],
+    ) -> Result<ModelOnly> {
+        let tensors = photos
+            .iter()
+            .take(BATCH)
+            .map(|p| preprocess(p, settings, &DecodeOptions::default()))
+            .collect::<Result<Vec<_>, _>>()?;
+        ensure!(!tensors.is_empty(), "no tensors to benchmark with");
+        let batch: Vec<Vec<f32>> = tensors.into_iter().cycle().take(BATCH).collect();
+        let lanes = Lanes::split(cfg.threads, cfg.image_lanes, cfg.per_lane_weights);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..lanes.lanes).map(|_| channel::<Duration>()).unzip();
+        let receivers = Mutex::new(receivers.into_iter().map(Some).collect::<Vec<_>>());
+        let (rate_tx, rates) = channel();
+        lanes.open_each(&Bundle::load(&cfg.model_dir)?, move |lane, mut model| {
+            let commands = receivers.lock().unwrap_or_else(PoisonError::into_inner)[lane].take();
+            let inputs: Vec<&Vec<f32>> = batch.iter().collect();
+            // The first batch allocates ONNX Runtime's arena: not part of any measurement.
+            let warm = model.run(&inputs).map(drop).map_err(|e| format!("{e:#}"));
+            for length in commands.into_iter().flatten() {
+                let rate = match &warm {
+                    Err(e) => Err(anyhow!("the image encoder failed: {e}")),
+                    Ok(()) => rate(&mut model, &inputs, length),
+                };
+                if rate_tx.send(rate).is_err() {
+                    return;
+                }
             }
-            Ok(images as f64 / started.elapsed().as_secs_f64())
-        });
-        let _ = rate_tx.send(rate);
-    })?;
-    for _ in 0..lanes.lanes {
-        start_tx.send(())?;
+        })?;
+        Ok(ModelOnly {
+            lanes: senders,
+            rates: Mutex::new(rates),
+        })
     }
-    let mut total = 0.0;
-    for _ in 0..lanes.lanes {
-        total += rate_rx.recv()??;
+
+    /// All lanes side by side for `length`: the sum of their images/s.
+    pub(super) fn measure(&self, length: Duration) -> Result<f64> {
+        for lane in &self.lanes {
+            lane.send(length)
+                .map_err(|_| anyhow!("a model-only lane has stopped"))?;
+        }
+        let rates = self.rates.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut total = 0.0;
+        for _ in &self.lanes {
+            total += rates.recv()??;
+        }
+        Ok(total)
     }
-    Ok(total)
+}
+
+/// Images per request of the model-only run: the server's default largest batch.
+const BATCH: usize = 8;
+
+fn rate(model: &mut ImageModel, inputs: &[&Vec<f32>], length: Duration) -> Result<f64> {
+    let started = Instant::now();
+    let mut images = 0usize;
+    while started.elapsed() < length {
+        model.run(inputs)?;
+        images += inputs.len();
+    }
+    Ok(images as f64 / started.elapsed().as_secs_f64())
 }

@@ -1,7 +1,6 @@
 //! `sightline bench --target-url`: another embedding server (infinity), already running, driven
-//! with the same photos, patterns and load generator as Sightline, one pattern after the other
-//! for `--duration` each. Its rate is not known in advance, so each pattern runs for a time
-//! rather than a number of images, after a warm-up of one request per connection. Prints one
+//! with the same photos, patterns and load generator as Sightline, one pattern after the other,
+//! each for `--duration` of steady state (`load::drive`). Prints one
 //! JSON line, which `bench/infinity.py` completes with what it measured itself (the model alone
 //! in torch, memory, start-up time) for the report of the Sightline run.
 
@@ -13,7 +12,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::baseline::Photos;
-use super::load::{drive, Budget, Target, Throughput};
+use super::load::{drive, Target, Throughput, Window};
 use super::Workload;
 
 /// What to drive, and how.
@@ -60,21 +59,12 @@ pub(super) async fn measure(cfg: &ExternalConfig) -> Result<String> {
         .pool_max_idle_per_host(cfg.clients.max(cfg.batch_clients) + 1)
         .build()?;
     let endpoint = cfg.target.endpoint("");
-    let warm_up = Budget::Images(cfg.clients);
-    drive(
-        &client,
-        &endpoint,
-        work.singles.clone(),
-        1,
-        warm_up,
-        cfg.clients,
-    )
-    .await?;
     let pattern = |name: &'static str, bodies: &Arc<_>, per_request: usize, clients: usize| {
         let (client, endpoint, bodies) = (client.clone(), endpoint.clone(), Arc::clone(bodies));
-        let (url, budget) = (cfg.target.url.clone(), Budget::Time(cfg.duration));
+        let (url, length) = (cfg.target.url.clone(), cfg.duration);
         async move {
-            let t = drive(&client, &endpoint, bodies, per_request, budget, clients).await?;
+            let w = drive(&client, &endpoint, bodies, per_request, clients, length).await?;
+            let t = Window::throughput([&w]);
             eprintln!("bench: {url} ({name}) {:.2} images/s", t.images_per_s);
             Ok::<_, anyhow::Error>(Row::from(t))
         }

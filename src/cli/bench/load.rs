@@ -4,7 +4,7 @@
 //! and without the priority lane) that run beside pattern (a).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Result};
@@ -77,60 +77,127 @@ impl Target {
     }
 }
 
-/// When a pattern ends.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Budget {
-    /// After this many images (rounded up to whole requests).
-    Images(usize),
-    /// When this time is up: no request starts after it, those under way finish.
-    Time(Duration),
-}
-
-/// Sends `bodies` round-robin from `clients` connections until the `budget` is spent.
+/// Sends `bodies` round-robin from `clients` connections and measures the steady state: it
+/// begins once every connection has had an answer (the first batches find idle lanes and
+/// empty decoders, the last ones a half-empty queue, neither is what a long backfill sees) and
+/// lasts `length`; then no request starts, and those under way finish uncounted.
 pub(super) async fn drive(
     client: &reqwest::Client,
     endpoint: &str,
     bodies: Arc<Vec<Bytes>>,
     per_request: usize,
-    budget: Budget,
     clients: usize,
-) -> Result<Throughput> {
+    length: Duration,
+) -> Result<Window> {
+    let clients = clients.max(1);
     let next = Arc::new(AtomicUsize::new(0));
-    let (requests, deadline) = match budget {
-        Budget::Images(images) => (images.div_ceil(per_request), None),
-        Budget::Time(time) => (usize::MAX, Some(time)),
-    };
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..clients.max(1))
+    let answered = Arc::new(AtomicUsize::new(0));
+    let end: Arc<OnceLock<Instant>> = Arc::new(OnceLock::new());
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
-            let (client, endpoint, bodies, next) = (
+            let (client, endpoint, bodies, next, answered, end) = (
                 client.clone(),
                 endpoint.to_owned(),
                 bodies.clone(),
                 next.clone(),
+                answered.clone(),
+                end.clone(),
             );
             tokio::spawn(async move {
-                let mut samples = Vec::new();
-                loop {
+                let mut answers = Vec::new();
+                while end.get().is_none_or(|&end| Instant::now() < end) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= requests || deadline.is_some_and(|d| started.elapsed() >= d) {
-                        return Ok::<_, anyhow::Error>(samples);
-                    }
                     let body = bodies[i % bodies.len()].clone();
-                    samples.push(post(&client, &endpoint, body, per_request).await?);
+                    let latency = post(&client, &endpoint, body, per_request).await?;
+                    answers.push(Answer {
+                        at: Instant::now(),
+                        latency,
+                    });
+                    if answers.len() == 1 && answered.fetch_add(1, Ordering::AcqRel) + 1 == clients
+                    {
+                        let _ = end.set(Instant::now() + length);
+                    }
                 }
+                Ok::<_, anyhow::Error>(answers)
             })
         })
         .collect();
-    let mut samples = Vec::new();
+    let mut connections = Vec::with_capacity(clients);
     for task in tasks {
-        samples.extend(task.await??);
+        connections.push(task.await??);
     }
-    let wall = started.elapsed();
-    Ok(Throughput {
-        images_per_s: (samples.len() * per_request) as f64 / wall.as_secs_f64(),
-        latency: Latency::of(samples),
+    steady_state(&connections, per_request, length)
+}
+
+/// When a request was answered, and how long it took.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    at: Instant,
+    latency: Duration,
+}
+
+/// The rate over the steady state of `connections`' answers: from the moment the last
+/// connection had its first answer, the images answered up to the last answer within `length`
+/// after it, over the time between those two answers. Counting from answer to answer, a rate
+/// that comes in batches is measured exactly, wherever the window falls.
+fn steady_state(
+    connections: &[Vec<Answer>],
+    per_request: usize,
+    length: Duration,
+) -> Result<Window> {
+    let Some(from) = connections
+        .iter()
+        .filter_map(|c| c.first())
+        .map(|a| a.at)
+        .max()
+    else {
+        bail!("no request was answered");
+    };
+    let counted: Vec<&Answer> = connections
+        .iter()
+        .flatten()
+        .filter(|a| a.at > from && a.at <= from + length)
+        .collect();
+    let to = counted.iter().map(|a| a.at).max();
+    let Some(to) = to.filter(|&to| to > from) else {
+        bail!(
+            "no answer came in the {} s after every connection had its first: measure for longer (--duration)",
+            length.as_secs_f64()
+        );
+    };
+    Ok(Window {
+        images: counted.len() * per_request,
+        seconds: (to - from).as_secs_f64(),
+        latencies: counted.iter().map(|a| a.latency).collect(),
     })
+}
+
+/// The images answered in a steady state, over how long, and each request's latency.
+#[derive(Debug, Clone)]
+pub(super) struct Window {
+    pub(super) images: usize,
+    pub(super) seconds: f64,
+    pub(super) latencies: Vec<Duration>,
+}
+
+impl Window {
+    pub(super) fn rate(&self) -> f64 {
+        self.images as f64 / self.seconds
+    }
+
+    /// The rate and latencies of several windows together.
+    pub(super) fn throughput<'a>(windows: impl IntoIterator<Item = &'a Window>) -> Throughput {
+        let (mut images, mut seconds, mut latencies) = (0, 0.0, Vec::new());
+        for w in windows {
+            images += w.images;
+            seconds += w.seconds;
+            latencies.extend_from_slice(&w.latencies);
+        }
+        Throughput {
+            images_per_s: images as f64 / seconds,
+            latency: Latency::of(latencies),
+        }
+    }
 }
 
 /// One request to `endpoint`; fails the benchmark on anything but 200 with `expected` vectors.
@@ -218,6 +285,82 @@ mod tests {
             infinity.body(&["a".to_owned(), "b".to_owned()]),
             r#"{"input":["a","b"],"model":"m","modality":"image"}"#
         );
+    }
+
+    /// Answers of `connections` connections, each answered every `period` from `first`
+    /// (connection `k` first after `first + k × stagger`), `count` times.
+    fn answers(
+        connections: u32,
+        first: Duration,
+        stagger: Duration,
+        period: Duration,
+        count: u32,
+    ) -> Vec<Vec<Answer>> {
+        let t0 = Instant::now();
+        (0..connections)
+            .map(|k| {
+                (0..count)
+                    .map(|i| Answer {
+                        at: t0 + first + stagger * k + period * i,
+                        latency: Duration::from_millis(u64::from(k)),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_steady_state_starts_when_every_connection_has_an_answer() {
+        // Connection 3 is first answered after 1.3 s (a slow start); from then on each of the
+        // four is answered every 100 ms: 40 images/s, wherever the window ends.
+        for length_ms in [500, 550, 990] {
+            let c = answers(
+                4,
+                Duration::from_secs(1),
+                Duration::from_millis(100),
+                Duration::from_millis(100),
+                30,
+            );
+            let w = steady_state(&c, 1, Duration::from_millis(length_ms)).unwrap();
+            assert!((w.rate() - 40.0).abs() < 1e-6, "{length_ms}: {}", w.rate());
+        }
+        // Ten images per request: ten times the rate.
+        let c = answers(
+            4,
+            Duration::ZERO,
+            Duration::from_millis(25),
+            Duration::from_millis(100),
+            30,
+        );
+        let w = steady_state(&c, 10, Duration::from_secs(1)).unwrap();
+        assert_eq!((w.images, w.latencies.len()), (400, 40));
+        assert!((w.seconds - 1.0).abs() < 1e-9, "{}", w.seconds);
+        // The latencies are those of the answers counted: connections 0–3 alike.
+        assert_eq!(
+            Window::throughput([&w]).latency.p50,
+            Duration::from_millis(2)
+        );
+    }
+
+    #[test]
+    fn windows_together_weigh_each_by_its_length() {
+        let w = |images, seconds, ms: u64| Window {
+            images,
+            seconds,
+            latencies: vec![Duration::from_millis(ms); images],
+        };
+        let t = Window::throughput([&w(10, 1.0, 100), &w(30, 4.0, 300), &w(10, 5.0, 500)]);
+        assert!((t.images_per_s - 5.0).abs() < 1e-9, "{}", t.images_per_s);
+        assert_eq!(t.latency.p50, Duration::from_millis(300));
+        assert_eq!(t.latency.p99, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_window_without_answers_is_an_error_naming_the_flag() {
+        let c = answers(2, Duration::ZERO, Duration::ZERO, Duration::from_secs(5), 2);
+        let err = steady_state(&c, 1, Duration::from_secs(1)).unwrap_err();
+        assert!(err.to_string().contains("--duration"), "{err}");
+        assert!(steady_state(&[Vec::new()], 1, Duration::from_secs(1)).is_err());
     }
 
     #[test]

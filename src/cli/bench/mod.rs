@@ -1,15 +1,16 @@
 //! `sightline bench`: the throughput benchmark (issues 5 and 15). In one run it measures
 //! model-only images/s (the image encoder alone on preprocessed tensors, with the server's
-//! session settings, `baseline.rs`), the memory and start-up time of a server with one image
+//! session settings, `baseline.rs`), one core's decoding cost, the memory and start-up time of a server with one image
 //! lane and with the configured lanes, then a real `sightline serve` child process on loopback
 //! (`server.rs`) under the request patterns Elasticsearch produces (`load.rs`) — (a) many
 //! connections with one full-size photo each (the ingest processor), (b) requests of ten photos
 //! (custom service batches), (c) one image per request as `sightline ingest` sends it (shrunk
-//! to 1024 pixels and re-encoded by the ingest's own function) — plus text-query latency while
-//! (a) saturates the machine, image-query latency with and without the priority lane
-//! (`?priority=search`) during a second run of (a), and the server's peak RSS. Ratios are
-//! against the model-only number and the decoding ceiling of the same run, so the machine's
-//! speed cancels out (`report.rs`). With `--target-url` it drives another server (infinity)
+//! to 1024 pixels and re-encoded by the ingest's own function), each in its steady state —
+//! then text- and image-query latency (with and without the priority lane, `?priority=search`)
+//! during a second run of (a), and the server's peak RSS. Each pattern runs in rounds, each
+//! round after its own model-only and decoding measurements (`rounds.rs`), so the ratios to
+//! them are of the same moment and the machine's speed, even as it drifts, cancels out
+//! (`report.rs`). With `--target-url` it drives another server (infinity)
 //! with the same photos and patterns instead and prints one JSON line (`external.rs`).
 //! `make bench` prepares the random-weight models, the photos and the peers, then calls it.
 
@@ -17,6 +18,7 @@ mod baseline;
 mod external;
 mod load;
 mod report;
+mod rounds;
 mod server;
 
 use std::path::PathBuf;
@@ -29,9 +31,11 @@ use anyhow::Result;
 use bytes::Bytes;
 
 use crate::engine::bundle::Bundle;
+use crate::engine::preprocess::DecodeOptions;
 use crate::es::image::data_uri;
-use load::{drive, probe, Budget, Dialect, Latency, Target, Throughput};
+use load::{drive, probe, Dialect, Latency, Target};
 use report::{read_infinity, read_peer, ImageQueries, Report};
+use rounds::{Baselines, Measured, Pattern};
 use server::Server;
 
 #[derive(Debug, clap::Args)]
@@ -42,9 +46,13 @@ pub(super) struct BenchArgs {
     /// Folder of JPEG photographs.
     #[arg(long)]
     photos: PathBuf,
-    /// Length of each measurement (e.g. `30s`).
+    /// Steady state measured per pattern, split over `--rounds` (e.g. `30s`).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// Rounds per pattern, each measuring the model alone and one core's decoding right
+    /// before the server, so each round is compared with baselines of the same moment.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Patterns (a) and (c): concurrent connections, one image per request (the ingest processor).
     #[arg(long, default_value_t = 20)]
     clients: usize,
@@ -90,8 +98,9 @@ pub(super) struct BenchArgs {
 struct BenchConfig {
     model_dir: PathBuf,
     photos: PathBuf,
-    /// Target duration of each measurement.
+    /// Steady state per pattern, and the rounds it is split over.
     duration: Duration,
+    rounds: usize,
     /// Patterns (a) and (c): concurrent connections, one image per request.
     clients: usize,
     /// Pattern (b): images per request, and concurrent connections.
@@ -170,6 +179,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         model_dir: args.model_dir.unwrap_or_default(),
         photos: args.photos,
         duration: args.duration,
+        rounds: args.rounds as usize,
         clients: args.clients,
         batch: args.batch,
         batch_clients: args.batch_clients,
@@ -188,14 +198,7 @@ pub(super) async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 async fn measure(cfg: &BenchConfig) -> Result<Report> {
     let photos = baseline::Photos::load(&cfg.photos)?;
     let settings = Bundle::load(&cfg.model_dir)?.manifest.preprocess;
-    let model_only = baseline::model_only(cfg, &settings, &photos.originals).await?;
-    eprintln!("bench: model-only {model_only:.2} images/s");
-    let decode_ms = baseline::decode_cost_ms(cfg, settings.clone(), &photos.originals).await?;
-    let ingest_payloads: Vec<Vec<u8>> = photos.ingest.iter().map(|p| p.payload.to_vec()).collect();
-    let ingest_decode_ms = baseline::decode_cost_ms(cfg, settings, &ingest_payloads).await?;
-    eprintln!(
-        "bench: decoding and preprocessing {decode_ms:.1} ms per photo, {ingest_decode_ms:.1} ms per ingest-sized image, on one core"
-    );
+    let model = baseline::ModelOnly::open(cfg, &settings, &photos.originals)?;
 
     // One lane first, alone: what the second lane adds to the resident memory.
     let one_lane = Server::start(cfg, 1).await?;
@@ -219,54 +222,61 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
         model: "bench".to_owned(),
     };
     let work = Workload::new(&target, &photos, cfg.batch);
-    // Each pattern sends about as many images as the model-only rate finishes in `duration`.
-    let images = ((model_only * cfg.duration.as_secs_f64()).ceil() as usize).max(cfg.clients);
     let endpoint = target.endpoint("");
-
-    let text = Bytes::from_static(br#"{"input":["eine rote Katze im Schnee"],"model":"bench"}"#);
-    let stop = Arc::new(AtomicBool::new(false));
-    let text_probe = tokio::spawn(probe(
-        client.clone(),
-        endpoint.clone(),
-        text,
-        Duration::from_millis(200),
-        stop.clone(),
-    ));
-    let budget = Budget::Images(images);
-    let one_per_request = drive(
-        &client,
-        &endpoint,
-        work.singles.clone(),
-        1,
-        budget,
-        cfg.clients,
-    )
-    .await?;
-    stop.store(true, Ordering::Release);
-    let text_samples = text_probe.await??;
-    eprintln!("bench: (a) {:.2} images/s", one_per_request.images_per_s);
+    let baselines = Baselines {
+        model: Arc::new(model),
+        settings,
+        decode: DecodeOptions {
+            jpeg_prescale: !cfg.serve_args.iter().any(|a| a == "--exact-jpeg"),
+            ..DecodeOptions::default()
+        },
+        threads: cfg.threads,
+        rounds: cfg.rounds,
+        duration: cfg.duration,
+    };
+    let originals = Arc::new(photos.originals.clone());
+    let ingest_payloads = Arc::new(photos.ingest.iter().map(|p| p.payload.to_vec()).collect());
+    let pattern =
+        |bodies: &Arc<Vec<Bytes>>, per_request, clients, images: &Arc<Vec<Vec<u8>>>| Pattern {
+            client: &client,
+            endpoint: &endpoint,
+            bodies: bodies.clone(),
+            per_request,
+            clients,
+            images: images.clone(),
+        };
+    let mut measured = Vec::new();
+    for (name, p) in [
+        ("a", pattern(&work.singles, 1, cfg.clients, &originals)),
+        (
+            "b",
+            pattern(&work.groups, cfg.batch, cfg.batch_clients, &originals),
+        ),
+        ("c", pattern(&work.ingest, 1, cfg.clients, &ingest_payloads)),
+    ] {
+        let m = rounds::measure(&baselines, p).await?;
+        eprintln!(
+            "bench: ({name}) {:.2} images/s; model-only {:.2} and {:.1} ms decoding per image in its rounds; {:.2} of the ceiling (rounds {:.2}–{:.2})",
+            m.throughput.images_per_s,
+            m.model_only,
+            m.decode_ms,
+            m.of_ceiling,
+            m.of_ceiling_range.0,
+            m.of_ceiling_range.1
+        );
+        measured.push(m);
+    }
+    let [one_per_request, batched, ingest_sized] =
+        <[Measured; 3]>::try_from(measured).map_err(|_| anyhow::anyhow!("three patterns"))?;
 
     let query = target.body(&[data_uri("image/jpeg", &photos.originals[0])]);
-    let image_queries =
-        image_queries(cfg, &client, &target, work.singles.clone(), query, budget).await?;
+    let (image_queries, text_samples) =
+        queries_during_ingest(cfg, &client, &target, work.singles.clone(), query).await?;
     eprintln!(
         "bench: image query p99 during (a): {:.0} ms with ?priority=search, {:.0} ms without",
         image_queries.priority.p99.as_secs_f64() * 1e3,
         image_queries.plain.p99.as_secs_f64() * 1e3
     );
-
-    let batched = drive(
-        &client,
-        &endpoint,
-        work.groups.clone(),
-        cfg.batch,
-        budget,
-        cfg.batch_clients,
-    )
-    .await?;
-    eprintln!("bench: (b) {:.2} images/s", batched.images_per_s);
-    let ingest_sized = drive(&client, &endpoint, work.ingest, 1, budget, cfg.clients).await?;
-    eprintln!("bench: (c) {:.2} images/s", ingest_sized.images_per_s);
 
     let (loaded, peak_rss_mib) = (server.loaded, server.memory_mib("VmHWM")?);
     server.stop().await?;
@@ -280,13 +290,11 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     };
     Ok(Report {
         photos: photos.summary(),
-        model_only,
         threads: cfg.threads,
+        rounds: cfg.rounds,
         clients: cfg.clients,
         batch: cfg.batch,
         batch_clients: cfg.batch_clients,
-        decode_ms,
-        ingest_decode_ms,
         one_per_request,
         batched,
         ingest_sized,
@@ -301,44 +309,51 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     })
 }
 
-/// Pattern (a) again, this time with two image-query probes beside it: one through the priority
-/// lane (`?priority=search`, what the search endpoint `setup` creates sends) and one without
-/// (what every image query got before the lane existed). A run of its own, so the probes' images
-/// do not lower the (a) rate reported above; both probes share it, so the comparison is fair.
-async fn image_queries(
+/// Pattern (a) again, this time with query probes beside it: text every 200 ms, and images
+/// every second through the priority lane (`?priority=search`, what the search endpoint `setup`
+/// creates sends) and without it (what every image query got before the lane existed). A run
+/// of its own, so the probes do not lower the (a) rate reported above; both image probes share
+/// it, so their comparison is fair.
+async fn queries_during_ingest(
     cfg: &BenchConfig,
     client: &reqwest::Client,
     target: &Target,
     singles: Arc<Vec<Bytes>>,
     query: Bytes,
-    budget: Budget,
-) -> Result<ImageQueries> {
+) -> Result<(ImageQueries, Vec<Duration>)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let spawn_probe = |query_string: &str| {
+    let spawn_probe = |query_string: &str, body: Bytes, every: Duration| {
         tokio::spawn(probe(
             client.clone(),
             target.endpoint(query_string),
-            query.clone(),
-            Duration::from_secs(1),
+            body,
+            every,
             stop.clone(),
         ))
     };
-    let (priority, plain) = (spawn_probe("?priority=search"), spawn_probe(""));
-    let during: Throughput = drive(
+    let text = Bytes::from_static(br#"{"input":["eine rote Katze im Schnee"],"model":"bench"}"#);
+    let text = spawn_probe("", text, Duration::from_millis(200));
+    let second = Duration::from_secs(1);
+    let priority = spawn_probe("?priority=search", query.clone(), second);
+    let plain = spawn_probe("", query, second);
+    let during = drive(
         client,
         &target.endpoint(""),
         singles,
         1,
-        budget,
         cfg.clients,
+        cfg.duration,
     )
     .await?;
     stop.store(true, Ordering::Release);
-    let (priority, plain) = (priority.await??, plain.await??);
-    Ok(ImageQueries {
-        sent: (priority.len(), plain.len()),
-        priority: Latency::of(priority),
-        plain: Latency::of(plain),
-        ingest_images_per_s: during.images_per_s,
-    })
+    let (priority, plain, text) = (priority.await??, plain.await??, text.await??);
+    Ok((
+        ImageQueries {
+            sent: (priority.len(), plain.len()),
+            priority: Latency::of(priority),
+            plain: Latency::of(plain),
+            ingest_images_per_s: during.rate(),
+        },
+        text,
+    ))
 }

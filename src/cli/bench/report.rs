@@ -9,26 +9,25 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use super::baseline::PhotoSummary;
-use super::external::{Patterns, Row};
-use super::load::{Latency, Throughput};
+use super::external::Patterns;
+use super::load::Latency;
+use super::rounds::{ceiling, Measured};
 use super::server::Loaded;
 
 #[derive(Debug)]
 pub(super) struct Report {
     pub(super) photos: PhotoSummary,
-    pub(super) model_only: f64,
-    /// ONNX Runtime threads (the cores the model-only rate used).
+    /// ONNX Runtime threads (the cores the model-only rate used), and rounds per pattern.
     pub(super) threads: usize,
+    pub(super) rounds: usize,
     /// Connections of patterns (a) and (c); images per request and connections of (b).
     pub(super) clients: usize,
     pub(super) batch: usize,
     pub(super) batch_clients: usize,
-    /// One core's time to decode and preprocess a photo, and an ingest-sized image.
-    pub(super) decode_ms: f64,
-    pub(super) ingest_decode_ms: f64,
-    pub(super) one_per_request: Throughput,
-    pub(super) batched: Throughput,
-    pub(super) ingest_sized: Throughput,
+    /// Patterns (a), (b) and (c), each with the baselines of its rounds.
+    pub(super) one_per_request: Measured,
+    pub(super) batched: Measured,
+    pub(super) ingest_sized: Measured,
     pub(super) text_under_load: Latency,
     pub(super) text_queries: usize,
     pub(super) image_queries: ImageQueries,
@@ -93,19 +92,27 @@ fn last_json_line<T: DeserializeOwned>(path: &Path, script: &str) -> Result<T> {
         .with_context(|| format!("`{}` holds no {script} result line", path.display()))
 }
 
-/// The fastest end-to-end rate `threads` cores allow when every image's decoding takes CPU
-/// the model would otherwise use: per image, `threads / model_only` core-seconds of model
-/// plus `decode_ms` of decoding.
-fn ceiling(threads: usize, model_only: f64, decode_ms: f64) -> f64 {
-    threads as f64 / (threads as f64 / model_only + decode_ms / 1e3)
-}
-
 impl Report {
-    /// The ceiling of patterns (a) and (b) (full-size photos) and of (c) (ingest-sized).
+    /// The model alone: the mean of every round.
+    fn model_only(&self) -> f64 {
+        let p = [&self.one_per_request, &self.batched, &self.ingest_sized];
+        p.iter().map(|m| m.model_only).sum::<f64>() / 3.0
+    }
+
+    /// One core's decoding per full-size photo (the rounds of (a) and (b)) and per
+    /// ingest-sized image (those of (c)).
+    fn decode_ms(&self) -> (f64, f64) {
+        let full = (self.one_per_request.decode_ms + self.batched.decode_ms) / 2.0;
+        (full, self.ingest_sized.decode_ms)
+    }
+
+    /// The ceiling of patterns (a) and (b) (full-size photos) and of (c) (ingest-sized), from
+    /// the means of the rounds.
     pub(super) fn ceilings(&self) -> (f64, f64) {
+        let (full, small) = self.decode_ms();
         (
-            ceiling(self.threads, self.model_only, self.decode_ms),
-            ceiling(self.threads, self.model_only, self.ingest_decode_ms),
+            ceiling(self.threads, self.model_only(), full),
+            ceiling(self.threads, self.model_only(), small),
         )
     }
 
@@ -113,6 +120,7 @@ impl Report {
     pub(super) fn table(&self) -> String {
         let ms = |d: Duration| format!("{:.0}", d.as_secs_f64() * 1e3);
         let ratio = |x: f64, of: f64| format!("{:.2}", x / of);
+        let model_only = self.model_only();
         let (full, small) = self.ceilings();
         let p = &self.photos;
         let mut out = format!(
@@ -120,16 +128,7 @@ impl Report {
              | path | images/s | p50 ms | p99 ms | ÷ model-only | ÷ ceiling |\n|---|---|---|---|---|---|\n",
             p.count, p.megapixels.0, p.megapixels.1, p.mean_mb, p.ingest_mean_mb
         );
-        // `ceiling: None` for the rows that are a ceiling or above it.
-        let mut row = |name: String,
-                       rate: f64,
-                       latency: Option<(String, String)>,
-                       note: &str,
-                       ceiling: Option<f64>| {
-            let (p50, p99) = latency.unwrap_or_default();
-            let of_model = format!("{}{note}", ratio(rate, self.model_only));
-            let of_ceiling = ceiling.map(|c| ratio(rate, c)).unwrap_or_default();
-            let cells = [name, format!("{rate:.2}"), p50, p99, of_model, of_ceiling];
+        let mut row = |cells: [String; 6]| {
             // An empty cell is `| |`, as in the README's tables.
             for cell in cells {
                 out += "| ";
@@ -140,6 +139,7 @@ impl Report {
             }
             out += "|\n";
         };
+        let none = String::new;
         let (a, b, c) = (
             format!("(a) {} connections × 1 photo", self.clients),
             format!(
@@ -148,87 +148,101 @@ impl Report {
             ),
             format!("(c) {} connections × 1 ingest-sized image", self.clients),
         );
-        let measured = |t: &Throughput| Some((ms(t.latency.p50), ms(t.latency.p99)));
-        row(
+        row([
             "model only (preprocessed tensors, batch 8)".to_owned(),
-            self.model_only,
-            None,
-            "",
-            None,
-        );
+            format!("{model_only:.2}"),
+            none(),
+            none(),
+            "1.00".to_owned(),
+            none(),
+        ]);
+        let (full_ms, small_ms) = self.decode_ms();
         for (patterns, what, decode_ms, ceiling) in [
-            ("(a), (b)", "photo", self.decode_ms, full),
-            ("(c)", "ingest-sized image", self.ingest_decode_ms, small),
+            ("(a), (b)", "photo", full_ms, full),
+            ("(c)", "ingest-sized image", small_ms, small),
         ] {
-            row(
+            row([
                 format!(
                     "ceiling {patterns}: model + {decode_ms:.1} ms decoding per {what} on {} cores",
                     self.threads
                 ),
-                ceiling,
-                None,
-                "",
-                None,
-            );
+                format!("{ceiling:.2}"),
+                none(),
+                none(),
+                ratio(ceiling, model_only),
+                none(),
+            ]);
         }
-        for (name, t, ceiling) in [
-            (&a, &self.one_per_request, full),
-            (&b, &self.batched, full),
-            (&c, &self.ingest_sized, small),
+        for (name, m) in [
+            (&a, &self.one_per_request),
+            (&b, &self.batched),
+            (&c, &self.ingest_sized),
         ] {
-            row(
+            let t = &m.throughput;
+            let (lo, hi) = m.of_ceiling_range;
+            row([
                 format!("Sightline {name}"),
-                t.images_per_s,
-                measured(t),
-                "",
-                Some(ceiling),
-            );
+                format!("{:.2}", t.images_per_s),
+                ms(t.latency.p50),
+                ms(t.latency.p99),
+                format!("{:.2}", m.of_model_only),
+                format!("**{:.2}** ({lo:.2}–{hi:.2})", m.of_ceiling),
+            ]);
         }
         if let Some(peer) = &self.peer {
-            let note = format!(" (own model-only {:.2})", peer.model_only_images_per_s);
-            row(
+            row([
                 "Python peer (PIL + onnxruntime, batch 8)".to_owned(),
-                peer.images_per_s,
-                None,
-                &note,
-                Some(full),
-            );
+                format!("{:.2}", peer.images_per_s),
+                none(),
+                none(),
+                format!(
+                    "{} (own model-only {:.2})",
+                    ratio(peer.images_per_s, model_only),
+                    peer.model_only_images_per_s
+                ),
+                ratio(peer.images_per_s, full),
+            ]);
         }
         if let Some(inf) = &self.infinity {
-            let note = format!(
-                " (own model-only {:.2}, torch)",
-                inf.model_only_images_per_s
-            );
             let q = &inf.patterns;
-            let latency = |r: &Row| Some((format!("{:.0}", r.p50_ms), format!("{:.0}", r.p99_ms)));
             for (name, r, ceiling) in [
                 (&a, &q.one_per_request, full),
                 (&b, &q.batched, full),
                 (&c, &q.ingest_sized, small),
             ] {
-                row(
+                row([
                     format!("infinity {} {name}", inf.version),
-                    r.images_per_s,
-                    latency(r),
-                    &note,
-                    Some(ceiling),
-                );
+                    format!("{:.2}", r.images_per_s),
+                    format!("{:.0}", r.p50_ms),
+                    format!("{:.0}", r.p99_ms),
+                    format!(
+                        "{} (own model-only {:.2}, torch)",
+                        ratio(r.images_per_s, model_only),
+                        inf.model_only_images_per_s
+                    ),
+                    ratio(r.images_per_s, ceiling),
+                ]);
             }
         }
+        out += &format!(
+            "\nSightline's ratios are to the model-only rate and decoding cost measured right before each of its {} rounds (in brackets: the lowest and highest round); the model-only and ceiling rows are the means of all rounds, and the other servers' ratios are to them.\n",
+            self.rounds
+        );
+        let rate = |m: &Measured| m.throughput.images_per_s;
         if let Some(peer) = &self.peer {
             out += &format!(
                 "\nSightline ÷ peer: (a) {:.2}×, (b) {:.2}×\n",
-                self.one_per_request.images_per_s / peer.images_per_s,
-                self.batched.images_per_s / peer.images_per_s
+                rate(&self.one_per_request) / peer.images_per_s,
+                rate(&self.batched) / peer.images_per_s
             );
         }
         if let Some(inf) = &self.infinity {
             let q = &inf.patterns;
             out += &format!(
                 "\nSightline ÷ infinity: (a) {:.2}×, (b) {:.2}×, (c) {:.2}×\n",
-                self.one_per_request.images_per_s / q.one_per_request.images_per_s,
-                self.batched.images_per_s / q.batched.images_per_s,
-                self.ingest_sized.images_per_s / q.ingest_sized.images_per_s
+                rate(&self.one_per_request) / q.one_per_request.images_per_s,
+                rate(&self.batched) / q.batched.images_per_s,
+                rate(&self.ingest_sized) / q.ingest_sized.images_per_s
             );
             out += &format!(
                 "infinity server RSS: {:.0} MiB loaded, ready after {:.1} s\n",
@@ -239,7 +253,7 @@ impl Report {
             }
         }
         out += &format!(
-            "\ntext queries during (a): {} sent, p50 {} ms, p99 {} ms\n",
+            "\ntext queries during a second run of (a), beside the image queries: {} sent, p50 {} ms, p99 {} ms\n",
             self.text_queries,
             ms(self.text_under_load.p50),
             ms(self.text_under_load.p99),
@@ -257,7 +271,7 @@ impl Report {
         );
         let q = &self.image_queries;
         out += &format!(
-            "image queries during (a) (a second run, {:.2} images/s beside them): with `?priority=search` {} sent, p50 {} ms, p99 {} ms; without {} sent, p50 {} ms, p99 {} ms\n",
+            "image queries during that run ({:.2} images/s beside them): with `?priority=search` {} sent, p50 {} ms, p99 {} ms; without {} sent, p50 {} ms, p99 {} ms\n",
             q.ingest_images_per_s,
             q.sent.0,
             ms(q.priority.p50),
@@ -273,14 +287,34 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::bench::external::Row;
+    use crate::cli::bench::load::Throughput;
 
-    fn throughput(images_per_s: f64, p50_ms: u64, p99_ms: u64) -> Throughput {
-        Throughput {
-            images_per_s,
-            latency: Latency {
-                p50: Duration::from_millis(p50_ms),
-                p99: Duration::from_millis(p99_ms),
+    fn latency(p50_ms: u64, p99_ms: u64) -> Latency {
+        Latency {
+            p50: Duration::from_millis(p50_ms),
+            p99: Duration::from_millis(p99_ms),
+        }
+    }
+
+    /// A pattern whose rounds measured the model alone at `model_only` and decoding at
+    /// `decode_ms`, with the ratios given.
+    fn measured(
+        images_per_s: f64,
+        (p50_ms, p99_ms): (u64, u64),
+        (model_only, decode_ms): (f64, f64),
+        of_ceiling: (f64, f64, f64),
+    ) -> Measured {
+        Measured {
+            throughput: Throughput {
+                images_per_s,
+                latency: latency(p50_ms, p99_ms),
             },
+            model_only,
+            decode_ms,
+            of_model_only: images_per_s / model_only,
+            of_ceiling: of_ceiling.0,
+            of_ceiling_range: (of_ceiling.1, of_ceiling.2),
         }
     }
 
@@ -297,22 +331,21 @@ mod tests {
                 mean_mb: 1.6,
                 ingest_mean_mb: 0.21,
             },
-            model_only: 20.0,
             threads: 2,
+            rounds: 3,
             clients: 20,
             batch: 10,
             batch_clients: 4,
-            decode_ms: 25.0,
-            ingest_decode_ms: 10.0,
-            one_per_request: throughput(15.5, 1400, 2100),
-            batched: throughput(15.7, 2500, 4400),
-            ingest_sized: throughput(17.9, 1100, 1900),
-            text_under_load: throughput(0.0, 16, 45).latency,
+            // Rounds a little apart: model-only 19, 20 and 21 (mean 20); decoding 24 and 26 ms.
+            one_per_request: measured(15.5, (1400, 2100), (19.0, 24.0), (0.97, 0.95, 0.99)),
+            batched: measured(15.7, (2500, 4400), (21.0, 26.0), (0.96, 0.93, 0.98)),
+            ingest_sized: measured(17.9, (1100, 1900), (20.0, 10.0), (0.98, 0.97, 1.0)),
+            text_under_load: latency(16, 45),
             text_queries: 156,
             image_queries: ImageQueries {
                 sent: (30, 29),
-                priority: throughput(0.0, 120, 480).latency,
-                plain: throughput(0.0, 2100, 5200).latency,
+                priority: latency(120, 480),
+                plain: latency(2100, 5200),
                 ingest_images_per_s: 12.5,
             },
             one_lane: loaded(1, 900.0, 3400),
@@ -324,7 +357,7 @@ mod tests {
     }
 
     #[test]
-    fn ceilings_add_decoding_cpu_to_the_model_cpu() {
+    fn the_ceiling_rows_are_of_the_rounds_means() {
         // 2 cores ÷ 20 images/s = 100 ms of model per image; + 25 ms decoding: 16 images/s;
         // + 10 ms for an ingest-sized image: 18.18 images/s.
         let (full, small) = report().ceilings();
@@ -367,13 +400,15 @@ mod tests {
 | model only (preprocessed tensors, batch 8) | 20.00 | | | 1.00 | |
 | ceiling (a), (b): model + 25.0 ms decoding per photo on 2 cores | 16.00 | | | 0.80 | |
 | ceiling (c): model + 10.0 ms decoding per ingest-sized image on 2 cores | 18.18 | | | 0.91 | |
-| Sightline (a) 20 connections × 1 photo | 15.50 | 1400 | 2100 | 0.78 | 0.97 |
-| Sightline (b) 4 connections × 10 photos | 15.70 | 2500 | 4400 | 0.78 | 0.98 |
-| Sightline (c) 20 connections × 1 ingest-sized image | 17.90 | 1100 | 1900 | 0.89 | 0.98 |
+| Sightline (a) 20 connections × 1 photo | 15.50 | 1400 | 2100 | 0.82 | **0.97** (0.95–0.99) |
+| Sightline (b) 4 connections × 10 photos | 15.70 | 2500 | 4400 | 0.75 | **0.96** (0.93–0.98) |
+| Sightline (c) 20 connections × 1 ingest-sized image | 17.90 | 1100 | 1900 | 0.89 | **0.98** (0.97–1.00) |
 | Python peer (PIL + onnxruntime, batch 8) | 6.50 | | | 0.33 (own model-only 22.00) | 0.41 |
 | infinity 0.0.78 (a) 20 connections × 1 photo | 5.00 | 3900 | 6100 | 0.25 (own model-only 14.00, torch) | 0.31 |
 | infinity 0.0.78 (b) 4 connections × 10 photos | 4.90 | 8000 | 9900 | 0.25 (own model-only 14.00, torch) | 0.31 |
 | infinity 0.0.78 (c) 20 connections × 1 ingest-sized image | 7.16 | 2700 | 4000 | 0.36 (own model-only 14.00, torch) | 0.39 |
+
+Sightline's ratios are to the model-only rate and decoding cost measured right before each of its 3 rounds (in brackets: the lowest and highest round); the model-only and ceiling rows are the means of all rounds, and the other servers' ratios are to them.
 
 Sightline ÷ peer: (a) 2.38×, (b) 2.42×
 
@@ -382,9 +417,9 @@ infinity server RSS: 2100 MiB loaded, ready after 21.5 s
 infinity, data URI without `modality`: a photo (2.1 MB): 422 string_too_long
 infinity, data URI without `modality`: a 64×64 PNG: 200, the text vector of the string
 
-text queries during (a): 156 sent, p50 16 ms, p99 45 ms
+text queries during a second run of (a), beside the image queries: 156 sent, p50 16 ms, p99 45 ms
 server RSS once loaded: 900 MiB with 1 image lane (ready after 3.4 s), 960 MiB with 2 (ready after 3.9 s; 1.07× one lane); peak 1500 MiB under load
-image queries during (a) (a second run, 12.50 images/s beside them): with `?priority=search` 30 sent, p50 120 ms, p99 480 ms; without 29 sent, p50 2100 ms, p99 5200 ms
+image queries during that run (12.50 images/s beside them): with `?priority=search` 30 sent, p50 120 ms, p99 480 ms; without 29 sent, p50 2100 ms, p99 5200 ms
 ";
         let table = r.table();
         assert_eq!(table, golden, "{table}");
@@ -394,7 +429,7 @@ image queries during (a) (a second run, 12.50 images/s beside them): with `?prio
             !plain.contains("peer") && !plain.contains("infinity"),
             "{plain}"
         );
-        assert!(plain.contains("| Sightline (c) 20 connections × 1 ingest-sized image | 17.90 | 1100 | 1900 | 0.89 | 0.98 |"));
+        assert!(plain.contains("| Sightline (c) 20 connections × 1 ingest-sized image | 17.90 | 1100 | 1900 | 0.89 | **0.98** (0.97–1.00) |"));
     }
 
     #[test]
