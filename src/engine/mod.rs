@@ -12,6 +12,7 @@
 mod batcher;
 pub mod bundle;
 mod claim;
+mod cores;
 mod decode_budget;
 mod error;
 pub mod format;
@@ -44,6 +45,7 @@ pub use preprocess::DecodeOptions;
 use batcher::{Admission, Job, Queue, QueueConfig};
 use bundle::Preprocess;
 use claim::Claim;
+use cores::Cores;
 use decode_budget::DecodeBudget;
 use text::{TextTokenizer, TokenizerSettings};
 use worker::{BatchModel, Health, Lanes, TextModel, WorkerConfig};
@@ -153,6 +155,8 @@ struct Inner {
     /// admission bounds what it holds.
     search_decoders: rayon::ThreadPool,
     decode_budget: DecodeBudget,
+    /// One token per ONNX Runtime thread, for ingest decoding and image batches (`cores.rs`).
+    cores: Arc<Cores>,
     images: Queue<Vec<f32>>,
     texts: Queue<Vec<i64>>,
     image_health: Vec<Arc<Health>>,
@@ -221,8 +225,13 @@ impl Engine {
             max_batch: max_batch.max(1),
             batch_wait,
             normalize: opts.normalize,
+            cores: None,
         };
-        let image_cfg = config(Modality::Image, opts.max_batch_image, opts.batch_wait);
+        let cores = Cores::new(opts.threads);
+        let image_cfg = WorkerConfig {
+            cores: Some((cores.clone(), lanes.threads)),
+            ..config(Modality::Image, opts.max_batch_image, opts.batch_wait)
+        };
         let text_cfg = config(Modality::Text, opts.max_batch_text, opts.text_batch_wait);
         let image_health = worker::start_image_workers(&bundle, lanes, image_rx, image_cfg)?;
         // Decoding runs at the image worker's low priority too, on its own pool.
@@ -255,6 +264,7 @@ impl Engine {
                 decoders,
                 search_decoders,
                 decode_budget: DecodeBudget::new(opts.decode_memory),
+                cores,
                 opts,
                 images,
                 texts,
@@ -445,23 +455,19 @@ impl Engine {
                 claim.take();
                 (Modality::Text, tokens.truncated, n, reply)
             }
-            Item::Image(bytes) => {
-                let tensor = self.preprocess(bytes, claim, ticket).await?;
-                (
-                    Modality::Image,
-                    false,
-                    0,
-                    enqueue(&inner.images, tensor, deadline, priority)?,
-                )
-            }
+            Item::Image(bytes) => (
+                Modality::Image,
+                false,
+                0,
+                self.image(bytes, claim, ticket).await?,
+            ),
             Item::Url(url) => {
                 let bytes = self.fetch(&url, deadline).await?;
-                let tensor = self.preprocess(bytes, claim, ticket).await?;
                 (
                     Modality::Image,
                     false,
                     0,
-                    enqueue(&inner.images, tensor, deadline, priority)?,
+                    self.image(bytes, claim, ticket).await?,
                 )
             }
         };
@@ -529,6 +535,20 @@ impl Engine {
             .map_err(|_| EmbedError::new(ErrorKind::Internal, "the tokenizer thread failed"))?
     }
 
+    /// Decodes and queues one image. An ingest image is marked on its way to the queue
+    /// meanwhile, so a lane that would run a part batch waits for it (`Queue::coming`).
+    async fn image(
+        &self,
+        bytes: Vec<u8>,
+        claim: &Claim,
+        ticket: &Ticket,
+    ) -> Result<oneshot::Receiver<Result<Vec<f32>, EmbedError>>, EmbedError> {
+        let images = &self.inner.images;
+        let _coming = (ticket.priority == Priority::Ingest).then(|| images.coming());
+        let tensor = self.preprocess(bytes, claim, ticket).await?;
+        enqueue(images, tensor, ticket.deadline, ticket.priority)
+    }
+
     /// Decodes and preprocesses on the decoding pool (`decode_workers` threads; search-lane
     /// images on their own thread), within the request's deadline.
     async fn preprocess(
@@ -546,9 +566,10 @@ impl Engine {
         let engine = self.clone();
         let started = Instant::now();
         let (deadline, failed, claim) = (ticket.deadline, ticket.failed.clone(), claim.clone());
+        let priority = ticket.priority;
         let has_failed =
             |f: &Option<Arc<AtomicBool>>| f.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
-        let pool = match ticket.priority {
+        let pool = match priority {
             Priority::Search => &inner.search_decoders,
             Priority::Ingest => &inner.decoders,
         };
@@ -565,7 +586,19 @@ impl Engine {
                 return;
             }
             let inner = &engine.inner;
+            let token = match priority {
+                Priority::Search => None,
+                Priority::Ingest => match inner.cores.for_decoding(deadline) {
+                    Some(token) => Some(token),
+                    None => {
+                        crate::metrics::dropped("image", "timeout", &inner.info.name, 1);
+                        let _ = reply.send(Err(batcher::timeout_error()));
+                        return;
+                    }
+                },
+            };
             let tensor = preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode);
+            drop(token);
             drop(reservation);
             // Marked here, on the decoding thread, so the request's next image is skipped even
             // if this thread takes it before the request has seen this failure.

@@ -15,6 +15,7 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 
 use super::batcher::{collect, timeout_error, triage, Receiver, Triage};
 use super::bundle::Bundle;
+use super::cores::Cores;
 use super::error::{EmbedError, ErrorKind};
 use super::input::Modality;
 use super::shared_weights::SharedWeights;
@@ -409,6 +410,8 @@ pub(crate) struct WorkerConfig {
     pub max_batch: usize,
     pub batch_wait: Duration,
     pub normalize: bool,
+    /// Image lanes: the core tokens, and how many a batch holds (its intra-op threads).
+    pub cores: Option<(Arc<Cores>, usize)>,
 }
 
 /// Runs until the queue is closed and drained. Workers sharing a queue take turns assembling
@@ -448,7 +451,9 @@ pub(crate) fn run<M: BatchModel>(
         metrics::batch_items(label, model_name, live.len());
         health.busy_since.store(health.now_ms(), Ordering::Release);
         let inputs: Vec<&M::Input> = live.iter().map(|j| &j.payload).collect();
+        let tokens = cfg.cores.as_ref().map(|(c, threads)| c.for_batch(*threads));
         let outcome = catch_unwind(AssertUnwindSafe(|| model.run(&inputs)));
+        drop(tokens);
         health.busy_since.store(u64::MAX, Ordering::Release);
         let elapsed = started.elapsed();
         metrics::stage_seconds("inference", label, model_name, elapsed);

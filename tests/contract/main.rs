@@ -1,4 +1,5 @@
 //! Contract tests: one integration binary.
+mod bench_cli;
 mod child;
 mod cli_embed;
 mod common;

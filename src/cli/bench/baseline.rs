@@ -107,7 +107,7 @@ fn megapixel_range(photos: &[Vec<u8>]) -> (f64, f64) {
 
 /// Milliseconds one core spends decoding and preprocessing an image of `photos`, one pass,
 /// with the server's decoding settings.
-pub(super) fn decode_ms(
+pub(super) fn decoding_ms(
     settings: &Preprocess,
     decode: &DecodeOptions,
     photos: &[Vec<u8>],
