@@ -11,13 +11,13 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 pub(crate) struct Cores {
+    total: usize,
     state: Mutex<State>,
     freed: Condvar,
 }
 
 struct State {
     free: usize,
-    total: usize,
     /// Lanes waiting for tokens: decoders wait until none do.
     lanes_waiting: usize,
 }
@@ -32,9 +32,9 @@ impl Cores {
     pub(crate) fn new(total: usize) -> Arc<Cores> {
         let total = total.max(1);
         Arc::new(Cores {
+            total,
             state: Mutex::new(State {
                 free: total,
-                total,
                 lanes_waiting: 0,
             }),
             freed: Condvar::new(),
@@ -47,8 +47,8 @@ impl Cores {
 
     /// For a lane's batch: `threads` tokens (at most all of them), ahead of waiting decoders.
     pub(crate) fn for_batch(self: &Arc<Self>, threads: usize) -> Tokens {
+        let n = threads.clamp(1, self.total);
         let mut state = self.lock();
-        let n = threads.clamp(1, state.total);
         state.lanes_waiting += 1;
         while state.free < n {
             state = self
@@ -61,13 +61,18 @@ impl Cores {
         self.tokens(n)
     }
 
-    /// For decoding one image: a token once no lane waits for one, or `None` at `deadline`.
+    /// For decoding one image: a token once no lane waits for one, or `None` once `deadline`
+    /// has passed.
     pub(crate) fn for_decoding(self: &Arc<Self>, deadline: Instant) -> Option<Tokens> {
         let mut state = self.lock();
-        while state.free == 0 || state.lanes_waiting > 0 {
+        loop {
             let now = Instant::now();
             if now >= deadline {
                 return None;
+            }
+            if state.free > 0 && state.lanes_waiting == 0 {
+                state.free -= 1;
+                return Some(self.tokens(1));
             }
             state = self
                 .freed
@@ -75,8 +80,6 @@ impl Cores {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        state.free -= 1;
-        Some(self.tokens(1))
     }
 
     fn tokens(self: &Arc<Self>, n: usize) -> Tokens {

@@ -580,22 +580,16 @@ impl Engine {
             if reply.is_closed() || has_failed(&failed) || !claim.take() {
                 return;
             }
-            if Instant::now() >= deadline {
-                crate::metrics::dropped("image", "timeout", &engine.inner.info.name, 1);
+            // Past the deadline, or (ingest) still without a core at it (`cores.rs`).
+            let inner = &engine.inner;
+            let core = match priority {
+                Priority::Search => (Instant::now() < deadline).then_some(None),
+                Priority::Ingest => inner.cores.for_decoding(deadline).map(Some),
+            };
+            let Some(token) = core else {
+                crate::metrics::dropped("image", "timeout", &inner.info.name, 1);
                 let _ = reply.send(Err(batcher::timeout_error()));
                 return;
-            }
-            let inner = &engine.inner;
-            let token = match priority {
-                Priority::Search => None,
-                Priority::Ingest => match inner.cores.for_decoding(deadline) {
-                    Some(token) => Some(token),
-                    None => {
-                        crate::metrics::dropped("image", "timeout", &inner.info.name, 1);
-                        let _ = reply.send(Err(batcher::timeout_error()));
-                        return;
-                    }
-                },
             };
             let tensor = preprocess::preprocess(&bytes, &inner.preprocess, &inner.opts.decode);
             drop(token);
