@@ -111,12 +111,15 @@ pub(super) fn decoding_ms(
     settings: &Preprocess,
     decode: &DecodeOptions,
     photos: &[Vec<u8>],
-) -> Result<f64> {
-    let started = Instant::now();
-    for photo in photos {
-        preprocess(photo, settings, decode)?;
-    }
-    Ok(started.elapsed().as_secs_f64() * 1e3 / photos.len().max(1) as f64)
+) -> Result<Vec<f64>> {
+    photos
+        .iter()
+        .map(|photo| {
+            let started = Instant::now();
+            preprocess(photo, settings, decode)?;
+            Ok(started.elapsed().as_secs_f64() * 1e3)
+        })
+        .collect()
 }
 
 /// The image encoder alone on preprocessed tensors of the photos, in batches of 8, with the

@@ -5,7 +5,6 @@
 //! in torch, memory, start-up time) for the report of the Sightline run.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::baseline::Photos;
 use super::load::{drive, Target, Throughput, Window};
-use super::Workload;
+use super::{Requests, Workload};
 
 /// What to drive, and how.
 pub(super) struct ExternalConfig {
@@ -59,8 +58,9 @@ pub(super) async fn measure(cfg: &ExternalConfig) -> Result<String> {
         .pool_max_idle_per_host(cfg.clients.max(cfg.batch_clients) + 1)
         .build()?;
     let endpoint = cfg.target.endpoint("");
-    let pattern = |name: &'static str, bodies: &Arc<_>, per_request: usize, clients: usize| {
-        let (client, endpoint, bodies) = (client.clone(), endpoint.clone(), Arc::clone(bodies));
+    let pattern = |name: &'static str, requests: &Requests, per_request: usize, clients: usize| {
+        let (client, endpoint) = (client.clone(), endpoint.clone());
+        let bodies = requests.bodies.clone();
         let (url, length) = (cfg.target.url.clone(), cfg.duration);
         async move {
             let w = drive(&client, &endpoint, bodies, per_request, clients, length).await?;

@@ -106,12 +106,13 @@ pub(super) async fn drive(
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 while end.get().is_none_or(|&end| Instant::now() < end) {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let body = bodies[i % bodies.len()].clone();
-                    let latency = post(&client, &endpoint, body, per_request).await?;
+                    let body = next.fetch_add(1, Ordering::Relaxed) % bodies.len();
+                    let latency =
+                        post(&client, &endpoint, bodies[body].clone(), per_request).await?;
                     answers.push(Answer {
                         at: Instant::now(),
                         latency,
+                        body,
                     });
                     if answers.len() == 1 && answered.fetch_add(1, Ordering::AcqRel) + 1 == clients
                     {
@@ -129,11 +130,12 @@ pub(super) async fn drive(
     steady_state(&connections, per_request, length)
 }
 
-/// When a request was answered, and how long it took.
+/// When a request was answered, how long it took, and which body it sent.
 #[derive(Debug, Clone, Copy)]
 struct Answer {
     at: Instant,
     latency: Duration,
+    body: usize,
 }
 
 /// The rate over the steady state of `connections`' answers: from the moment the last
@@ -169,15 +171,18 @@ fn steady_state(
         images: counted.len() * per_request,
         seconds: (to - from).as_secs_f64(),
         latencies: counted.iter().map(|a| a.latency).collect(),
+        bodies: counted.iter().map(|a| a.body).collect(),
     })
 }
 
-/// The images answered in a steady state, over how long, and each request's latency.
+/// The images answered in a steady state, over how long, each request's latency, and which
+/// body each request sent (what its images cost to decode: `rounds::Round`).
 #[derive(Debug, Clone)]
 pub(super) struct Window {
     pub(super) images: usize,
     pub(super) seconds: f64,
     pub(super) latencies: Vec<Duration>,
+    pub(super) bodies: Vec<usize>,
 }
 
 impl Window {
@@ -303,6 +308,7 @@ mod tests {
                     .map(|i| Answer {
                         at: t0 + first + stagger * k + period * i,
                         latency: Duration::from_millis(u64::from(k)),
+                        body: k as usize,
                     })
                     .collect()
             })
@@ -334,6 +340,10 @@ mod tests {
         );
         let w = steady_state(&c, 10, Duration::from_secs(1)).unwrap();
         assert_eq!((w.images, w.latencies.len()), (400, 40));
+        // Each connection's ten answers counted, with the body it sent.
+        let mut bodies = w.bodies.clone();
+        bodies.sort_unstable();
+        assert_eq!(bodies, [0, 1, 2, 3].map(|b| [b; 10]).concat());
         assert!((w.seconds - 1.0).abs() < 1e-9, "{}", w.seconds);
         // The latencies are those of the answers counted: connections 0–3 alike.
         assert_eq!(
@@ -348,6 +358,7 @@ mod tests {
             images,
             seconds,
             latencies: vec![Duration::from_millis(ms); images],
+            bodies: Vec::new(),
         };
         let t = Window::throughput([&w(10, 1.0, 100), &w(30, 4.0, 300), &w(10, 5.0, 500)]);
         assert!((t.images_per_s - 5.0).abs() < 1e-9, "{}", t.images_per_s);

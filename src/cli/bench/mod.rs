@@ -118,14 +118,47 @@ struct BenchConfig {
     infinity: Option<PathBuf>,
 }
 
-/// The request bodies of the three patterns, in the dialect of the server under test.
+/// The requests of the three patterns, in the dialect of the server under test.
 struct Workload {
     /// (a): one full-size photo per request.
-    singles: Arc<Vec<Bytes>>,
+    singles: Requests,
     /// (b): `batch` full-size photos per request.
-    groups: Arc<Vec<Bytes>>,
+    groups: Requests,
     /// (c): one ingest-sized image per request.
-    ingest: Arc<Vec<Bytes>>,
+    ingest: Requests,
+}
+
+/// A pattern's request bodies, and the images each carries (indices into the pattern's images).
+#[derive(Clone)]
+struct Requests {
+    bodies: Arc<Vec<Bytes>>,
+    carries: Arc<Vec<Vec<usize>>>,
+}
+
+impl Requests {
+    /// One body per entry of `carries`, of those of `uris`.
+    fn new(target: &Target, uris: &[String], carries: Vec<Vec<usize>>) -> Requests {
+        let body = |c: &Vec<usize>| {
+            let inputs: Vec<String> = c.iter().map(|&i| uris[i].clone()).collect();
+            target.body(&inputs)
+        };
+        Requests {
+            bodies: Arc::new(carries.iter().map(body).collect()),
+            carries: Arc::new(carries),
+        }
+    }
+}
+
+/// Pattern (b)'s groups of `batch` of `n` photos: consecutive photos, the next group going on
+/// where the last ended, until a group ends on the last photo. Any few requests in a row carry
+/// every photo about equally often, so a short round sees the same mix of small and large
+/// photos as the whole set (groups sliding by one photo gave a 7-s round only photos 4–21).
+fn groups(n: usize, batch: usize) -> Vec<Vec<usize>> {
+    let (n, batch) = (n.max(1), batch.max(1));
+    let count = (1..=n).find(|i| i * batch % n == 0).unwrap_or(n);
+    (0..count)
+        .map(|i| (0..batch).map(|k| (i * batch + k) % n).collect())
+        .collect()
 }
 
 impl Workload {
@@ -135,20 +168,12 @@ impl Workload {
             .iter()
             .map(|p| data_uri("image/jpeg", p))
             .collect();
-        let groups = (0..uris.len())
-            .map(|i| {
-                let group: Vec<String> = (0..batch)
-                    .map(|k| uris[(i + k) % uris.len()].clone())
-                    .collect();
-                target.body(&group)
-            })
-            .collect();
-        let singles = uris.iter().map(|u| target.body(std::slice::from_ref(u)));
-        let ingest = photos.ingest.iter().map(|p| target.body(&[p.data_uri()]));
+        let ingest: Vec<String> = photos.ingest.iter().map(|p| p.data_uri()).collect();
+        let one_each = |n: usize| (0..n).map(|i| vec![i]).collect();
         Workload {
-            singles: Arc::new(singles.collect()),
-            groups: Arc::new(groups),
-            ingest: Arc::new(ingest.collect()),
+            singles: Requests::new(target, &uris, one_each(uris.len())),
+            groups: Requests::new(target, &uris, groups(uris.len(), batch)),
+            ingest: Requests::new(target, &ingest, one_each(ingest.len())),
         }
     }
 }
@@ -236,15 +261,15 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     };
     let originals = Arc::new(photos.originals.clone());
     let ingest_payloads = Arc::new(photos.ingest.iter().map(|p| p.payload.to_vec()).collect());
-    let pattern =
-        |bodies: &Arc<Vec<Bytes>>, per_request, clients, images: &Arc<Vec<Vec<u8>>>| Pattern {
-            client: &client,
-            endpoint: &endpoint,
-            bodies: bodies.clone(),
-            per_request,
-            clients,
-            images: images.clone(),
-        };
+    let pattern = |requests: &Requests, per_request, clients, images: &Arc<Vec<Vec<u8>>>| Pattern {
+        client: &client,
+        endpoint: &endpoint,
+        bodies: requests.bodies.clone(),
+        carries: requests.carries.clone(),
+        per_request,
+        clients,
+        images: images.clone(),
+    };
     let mut measured = Vec::new();
     for (name, p) in [
         ("a", pattern(&work.singles, 1, cfg.clients, &originals)),
@@ -271,7 +296,7 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
 
     let query = target.body(&[data_uri("image/jpeg", &photos.originals[0])]);
     let (image_queries, text_samples) =
-        queries_during_ingest(cfg, &client, &target, work.singles.clone(), query).await?;
+        queries_during_ingest(cfg, &client, &target, work.singles.bodies.clone(), query).await?;
     eprintln!(
         "bench: image query p99 during (a): {:.0} ms with ?priority=search, {:.0} ms without",
         image_queries.priority.p99.as_secs_f64() * 1e3,
@@ -356,4 +381,32 @@ async fn queries_during_ingest(
         },
         text,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::groups;
+
+    /// How often each of `n` photos is carried by `groups`.
+    fn carried(groups: &[Vec<usize>], n: usize) -> Vec<usize> {
+        let mut count = vec![0; n];
+        groups.iter().flatten().for_each(|&i| count[i] += 1);
+        count
+    }
+
+    #[test]
+    fn groups_go_on_where_the_last_ended_and_carry_each_photo_equally() {
+        let g = groups(40, 10);
+        assert_eq!(g.len(), 4);
+        assert_eq!(g[1], (10..20).collect::<Vec<_>>());
+        assert_eq!(carried(&g, 40), vec![1; 40]);
+        assert_eq!(
+            groups(5, 2),
+            [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]].map(Vec::from)
+        );
+        // More images per request than photos: each photo several times per group.
+        let g = groups(3, 10);
+        assert_eq!((g.len(), carried(&g, 3)), (3, vec![10; 3]));
+        assert_eq!(groups(40, 1).len(), 40);
+    }
 }

@@ -33,6 +33,8 @@ pub(super) struct Pattern<'a> {
     pub(super) client: &'a reqwest::Client,
     pub(super) endpoint: &'a str,
     pub(super) bodies: Arc<Vec<Bytes>>,
+    /// The images each body carries (indices into `images`).
+    pub(super) carries: Arc<Vec<Vec<usize>>>,
     pub(super) per_request: usize,
     pub(super) clients: usize,
     /// The images its requests carry, for the decoding cost.
@@ -43,8 +45,24 @@ pub(super) struct Pattern<'a> {
 #[derive(Debug, Clone)]
 pub(super) struct Round {
     pub(super) model_only: f64,
+    /// One core's decoding per image, over the images the window's answers carried.
     pub(super) decode_ms: f64,
     pub(super) window: Window,
+}
+
+impl Round {
+    /// `each_ms`: each image's decoding, `carries`: the images of each body. Photos range
+    /// from 1 to 16 MP; weighing each by how often the window's answers carried it makes the
+    /// ceiling that of the images the server was measured on.
+    fn new(model_only: f64, each_ms: &[f64], carries: &[Vec<usize>], window: Window) -> Round {
+        let carried = window.bodies.iter().flat_map(|&b| &carries[b]);
+        let (sum, n) = carried.fold((0.0, 0usize), |(sum, n), &i| (sum + each_ms[i], n + 1));
+        Round {
+            model_only,
+            decode_ms: sum / n.max(1) as f64,
+            window,
+        }
+    }
 }
 
 /// A pattern's rounds, summed up.
@@ -107,7 +125,7 @@ pub(super) async fn measure(b: &Baselines, pattern: Pattern<'_>) -> Result<Measu
             b.decode,
             pattern.images.clone(),
         );
-        let (decode_ms, model_only) = tokio::task::spawn_blocking(move || {
+        let (each_ms, model_only) = tokio::task::spawn_blocking(move || {
             Ok::<_, anyhow::Error>((
                 decoding_ms(&settings, &decode, &images)?,
                 model.measure(slice / 2)?,
@@ -123,11 +141,7 @@ pub(super) async fn measure(b: &Baselines, pattern: Pattern<'_>) -> Result<Measu
             slice,
         )
         .await?;
-        measured.push(Round {
-            model_only,
-            decode_ms,
-            window,
-        });
+        measured.push(Round::new(model_only, &each_ms, &pattern.carries, window));
     }
     Ok(Measured::of(&measured, b.threads))
 }
@@ -144,8 +158,24 @@ mod tests {
                 images,
                 seconds,
                 latencies: vec![Duration::from_millis(images as u64); 1],
+                bodies: Vec::new(),
             },
         }
+    }
+
+    #[test]
+    fn a_round_decodes_what_its_answers_carried() {
+        // Body 0 carries a 10-ms image, body 1 a 10-ms and a 40-ms one; the window answered
+        // body 1 twice and body 0 once: 5 images, 110 ms.
+        let window = Window {
+            images: 5,
+            seconds: 1.0,
+            latencies: vec![Duration::ZERO; 3],
+            bodies: vec![1, 0, 1],
+        };
+        let r = Round::new(20.0, &[10.0, 40.0], &[vec![0], vec![0, 1]], window);
+        assert!((r.decode_ms - 22.0).abs() < 1e-9, "{}", r.decode_ms);
+        assert_eq!(r.model_only, 20.0);
     }
 
     #[test]
