@@ -141,10 +141,29 @@ pub(super) async fn measure(b: &Baselines, pattern: Pattern<'_>) -> Result<Measu
             slice,
         )
         .await?;
+        if let Some(warning) = too_short(&window, pattern.clients) {
+            eprintln!("bench: {warning}");
+        }
         measured.push(Round::new(model_only, &each_ms, &pattern.carries, window));
     }
     Ok(Measured::of(&measured, b.threads))
 }
+
+/// A round whose window counted fewer than [`MIN_ANSWERS`] answers per connection. Up to a
+/// request per connection is under way at each end of a window, partly done: in a window not
+/// much longer than that, it is a large part of the work and the round's rate is rough (10
+/// photos × 4 connections read 0.91–0.94 of the ceiling in 5-s rounds, 0.96–0.97 in 10-s ones:
+/// `bench/results/2026-12-02-run5-rounds6-infinity.log`, `…-run6-infinity.log`).
+fn too_short(window: &Window, clients: usize) -> Option<String> {
+    let answers = window.bodies.len();
+    (answers < MIN_ANSWERS * clients).then(|| {
+        format!(
+            "a round counted {answers} answers from {clients} connections, fewer than {MIN_ANSWERS} each: its rate is rough; give each round longer (--duration, --rounds)"
+        )
+    })
+}
+
+const MIN_ANSWERS: usize = 2;
 
 #[cfg(test)]
 mod tests {
@@ -161,6 +180,23 @@ mod tests {
                 bodies: Vec::new(),
             },
         }
+    }
+
+    #[test]
+    fn a_round_with_under_two_answers_per_connection_is_called_rough() {
+        let window = |answers: usize| Window {
+            images: answers * 10,
+            seconds: 5.0,
+            latencies: vec![Duration::ZERO; answers],
+            bodies: vec![0; answers],
+        };
+        let warning = too_short(&window(7), 4).expect("7 answers from 4 connections");
+        assert!(
+            warning.contains("7 answers from 4 connections"),
+            "{warning}"
+        );
+        assert!(warning.contains("--duration"), "{warning}");
+        assert!(too_short(&window(8), 4).is_none());
     }
 
     #[test]
