@@ -129,7 +129,6 @@ struct Workload {
 }
 
 /// A pattern's request bodies, and the images each carries (indices into the pattern's images).
-#[derive(Clone)]
 struct Requests {
     bodies: Arc<Vec<Bytes>>,
     carries: Arc<Vec<Vec<usize>>>,
