@@ -129,6 +129,7 @@ struct Workload {
 }
 
 /// A pattern's request bodies, and the images each carries (indices into the pattern's images).
+#[derive(Clone)]
 struct Requests {
     bodies: Arc<Vec<Bytes>>,
     carries: Arc<Vec<Vec<usize>>>,
@@ -263,8 +264,7 @@ async fn measure(cfg: &BenchConfig) -> Result<Report> {
     let pattern = |requests: &Requests, per_request, clients, images: &Arc<Vec<Vec<u8>>>| Pattern {
         client: &client,
         endpoint: &endpoint,
-        bodies: requests.bodies.clone(),
-        carries: requests.carries.clone(),
+        requests: requests.clone(),
         per_request,
         clients,
         images: images.clone(),

@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use bytes::Bytes;
 
 use super::baseline::{decoding_ms, ModelOnly};
 use super::load::{drive, Throughput, Window};
+use super::Requests;
 use crate::engine::bundle::Preprocess;
 use crate::engine::preprocess::DecodeOptions;
 
@@ -32,9 +32,8 @@ pub(super) struct Baselines {
 pub(super) struct Pattern<'a> {
     pub(super) client: &'a reqwest::Client,
     pub(super) endpoint: &'a str,
-    pub(super) bodies: Arc<Vec<Bytes>>,
-    /// The images each body carries (indices into `images`).
-    pub(super) carries: Arc<Vec<Vec<usize>>>,
+    /// Its bodies, each with the indices into `images` of what it carries.
+    pub(super) requests: Requests,
     pub(super) per_request: usize,
     pub(super) clients: usize,
     /// The images its requests carry, for the decoding cost.
@@ -135,7 +134,7 @@ pub(super) async fn measure(b: &Baselines, pattern: Pattern<'_>) -> Result<Measu
         let window = drive(
             pattern.client,
             pattern.endpoint,
-            pattern.bodies.clone(),
+            pattern.requests.bodies.clone(),
             pattern.per_request,
             pattern.clients,
             slice,
@@ -144,7 +143,12 @@ pub(super) async fn measure(b: &Baselines, pattern: Pattern<'_>) -> Result<Measu
         if let Some(warning) = too_short(&window, pattern.clients) {
             eprintln!("bench: {warning}");
         }
-        measured.push(Round::new(model_only, &each_ms, &pattern.carries, window));
+        measured.push(Round::new(
+            model_only,
+            &each_ms,
+            &pattern.requests.carries,
+            window,
+        ));
     }
     Ok(Measured::of(&measured, b.threads))
 }
